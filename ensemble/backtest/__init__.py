@@ -1,0 +1,1 @@
+"""Walk-forward backtesting: splits, metrics, portfolio simulation, report."""
