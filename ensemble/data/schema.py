@@ -225,7 +225,7 @@ class CleaningReport:
         if len(act):
             for (rule, action), g in act.groupby(["rule", "action"], sort=True):
                 ex = ", ".join(
-                    f"{t} {_fmt_date(d)}"
+                    f"{t}{' ' + _fmt_date(d) if d is not None and not pd.isna(d) else ''}"
                     for t, d in zip(g["ticker"].head(4), g["date"].head(4), strict=False)
                 )
                 lines.append(f"  {action:9s} {len(g):5d} rows  [{rule}]  e.g. {ex}")
@@ -261,7 +261,9 @@ def clean(
 
     Suspicious but valid rows are reported as findings and left as they are: one-day spikes that
     revert the next day (possible bad prints), large jumps (possible unadjusted splits or
-    spin-offs), missing trading days inside a ticker's range, and short histories.
+    spin-offs), missing trading days inside a ticker's range, and short histories (fewer than
+    ``short_history`` rows, or starting later or ending earlier than the table). Flagging a day uses
+    data up to the next day at most.
     """
     if mode not in ("drop", "repair"):
         raise ValueError(f"cleaning mode must be 'drop' or 'repair', got {mode!r}")
@@ -270,7 +272,9 @@ def clean(
     bad_key = out["ticker"].isna() | out["date"].isna()
     if bad_key.any():
         for t, d in out.loc[bad_key, ["ticker", "date"]].itertuples(index=False):
-            report.actions.append(CleaningAction("key_null", str(t), d, "dropped"))
+            report.actions.append(
+                CleaningAction("key_null", "<null>" if pd.isna(t) else str(t), d, "dropped")
+            )
         out = out.loc[~bad_key]
 
     order = out.sort_values(["ticker", "date"], kind="mergesort")
@@ -294,9 +298,11 @@ def clean(
 
     o = out["open"].to_numpy(dtype=float)
     nan_ohl = np.isnan(o) | out["high"].isna().to_numpy() | out["low"].isna().to_numpy()
-    nonpos = (o <= 0) | (out["high"].to_numpy(dtype=float) <= 0) | (out["low"].to_numpy(dtype=float) <= 0)
     if mode == "drop":
-        _drop(nan_ohl | nonpos, "missing_value", "open/high/low NaN or <= 0")
+        _drop(nan_ohl, "missing_value", "open/high/low NaN")
+        o = out["open"].to_numpy(dtype=float)
+        nonpos = (o <= 0) | (out["high"].to_numpy(dtype=float) <= 0) | (out["low"].to_numpy(dtype=float) <= 0)
+        _drop(nonpos, "price_positive", "open/high/low <= 0")
     else:
         prev_close = out.groupby("ticker", sort=False)["close"].shift(1)
         fix_open = np.isnan(o) | (o <= 0)
@@ -308,15 +314,19 @@ def clean(
         fix_l = np.isnan(lo) | (lo <= 0)
         new_h = np.where(fix_h, np.maximum(new_open, c), h)
         new_l = np.where(fix_l, np.minimum(new_open, c), lo)
+        # a filled-in open may lie outside a valid high-low range: widen it as part of the same repair
+        new_h = np.where(fix_open, np.maximum(new_h, new_open), new_h)
+        new_l = np.where(fix_open, np.minimum(new_l, new_open), new_l)
         fixed = fix_open | fix_h | fix_l
-        for t, d in out.loc[fixed, ["ticker", "date"]].itertuples(index=False):
+        rules = np.where(nan_ohl, "missing_value", "price_positive")
+        for t, d, rule in zip(out.loc[fixed, "ticker"], out.loc[fixed, "date"], rules[fixed], strict=True):
             report.actions.append(
                 CleaningAction(
-                    "missing_value",
+                    str(rule),
                     t,
                     d,
                     "repaired",
-                    "open := previous close; high/low := max/min(open, close)",
+                    "open := previous close; missing high/low := max/min(open, close)",
                 )
             )
         out["open"], out["high"], out["low"] = new_open, new_h, new_l
@@ -375,12 +385,22 @@ def _add_findings(
             )
         )
     calendar = pd.DatetimeIndex(np.sort(df["date"].unique()))
-    pos = pd.Series(calendar.get_indexer(df["date"]), index=df.index)
+    pos = pd.Series(calendar.get_indexer(pd.DatetimeIndex(df["date"])), index=df.index)
     gaps = pos.groupby(df["ticker"].to_numpy(), sort=False).diff().to_numpy() - 1
     for t, d, n in zip(df.loc[gaps > 0, "ticker"], df.loc[gaps > 0, "date"], gaps[gaps > 0], strict=True):
         report.findings.append(
             Finding("missing_days", t, d, f"{int(n)} trading days missing before this date")
         )
-    counts = df.groupby("ticker", sort=True).size()
-    for t, n in counts[counts < short_history].items():
-        report.findings.append(Finding("short_history", str(t), None, f"only {int(n)} rows"))
+    # short history: fewer than `short_history` rows, or listed later / ended earlier than the table
+    span = df.groupby("ticker", sort=True)["date"].agg(["size", "min", "max"])
+    t0, t1 = df["date"].min(), df["date"].max()
+    short = (span["size"] < short_history) | (span["min"] > t0) | (span["max"] < t1)
+    for t, n, d0, d1 in span[short].itertuples():
+        report.findings.append(
+            Finding(
+                "short_history",
+                str(t),
+                d0,
+                f"only {int(n)} rows, {_fmt_date(d0)}..{_fmt_date(d1)} (table {_fmt_date(t0)}..{_fmt_date(t1)})",
+            )
+        )

@@ -76,13 +76,14 @@ def format_facts(columns: dict[str, dict[str, float]]) -> str:
         keys += [k for k in f if k not in keys]
     names = list(columns)
     width = max(len(k) for k in keys) + 2
-    lines = ["fact".ljust(width) + "".join(n.rjust(14) for n in names)]
+    cw = [max(12, len(n)) + 2 for n in names]
+    lines = ["fact".ljust(width) + "".join(n.rjust(w) for n, w in zip(names, cw, strict=True))]
     for k in keys:
         cells = []
-        for n in names:
+        for n, w in zip(names, cw, strict=True):
             v = columns[n].get(k)
             cells.append(
-                ("-" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.4g}").rjust(14)
+                ("-" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.4g}").rjust(w)
             )
         lines.append(k.ljust(width) + "".join(cells))
     return "\n".join(lines)

@@ -43,6 +43,7 @@ import pandas as pd
 from scipy.signal import lfilter
 
 from ensemble.config import DEFAULT_HORIZONS, SyntheticConfig
+from ensemble.data.schema import coerce
 
 logger = logging.getLogger(__name__)
 
@@ -293,7 +294,10 @@ def generate_market(
             "sentiment": flat(0.5 * sentiment),
         }
     )
+    prices = coerce(prices)  # the exact dtypes every loader returns
     oracle = pd.DataFrame({**key, **{k: flat(v) for k, v in oracle_cols.items()}})
+    oracle["date"] = prices["date"].to_numpy()
+    oracle["ticker"] = prices["ticker"].to_numpy()
     for h in horizons:  # the oracle is undefined where the realised target is (past the last date)
         last = np.tile(np.arange(T) >= T - h, N)
         oracle.loc[last, f"oracle_h{h}"] = np.nan
