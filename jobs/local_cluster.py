@@ -136,14 +136,23 @@ def _wait_dashboard(url: str, pid: int, timeout: float) -> None:
     raise TimeoutError(f"Ray dashboard at {url} did not come up within {timeout:.0f}s")
 
 
-def start(num_cpus: int = 2, port: int = 6379, dashboard_port: int = 8265, auth: str = "token",
-          num_gpus: int | None = None, sdir: str | Path | None = None, timeout: float = 90.0) -> ClusterState:
+def start(
+    num_cpus: int = 2,
+    port: int = 6379,
+    dashboard_port: int = 8265,
+    auth: str = "token",
+    num_gpus: int | None = None,
+    sdir: str | Path | None = None,
+    timeout: float = 90.0,
+) -> ClusterState:
     """Start a head node (blocking until its dashboard answers) and record it in the state dir."""
     d = state_dir(sdir)
     d.mkdir(parents=True, exist_ok=True)
     existing = load_state(d)
     if existing and _alive(existing.head_pid):
-        raise RuntimeError(f"a local cluster started from {d} is already running (head pid {existing.head_pid})")
+        raise RuntimeError(
+            f"a local cluster started from {d} is already running (head pid {existing.head_pid})"
+        )
     if auth not in ("token", "disabled"):
         raise ValueError(f"auth must be 'token' or 'disabled', got {auth!r}")
     token_path = None
@@ -154,13 +163,29 @@ def start(num_cpus: int = 2, port: int = 6379, dashboard_port: int = 8265, auth:
             with os.fdopen(fd, "w") as fh:
                 fh.write(secrets.token_hex(32))
         token_path = str(tp)
-    args = [_ray_bin(), "start", "--head", "--block", "--node-ip-address", HOST, "--port", str(port),
-            "--dashboard-host", HOST, "--dashboard-port", str(dashboard_port), "--num-cpus", str(num_cpus),
-            "--disable-usage-stats"]
+    args = [
+        _ray_bin(),
+        "start",
+        "--head",
+        "--block",
+        "--node-ip-address",
+        HOST,
+        "--port",
+        str(port),
+        "--dashboard-host",
+        HOST,
+        "--dashboard-port",
+        str(dashboard_port),
+        "--num-cpus",
+        str(num_cpus),
+        "--disable-usage-stats",
+    ]
     if num_gpus is not None:
         args += ["--num-gpus", str(num_gpus)]
     pid = _spawn(args, _node_env(auth, token_path), d / "head.log")
-    st = ClusterState(port=port, dashboard_port=dashboard_port, auth=auth, token_path=token_path, head_pid=pid)
+    st = ClusterState(
+        port=port, dashboard_port=dashboard_port, auth=auth, token_path=token_path, head_pid=pid
+    )
     _save_state(d, st)
     try:
         _wait_dashboard(st.dashboard_url, pid, timeout)
@@ -177,8 +202,18 @@ def add_worker(num_cpus: int = 1, num_gpus: int | None = None, sdir: str | Path 
     st = load_state(d)
     if st is None or not _alive(st.head_pid):
         raise RuntimeError(f"no running local cluster recorded in {d}: run `start` first")
-    args = [_ray_bin(), "start", "--block", "--address", st.address, "--node-ip-address", HOST,
-            "--num-cpus", str(num_cpus), "--disable-usage-stats"]
+    args = [
+        _ray_bin(),
+        "start",
+        "--block",
+        "--address",
+        st.address,
+        "--node-ip-address",
+        HOST,
+        "--num-cpus",
+        str(num_cpus),
+        "--disable-usage-stats",
+    ]
     if num_gpus is not None:
         args += ["--num-gpus", str(num_gpus)]
     pid = _spawn(args, _node_env(st.auth, st.token_path), d / f"worker-{len(st.worker_pids)}.log")
@@ -221,7 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--num-gpus", type=int, default=None)
     ap.add_argument("--port", type=int, default=6379)
     ap.add_argument("--dashboard-port", type=int, default=8265)
-    ap.add_argument("--auth", choices=["token", "disabled"], default=os.environ.get("ENSEMBLE_RAY_AUTH", "token"))
+    ap.add_argument(
+        "--auth", choices=["token", "disabled"], default=os.environ.get("ENSEMBLE_RAY_AUTH", "token")
+    )
     ap.add_argument("--state-dir", default=None)
     a = ap.parse_args(argv)
     if a.command == "start":
