@@ -79,6 +79,38 @@ class TrainingConfig(_Strict):
     cpu_hour_usd: float = Field(0.05, ge=0.0)
     gpu_hour_usd: float = Field(1.20, ge=0.0)
     seed: int = 0
+    # Which models a training run fits (default: all six).
+    models: list[str] = Field(default_factory=lambda: list(MODEL_NAMES))
+    # Fraction of the dates (after the training window) held out for validation; the horizon is
+    # purged between train and validation.
+    valid_fraction: float = Field(0.15, gt=0.0, lt=0.5)
+
+    @field_validator("models")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        unknown = sorted(set(v) - set(MODEL_NAMES))
+        if unknown:
+            raise ValueError(f"training.models has unknown models {unknown}; known: {list(MODEL_NAMES)}")
+        return v
+
+
+class RayConfig(_Strict):
+    """How jobs.train uses Ray. Per-trial and per-worker resources default to values that fit 2 cores."""
+
+    address: str | None = None  # None: RAY_ADDRESS if set, else start a local Ray
+    storage_path: str = "artifacts/ray_results"  # Tune/Train results and checkpoints (path or URI)
+    # Ray Tune (XGBoost, LightGBM, Random Forest)
+    trial_cpus: float = Field(1.0, gt=0.0)
+    max_concurrent_trials: int = Field(2, ge=1)
+    asha_grace_period: int = Field(20, ge=1)  # boosting rounds before ASHA may stop a trial
+    # Ray Train (LSTM, Transformer)
+    num_workers: int = Field(1, ge=1)
+    cpus_per_worker: float = Field(1.0, gt=0.0)
+    use_gpu: Literal["auto", "yes", "no"] = "auto"  # auto: when the cluster has a GPU
+    max_failures: int = Field(2, ge=0)
+    # Prophet fan-out: tickers per Ray task (None: about 4 tasks per CPU)
+    prophet_chunk_size: int | None = Field(None, ge=1)
+    prophet_task_cpus: float = Field(1.0, gt=0.0)
 
 
 class EnsembleConfig(_Strict):
@@ -119,6 +151,10 @@ class Settings(_Strict):
     postgres: PostgresConfig = Field(default_factory=PostgresConfig)
     features: FeatureConfig = Field(default_factory=FeatureConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    # Hyperparameter overrides per model, e.g. {"xgboost": {"max_depth": 4}}; unset keys keep each
+    # model's DEFAULTS (ensemble/models/<model>.py).
+    models: dict[str, dict[str, Any]] = Field(default_factory=dict)
     ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
     registry_root: str = "artifacts/registry"
@@ -129,6 +165,14 @@ class Settings(_Strict):
         if not v or any(h < 1 for h in v) or len(set(v)) != len(v):
             raise ValueError(f"horizons must be distinct positive integers, got {v}")
         return sorted(v)
+
+    @field_validator("models")
+    @classmethod
+    def _model_names(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        unknown = sorted(set(v) - set(MODEL_NAMES))
+        if unknown:
+            raise ValueError(f"models has unknown models {unknown}; known: {list(MODEL_NAMES)}")
+        return v
 
 
 def load_settings(
