@@ -1,0 +1,636 @@
+"""Shared machinery of the two sequence models (LSTM, Transformer).
+
+Windows
+    The input of a prediction for (ticker, date t) is the window of that ticker's last ``seq_len``
+    rows ending at t (rows t-L+1 .. t, in the ticker's own date order). Windows are built lazily per
+    mini-batch by index arithmetic over one contiguous float32 array of scaled features sorted by
+    (ticker, date): nothing of size rows x L x features is ever materialised. A window that would
+    reach before the ticker's first row is *left-padded* with exact zeros and a padding mask (True =
+    padded step); the models ignore padded steps (attention masks; the LSTM also sees a 0/1 "real
+    step" channel). Padding indices point at a dedicated all-zero row, so a window never reads another
+    ticker's rows, not even multiplied by zero. Early dates of a ticker are therefore predicted from
+    shorter windows, never dropped.
+
+    Point in time: the window for t holds only rows dated <= t of the same ticker, features are
+    scaled row by row with statistics fixed at fit time, so a prediction at t depends on nothing
+    dated after t. Rows are taken in the order of the frame given to ``predict``: to give early test
+    dates full windows, pass the preceding history in the same frame (its rows are predicted too).
+
+Scaling
+    Features: per-feature median / IQR (``scaler='robust'``, default) or mean / std
+    (``scaler='standard'``), computed on the training frame's rows only and stored as fitted state;
+    non-finite values become 0 after scaling, and scaled values are clipped to +-``clip_features``.
+    Targets: standardised per horizon with the training mean / std (stored); predictions are mapped
+    back to log returns.
+
+Training
+    One output per horizon; the loss (``'huber'``, default, or ``'mse'``, on standardised targets)
+    is averaged per horizon over the rows whose target is finite (NaN targets are masked out), then
+    over horizons. AdamW, gradient-norm clipping, mini-batches of (ticker, date) rows sampled without
+    replacement by a seeded generator, at most ``max_samples_per_epoch`` rows per epoch. Early
+    stopping on the validation loss with ``patience`` epochs; the best-validation state_dict is kept.
+
+    Validation: with ``valid`` given, its windows take their history from the tail of ``train`` (the
+    caller purges the train rows whose labels overlap the validation dates, as the walk-forward
+    splitter does). Without ``valid``, the last ``valid_fraction`` of train's dates is held out as
+    validation and the ``max(horizons)`` dates before it are purged from the training loss (their
+    labels look into the validation window; their features still serve as window history). When
+    train is too short for that split, the model trains for ``max_epochs`` without early stopping.
+
+Determinism
+    ``torch.manual_seed(seed)`` inside a forked RNG (the caller's global RNG state is untouched),
+    ``torch.use_deterministic_algorithms(True, warn_only=True)`` and cuDNN deterministic mode during
+    fit/predict (restored afterwards), a fixed thread count when ``num_threads`` is set. On CUDA also
+    the math scaled-dot-product-attention backend (the fused ones have non-deterministic backwards)
+    and ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` unless already set. Identical seeds and inputs give
+    identical predictions on the same machine, device and thread count.
+
+Artifacts: ``weights.safetensors`` (safetensors never unpickles) + ``meta.json`` (resolved params,
+feature names, scalers, history). The module is rebuilt from the stored params and the state_dict is
+loaded strictly.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from abc import abstractmethod
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from ensemble.config import DEFAULT_HORIZONS, FeatureConfig, TrainingConfig
+from ensemble.models.base import (
+    Forecaster,
+    feature_columns,
+    read_meta,
+    refuse_pickles,
+    target_col,
+    write_meta,
+)
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "weights.safetensors"
+FORMAT_VERSION = 1
+
+COMMON_DEFAULTS: dict[str, Any] = {
+    "seq_len": FeatureConfig().sequence_length,
+    "max_epochs": TrainingConfig().max_epochs,
+    "seed": TrainingConfig().seed,
+    "batch_size": 512,
+    "lr": 1e-3,
+    "weight_decay": 1e-4,
+    "grad_clip": 1.0,
+    "dropout": 0.1,
+    "loss": "huber",  # 'huber' (delta = huber_delta on standardised targets) or 'mse'
+    "huber_delta": 1.0,
+    "patience": 5,
+    "min_delta": 0.0,
+    "valid_fraction": 0.15,
+    "max_samples_per_epoch": 50_000,  # None: every training row each epoch
+    "max_valid_samples": 20_000,  # a fixed seeded subset of the validation rows; None: all
+    "scaler": "robust",  # 'robust' (median/IQR) or 'standard' (mean/std)
+    "clip_features": 10.0,
+    "predict_batch_size": 4096,
+    "device": "auto",  # 'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:N'
+    "num_threads": None,  # torch CPU threads during fit/predict; None: leave torch's setting
+    "time_budget_s": None,  # stop after the epoch that passes this many seconds (breaks determinism)
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# runtime context
+# --------------------------------------------------------------------------------------------------
+def resolve_device(spec: str) -> torch.device:
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec.startswith("cuda"):
+        _prepare_cuda()
+    dev = torch.device(spec)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {spec!r} requested but CUDA is not available")
+    return dev
+
+
+def _prepare_cuda() -> None:
+    # deterministic cuBLAS needs this before its first handle is created; an explicit setting wins
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+@contextmanager
+def torch_runtime(device: torch.device, seed: int | None, num_threads: int | None) -> Iterator[None]:
+    """Deterministic settings for one fit/predict; every global touched is restored on exit."""
+    prev_det = torch.are_deterministic_algorithms_enabled()
+    prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    prev_threads = torch.get_num_threads()
+    prev_cudnn = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    cuda_devices = [device.index or 0] if device.type == "cuda" else []
+    try:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+        if num_threads:
+            torch.set_num_threads(int(num_threads))
+        with ExitStack() as stack:
+            stack.enter_context(torch.random.fork_rng(devices=cuda_devices))
+            if device.type == "cuda":  # the fused CUDA attention backwards are not deterministic
+                stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
+            if seed is not None:
+                torch.manual_seed(int(seed))
+            yield
+    finally:
+        torch.use_deterministic_algorithms(prev_det, warn_only=prev_warn)
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = prev_cudnn
+        if num_threads:
+            torch.set_num_threads(prev_threads)
+
+
+# --------------------------------------------------------------------------------------------------
+# scaling
+# --------------------------------------------------------------------------------------------------
+def fit_scaler(values: np.ndarray, kind: str, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature (center, scale) from training rows; degenerate columns fall back safely."""
+    x = np.where(np.isfinite(values), values, np.nan).astype(np.float64, copy=False)
+    n = x.shape[1]
+    center = np.zeros(n)
+    scale = np.ones(n)
+    for j in range(n):
+        col = x[:, j]
+        col = col[~np.isnan(col)]
+        if col.size == 0:
+            logger.warning("feature %r has no finite training value: it will be constant 0", names[j])
+            continue
+        if kind == "robust":
+            q25, q50, q75 = np.percentile(col, [25, 50, 75])
+            c, s = q50, q75 - q25
+        elif kind == "standard":
+            c, s = col.mean(), col.std()
+        else:
+            raise ValueError(f"scaler must be 'robust' or 'standard', got {kind!r}")
+        if not np.isfinite(s) or s <= 1e-12:
+            s = col.std()
+        if not np.isfinite(s) or s <= 1e-12:
+            s = 1.0
+        center[j], scale[j] = c, s
+    return center, scale
+
+
+def scale_features(
+    values: np.ndarray, center: np.ndarray, scale: np.ndarray, clip: float | None
+) -> np.ndarray:
+    """(x - center) / scale row by row, non-finite -> 0, clipped; float32 C-contiguous."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        z = (np.asarray(values, dtype=np.float64) - center) / scale
+    z = np.where(np.isfinite(z), z, 0.0)
+    if clip is not None:
+        z = np.clip(z, -clip, clip)
+    return np.ascontiguousarray(z, dtype=np.float32)
+
+
+# --------------------------------------------------------------------------------------------------
+# lazy windows
+# --------------------------------------------------------------------------------------------------
+class SequenceData:
+    """Scaled features of a frame sorted by (ticker, date), windows built lazily by index.
+
+    ``order[i]`` is the position in the input frame of sorted row i. ``x_pad[0]`` is an all-zero row;
+    sorted row i lives at ``x_pad[i + 1]``.
+    """
+
+    def __init__(
+        self,
+        frame: pd.DataFrame,
+        feature_names: list[str],
+        center: np.ndarray,
+        scale: np.ndarray,
+        seq_len: int,
+        clip: float | None,
+        horizons: tuple[int, ...] | None = None,
+        target_mean: np.ndarray | None = None,
+        target_std: np.ndarray | None = None,
+        device: torch.device | None = None,
+    ) -> None:
+        missing = [c for c in feature_names if c not in frame.columns]
+        if missing:
+            raise ValueError(f"frame lacks feature columns {missing[:10]} (of {len(missing)}) seen at fit")
+        self.seq_len = int(seq_len)
+        device = device or torch.device("cpu")
+        codes, uniques = pd.factorize(frame["ticker"].astype(str), sort=True)
+        dates = pd.to_datetime(frame["date"]).to_numpy(dtype="datetime64[ns]").astype(np.int64)
+        order = np.lexsort((dates, codes))
+        s_codes, s_dates = codes[order], dates[order]
+        n = len(order)
+        if n > 1:
+            dup = (s_codes[1:] == s_codes[:-1]) & (s_dates[1:] == s_dates[:-1])
+            if dup.any():
+                k = int(np.flatnonzero(dup)[0]) + 1
+                raise ValueError(
+                    f"duplicate (ticker, date) row: ticker {uniques[s_codes[k]]!r} date "
+                    f"{pd.Timestamp(s_dates[k]).date()}"
+                )
+        new_ticker = np.ones(n, dtype=bool)
+        if n > 1:
+            new_ticker[1:] = s_codes[1:] != s_codes[:-1]
+        start = np.maximum.accumulate(np.where(new_ticker, np.arange(n), 0)) if n else np.zeros(0, np.int64)
+        self.order = order
+        self.dates = s_dates
+        self.codes = s_codes
+        self.n = n
+
+        raw = frame[feature_names].to_numpy(dtype=np.float64, na_value=np.nan)[order]
+        x = scale_features(raw, center, scale, clip)
+        x_pad = np.zeros((n + 1, len(feature_names)), dtype=np.float32)
+        x_pad[1:] = x
+        self.x_pad = torch.from_numpy(x_pad).to(device)
+        self.start = torch.from_numpy(start.astype(np.int64)).to(device)
+        self.offsets = torch.arange(-(self.seq_len - 1), 1, dtype=torch.int64, device=device)
+
+        self.y: torch.Tensor | None = None
+        if horizons is not None:
+            assert target_mean is not None and target_std is not None
+            y = frame[[target_col(h) for h in horizons]].to_numpy(dtype=np.float64, na_value=np.nan)[order]
+            y = np.where(np.isfinite(y), (y - target_mean) / target_std, np.nan)
+            self.y = torch.from_numpy(y.astype(np.float32)).to(device)
+
+    def windows(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, pad_mask) for sorted rows ``idx``: x (B, L, F), pad_mask (B, L), True = padded step."""
+        pos = idx[:, None] + self.offsets[None, :]
+        real = pos >= self.start[idx][:, None]
+        gather = torch.where(real, pos + 1, torch.zeros_like(pos))
+        return self.x_pad[gather], ~real
+
+    def labelled_rows(self) -> np.ndarray:
+        """Sorted rows with at least one finite target."""
+        assert self.y is not None
+        return np.flatnonzero(torch.isfinite(self.y).any(dim=1).cpu().numpy())
+
+
+# --------------------------------------------------------------------------------------------------
+# loss
+# --------------------------------------------------------------------------------------------------
+def masked_loss_terms(
+    pred: torch.Tensor, target: torch.Tensor, kind: str, delta: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-horizon (sum of elementwise losses over finite targets, count of finite targets)."""
+    mask = torch.isfinite(target)
+    safe_t = torch.where(mask, target, torch.zeros_like(target))
+    if kind == "mse":
+        el = (pred - safe_t) ** 2
+    elif kind == "huber":
+        el = nn.functional.huber_loss(pred, safe_t, reduction="none", delta=delta)
+    else:
+        raise ValueError(f"loss must be 'huber' or 'mse', got {kind!r}")
+    el = torch.where(mask, el, torch.zeros_like(el))
+    return el.sum(dim=0), mask.sum(dim=0).to(el.dtype)
+
+
+def combine_loss(sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Mean over horizons (with any finite target) of the per-horizon mean loss."""
+    has = counts > 0
+    if not bool(has.any()):
+        return sums.sum() * 0.0
+    return (sums[has] / counts[has]).mean()
+
+
+class SinusoidalPositionalEncoding(nn.Module):
+    """Fixed sin/cos encoding (Vaswani et al.), added to the input; not part of the state_dict."""
+
+    pe: torch.Tensor
+
+    def __init__(self, d_model: int, max_len: int) -> None:
+        super().__init__()
+        pos = torch.arange(max_len, dtype=torch.float32)[:, None]
+        div = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model))
+        pe = torch.zeros(max_len, d_model)
+        pe[:, 0::2] = torch.sin(pos * div)
+        pe[:, 1::2] = torch.cos(pos * div[: d_model // 2])
+        self.register_buffer("pe", pe, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.pe[: x.shape[1]][None, :, :]
+
+
+# --------------------------------------------------------------------------------------------------
+# the shared Forecaster
+# --------------------------------------------------------------------------------------------------
+class SequenceForecaster(Forecaster):
+    """Fit / predict / save / load for a torch module mapping (x (B,L,F), pad_mask (B,L)) -> (B, H).
+
+    Subclasses set ``name`` and ``model_defaults`` and implement :meth:`_build_module`.
+    """
+
+    uses_sequences: ClassVar[bool] = True
+    supports_gpu: ClassVar[bool] = True
+    model_defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, horizons: Sequence[int] = DEFAULT_HORIZONS, **params: Any) -> None:
+        known = set(COMMON_DEFAULTS) | set(self.model_defaults)
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise TypeError(f"{type(self).__name__}: unknown parameters {unknown}; known: {sorted(known)}")
+        super().__init__(horizons, **params)
+
+    # -- params -------------------------------------------------------------------------------------
+    def resolved_params(self) -> dict[str, Any]:
+        return {**COMMON_DEFAULTS, **self.model_defaults, **self.params}
+
+    @abstractmethod
+    def _build_module(self, n_features: int) -> nn.Module: ...
+
+    # -- fit ----------------------------------------------------------------------------------------
+    def fit(self, train: pd.DataFrame, valid: pd.DataFrame | None = None) -> Self:
+        self._check_targets(train)
+        if valid is not None:
+            self._check_targets(valid)
+        p = self.resolved_params()
+        device = resolve_device(p["device"])
+        names = feature_columns(train)
+        if not names:
+            raise ValueError(f"{self.name}: training frame has no feature columns")
+        raw = train[names].to_numpy(dtype=np.float64, na_value=np.nan)
+        center, scale = fit_scaler(raw, p["scaler"], names)
+        del raw
+        y = train[[target_col(h) for h in self.horizons]].to_numpy(dtype=np.float64, na_value=np.nan)
+        t_mean = np.zeros(len(self.horizons))
+        t_std = np.ones(len(self.horizons))
+        for j, h in enumerate(self.horizons):
+            col = y[:, j][np.isfinite(y[:, j])]
+            if col.size == 0:
+                raise ValueError(
+                    f"{self.name}: target {target_col(h)} has no finite value in the training frame"
+                )
+            t_mean[j] = col.mean()
+            sd = col.std()
+            t_std[j] = sd if np.isfinite(sd) and sd > 1e-12 else 1.0
+        del y
+
+        common: dict[str, Any] = dict(
+            feature_names=names,
+            center=center,
+            scale=scale,
+            seq_len=p["seq_len"],
+            clip=p["clip_features"],
+            horizons=self.horizons,
+            target_mean=t_mean,
+            target_std=t_std,
+            device=device,
+        )
+        tr = SequenceData(train, **common)
+        rows = tr.labelled_rows()
+        if valid is not None:
+            history = train.groupby("ticker", sort=False, observed=True).tail(int(p["seq_len"]) - 1)
+            both = pd.concat([history.assign(_valid=False), valid.assign(_valid=True)], ignore_index=True)
+            both = both.drop_duplicates(subset=["ticker", "date"], keep="last")
+            va = SequenceData(both, **common)
+            is_valid = both["_valid"].to_numpy(dtype=bool)[va.order]
+            v_rows = np.intersect1d(va.labelled_rows(), np.flatnonzero(is_valid))
+            train_rows = rows
+        else:
+            va = tr
+            train_rows, v_rows = self._internal_split(tr, rows, float(p["valid_fraction"]))
+
+        self.feature_names_ = names
+        self.scaler_center_ = center
+        self.scaler_scale_ = scale
+        self.target_mean_ = t_mean
+        self.target_std_ = t_std
+        self.device_ = device
+        with torch_runtime(device, p["seed"], p["num_threads"]):
+            self.module_ = self._build_module(len(names)).to(device)
+            self._train_loop(tr, train_rows, va, v_rows, p)
+        self.module_.eval()
+        return self
+
+    def _internal_split(
+        self, data: SequenceData, rows: np.ndarray, frac: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Last ``frac`` of the dates -> validation; purge max(horizons) dates before it from training."""
+        udates = np.unique(data.dates)
+        n_valid = int(round(len(udates) * frac))
+        purge = max(self.horizons)
+        if frac <= 0 or n_valid < 1 or len(udates) - n_valid - purge < 1:
+            logger.warning(
+                "%s: %d training dates are too few for a %.0f%% validation slice purged by %d dates; "
+                "training %s epochs without early stopping",
+                self.name,
+                len(udates),
+                100 * frac,
+                purge,
+                self.resolved_params()["max_epochs"],
+            )
+            return rows, np.zeros(0, dtype=np.int64)
+        valid_start = udates[len(udates) - n_valid]
+        train_end = udates[len(udates) - n_valid - purge]  # training rows: dates < train_end
+        d = data.dates[rows]
+        return rows[d < train_end], rows[d >= valid_start]
+
+    def _train_loop(
+        self,
+        tr: SequenceData,
+        train_rows: np.ndarray,
+        va: SequenceData,
+        v_rows: np.ndarray,
+        p: dict[str, Any],
+    ) -> None:
+        if len(train_rows) == 0:
+            raise ValueError(f"{self.name}: no training row with a finite target")
+        device = self.device_
+        gen = torch.Generator().manual_seed(int(p["seed"]))
+        if p["max_valid_samples"] is not None and len(v_rows) > int(p["max_valid_samples"]):
+            pick = torch.randperm(len(v_rows), generator=gen)[: int(p["max_valid_samples"])].numpy()
+            v_rows = np.sort(v_rows[pick])
+        t_rows = torch.from_numpy(train_rows.astype(np.int64))
+        v_idx = torch.from_numpy(v_rows.astype(np.int64)).to(device)
+        module = self.module_
+        opt = torch.optim.AdamW(module.parameters(), lr=float(p["lr"]), weight_decay=float(p["weight_decay"]))
+        bs = int(p["batch_size"])
+        per_epoch = (
+            len(t_rows)
+            if p["max_samples_per_epoch"] is None
+            else min(len(t_rows), int(p["max_samples_per_epoch"]))
+        )
+        use_valid = len(v_rows) > 0
+        if not use_valid:
+            logger.warning(
+                "%s: no validation rows; training %d epochs without early stopping",
+                self.name,
+                p["max_epochs"],
+            )
+        best_loss = math.inf
+        best_state: dict[str, torch.Tensor] | None = None
+        best_epoch = 0
+        bad = 0
+        history: list[dict[str, float]] = []
+        t0 = time.perf_counter()
+        assert tr.y is not None
+        for epoch in range(1, int(p["max_epochs"]) + 1):
+            module.train()
+            perm = t_rows[torch.randperm(len(t_rows), generator=gen)[:per_epoch]].to(device)
+            tot, nb = 0.0, 0
+            for b in range(0, per_epoch, bs):
+                idx = perm[b : b + bs]
+                x, pad = tr.windows(idx)
+                pred = module(x, pad)
+                sums, counts = masked_loss_terms(pred, tr.y[idx], p["loss"], float(p["huber_delta"]))
+                loss = combine_loss(sums, counts)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if p["grad_clip"]:
+                    nn.utils.clip_grad_norm_(module.parameters(), float(p["grad_clip"]))
+                opt.step()
+                tot += float(loss.detach())
+                nb += 1
+            rec = {"epoch": float(epoch), "train_loss": tot / max(nb, 1), "seconds": time.perf_counter() - t0}
+            if use_valid:
+                rec["valid_loss"] = self._evaluate(va, v_idx, p)
+            history.append(rec)
+            logger.debug("%s epoch %d: %s", self.name, epoch, rec)
+            if use_valid:
+                if rec["valid_loss"] < best_loss - float(p["min_delta"]):
+                    best_loss, best_epoch, bad = rec["valid_loss"], epoch, 0
+                    best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+                else:
+                    bad += 1
+                    if bad >= int(p["patience"]):
+                        logger.info(
+                            "%s: early stop at epoch %d (best %d, valid %.5f)",
+                            self.name,
+                            epoch,
+                            best_epoch,
+                            best_loss,
+                        )
+                        break
+            if p["time_budget_s"] is not None and time.perf_counter() - t0 > float(p["time_budget_s"]):
+                logger.info(
+                    "%s: time budget %.0f s spent after epoch %d", self.name, p["time_budget_s"], epoch
+                )
+                break
+        if best_state is not None:
+            module.load_state_dict(best_state)
+        else:
+            best_epoch = len(history)
+        self.history_ = history
+        self.n_epochs_ = len(history)
+        self.best_epoch_ = best_epoch
+        self.best_valid_loss_ = best_loss if use_valid else None
+        logger.info(
+            "%s: trained %d epochs (best %d) in %.1f s on %s",
+            self.name,
+            self.n_epochs_,
+            best_epoch,
+            time.perf_counter() - t0,
+            device,
+        )
+
+    @torch.no_grad()
+    def _evaluate(self, data: SequenceData, idx: torch.Tensor, p: dict[str, Any]) -> float:
+        assert data.y is not None
+        self.module_.eval()
+        n_h = len(self.horizons)
+        sums = torch.zeros(n_h, device=idx.device)
+        counts = torch.zeros(n_h, device=idx.device)
+        bs = int(p["predict_batch_size"])
+        for b in range(0, len(idx), bs):
+            i = idx[b : b + bs]
+            x, pad = data.windows(i)
+            s, c = masked_loss_terms(self.module_(x, pad), data.y[i], p["loss"], float(p["huber_delta"]))
+            sums += s
+            counts += c
+        return float(combine_loss(sums, counts))
+
+    # -- predict ------------------------------------------------------------------------------------
+    def _data_for(self, frame: pd.DataFrame) -> SequenceData:
+        self._check_fitted("module_")
+        p = self.resolved_params()
+        return SequenceData(
+            frame,
+            self.feature_names_,
+            self.scaler_center_,
+            self.scaler_scale_,
+            p["seq_len"],
+            p["clip_features"],
+            device=self.device_,
+        )
+
+    def _batched(self, data: SequenceData, fn: Any) -> list[torch.Tensor]:
+        """Apply ``fn(x, pad)`` over all sorted rows in fixed-size batches (eval mode, no grad)."""
+        p = self.resolved_params()
+        bs = int(p["predict_batch_size"])
+        outs: list[torch.Tensor] = []
+        self.module_.eval()
+        with torch_runtime(self.device_, None, p["num_threads"]), torch.inference_mode():
+            for b in range(0, data.n, bs):
+                idx = torch.arange(b, min(b + bs, data.n), device=self.device_)
+                x, pad = data.windows(idx)
+                outs.append(fn(x, pad).float().cpu())
+        return outs
+
+    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+        data = self._data_for(frame)
+        outs = self._batched(data, self.module_)
+        z = torch.cat(outs).numpy().astype(np.float64) if outs else np.zeros((0, len(self.horizons)))
+        preds_sorted = z * self.target_std_ + self.target_mean_
+        preds = np.empty_like(preds_sorted)
+        preds[data.order] = preds_sorted
+        return self._output(frame, preds)
+
+    # -- persistence --------------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        self._check_fitted("module_")
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.module_.state_dict().items()}
+        save_file(state, str(d / WEIGHTS_FILE))
+        write_meta(
+            d,
+            {
+                "model": self.name,
+                "format_version": FORMAT_VERSION,
+                "horizons": list(self.horizons),
+                "params": self.resolved_params(),
+                "feature_names": self.feature_names_,
+                "scaler_center": self.scaler_center_,
+                "scaler_scale": self.scaler_scale_,
+                "target_mean": self.target_mean_,
+                "target_std": self.target_std_,
+                "history": self.history_,
+                "n_epochs": self.n_epochs_,
+                "best_epoch": self.best_epoch_,
+                "weights_file": WEIGHTS_FILE,
+                "torch_version": torch.__version__,
+            },
+        )
+        return d
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Self:
+        d = Path(directory)
+        meta = read_meta(d, cls.name)  # refuses pickles first
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{d}: unsupported {cls.name} format_version {meta.get('format_version')!r}")
+        model = cls(horizons=tuple(meta["horizons"]), **meta["params"])
+        model.feature_names_ = list(meta["feature_names"])
+        model.scaler_center_ = np.asarray(meta["scaler_center"], dtype=np.float64)
+        model.scaler_scale_ = np.asarray(meta["scaler_scale"], dtype=np.float64)
+        model.target_mean_ = np.asarray(meta["target_mean"], dtype=np.float64)
+        model.target_std_ = np.asarray(meta["target_std"], dtype=np.float64)
+        model.history_ = list(meta["history"])
+        model.n_epochs_ = int(meta["n_epochs"])
+        model.best_epoch_ = int(meta["best_epoch"])
+        model.device_ = resolve_device(meta["params"]["device"])
+        refuse_pickles(d)
+        state = load_file(str(d / WEIGHTS_FILE), device="cpu")
+        module = model._build_module(len(model.feature_names_))
+        module.load_state_dict(state, strict=True)
+        model.module_ = module.to(model.device_).eval()
+        return model

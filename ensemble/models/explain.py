@@ -1,0 +1,374 @@
+"""The global tree models' shared machinery and their per-prediction explanations.
+
+XGBoost, LightGBM and Random Forest are *global cross-sectional* models: one model per horizon over
+all (ticker, date) rows, each row predicted from its own features only. :class:`TreeForecaster`
+holds what the three share (parameters, the feature matrix, the fit loop over horizons, predict,
+explain, save / load); each subclass supplies the library calls.
+
+Point in time
+    A row's prediction is a function of that row's features and of fitted state (trees, and for
+    the Random Forest the training medians used to impute NaN): nothing else in the frame given to
+    ``predict`` is read, so a prediction at t never depends on a row dated after t.
+
+Features
+    ``feature_columns(train)`` at fit, stored in order; ``predict`` selects the same names from its
+    frame (extra columns are ignored, missing ones are an error naming them). +-inf is treated as
+    missing (NaN). Matrices are float32 (what the three libraries use internally). The boosters are
+    given positional feature names (f0, f1, ...): real names live in ``meta.json``, so no feature
+    name can trip a library's name rules.
+
+Explanations
+    :meth:`TreeForecaster.contributions` gives, per row, one additive contribution per feature plus
+    a ``bias`` such that ``bias + sum(contributions) == prediction`` (up to float rounding):
+    XGBoost's ``pred_contribs`` and LightGBM's ``pred_contrib`` (TreeSHAP), and for the Random Forest
+    the tree path decomposition of :func:`forest_path_contributions`. :meth:`TreeForecaster.explain`
+    ranks the largest absolute contributions of each row.
+
+Artifacts: one file per horizon in the library's native, non-pickle format (``.ubj``, LightGBM
+text, skops) + ``meta.json``. Before reading, the directory is checked for pickles
+(:func:`refuse_pickles`) and each artifact's first bytes must match its format's signature, so
+a pickle of any protocol planted under an artifact's name is refused, never read.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from abc import abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import numpy as np
+import pandas as pd
+
+from ensemble.config import DEFAULT_HORIZONS
+from ensemble.models.base import (
+    KEY_COLUMNS,
+    Forecaster,
+    UnsafeArtifactError,
+    feature_columns,
+    read_meta,
+    target_col,
+    write_meta,
+)
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+BIAS_COLUMN = "bias"
+
+
+def check_magic(path: Path, magics: Sequence[bytes]) -> None:
+    """Raise UnsafeArtifactError unless ``path`` starts with one of the format signatures."""
+    if not path.is_file():
+        raise FileNotFoundError(f"artifact {path} missing")
+    n = max(len(m) for m in magics)
+    with path.open("rb") as fh:
+        head = fh.read(n)
+    if not any(head.startswith(m) for m in magics):
+        raise UnsafeArtifactError(
+            f"refusing to load {path}: it does not start with the expected format signature "
+            f"{[m.decode('latin-1') for m in magics]} (got {head!r}); a replaced or foreign file is never read"
+        )
+
+
+def feature_matrix(frame: pd.DataFrame, names: list[str]) -> np.ndarray:
+    """``frame[names]`` as a C-contiguous float32 matrix, +-inf -> NaN; errors name bad columns."""
+    missing = [c for c in names if c not in frame.columns]
+    if missing:
+        raise ValueError(f"frame lacks feature columns {missing[:10]} (of {len(missing)}) seen at fit")
+    bad = [
+        c
+        for c in names
+        if not (pd.api.types.is_numeric_dtype(frame[c]) or pd.api.types.is_bool_dtype(frame[c]))
+    ]
+    if bad:
+        raise ValueError(f"feature columns must be numeric; not numeric: {bad[:10]}")
+    x = frame[names].to_numpy(dtype=np.float32, na_value=np.nan)
+    inf = np.isinf(x)
+    if inf.any():
+        x = np.where(inf, np.float32(np.nan), x)
+    return np.ascontiguousarray(x)
+
+
+def top_contributions(
+    keys: pd.DataFrame, contrib: np.ndarray, names: Sequence[str], top: int
+) -> pd.DataFrame:
+    """Long frame (date, ticker, rank, feature, contribution): each row's ``top`` largest |contribution|.
+
+    Ties are broken by feature order (stable sort), so the result is deterministic.
+    """
+    n, f = contrib.shape
+    k = max(0, min(int(top), f))
+    order = np.argsort(-np.abs(contrib), axis=1, kind="stable")[:, :k]
+    picked = np.take_along_axis(contrib, order, axis=1)
+    keys = keys.reset_index(drop=True)
+    out = pd.DataFrame({c: np.repeat(keys[c].to_numpy(), k) for c in KEY_COLUMNS})
+    out["rank"] = np.tile(np.arange(1, k + 1), n)
+    out["feature"] = np.asarray(names, dtype=object)[order.ravel()] if n else np.array([], dtype=object)
+    out["contribution"] = picked.ravel().astype(np.float64)
+    return out
+
+
+def forest_path_contributions(forest: Any, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-prediction decomposition of a fitted sklearn forest regressor (RandomForest, ExtraTrees).
+
+    The tree path decomposition (Saabas; the ``treeinterpreter`` method): along a sample's path from
+    the root to its leaf, every split moves the node value from ``value[parent]`` to
+    ``value[child]``; that change is credited to the parent's split feature. Per tree, ``value[root]
+    + sum(credits) == value[leaf]`` = the tree's prediction exactly; averaged over the trees this
+    gives ``bias + contrib.sum(1) == forest prediction`` (up to float rounding). Unlike impurity
+    importances this is per prediction: it says how much each feature moved *this* row's forecast.
+
+    Computed for all trees at once as ``decision_path (rows x nodes, sparse) @ D (nodes x features)``
+    where ``D[j, feature[parent(j)]] = value[j] - value[parent(j)]``. Single-output regressors only.
+    Returns ``(contrib (n, n_features), bias (n,))``.
+    """
+    from scipy import sparse
+
+    trees = list(forest.estimators_)
+    n_features = int(forest.n_features_in_)
+    blocks = []
+    bias = 0.0
+    for est in trees:
+        t = est.tree_
+        value = t.value[:, 0, 0].astype(np.float64)
+        parent = np.full(t.node_count, -1, dtype=np.int64)
+        inner = np.flatnonzero(t.children_left >= 0)
+        parent[t.children_left[inner]] = inner
+        parent[t.children_right[inner]] = inner
+        child = np.flatnonzero(parent >= 0)
+        delta = value[child] - value[parent[child]]
+        blocks.append(
+            sparse.csr_matrix(
+                (delta, (child, t.feature[parent[child]].astype(np.int64))), shape=(t.node_count, n_features)
+            )
+        )
+        bias += value[0]
+    d = sparse.vstack(blocks, format="csr")
+    indicator, _ = forest.decision_path(x)
+    contrib = np.asarray((indicator.astype(np.float64) @ d).todense()) / len(trees)
+    return contrib, np.full(x.shape[0], bias / len(trees))
+
+
+class TreeForecaster(Forecaster):
+    """One tree model per horizon over all (ticker, date) rows; see the module docstring.
+
+    Subclasses set ``name``, ``defaults`` (every parameter with its default; unknown parameters are
+    refused), ``artifact_suffix`` and ``artifact_magic``, and implement the library hooks.
+    """
+
+    defaults: ClassVar[dict[str, Any]] = {}
+    artifact_suffix: ClassVar[str] = ""
+    artifact_magic: ClassVar[tuple[bytes, ...]] = ()
+
+    def __init__(self, horizons: Sequence[int] = DEFAULT_HORIZONS, **params: Any) -> None:
+        unknown = sorted(set(params) - set(self.defaults))
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__}: unknown parameters {unknown}; known: {sorted(self.defaults)}"
+            )
+        super().__init__(horizons, **params)
+
+    def resolved_params(self) -> dict[str, Any]:
+        return {**self.defaults, **self.params}
+
+    # -- library hooks --------------------------------------------------------------------------------
+    def _prepare(self, x: np.ndarray) -> None:
+        """Fit any input preprocessing from the training matrix (stored as fitted state)."""
+
+    def _transform(self, x: np.ndarray) -> np.ndarray:
+        """Apply the fitted preprocessing (identity unless overridden)."""
+        return x
+
+    @abstractmethod
+    def _fit_one(
+        self,
+        h: int,
+        x: np.ndarray,
+        y: np.ndarray,
+        xv: np.ndarray | None,
+        yv: np.ndarray | None,
+        p: dict[str, Any],
+    ) -> tuple[Any, dict[str, Any]]:
+        """Fit the model of horizon ``h``; return (model, info for meta.json)."""
+
+    @abstractmethod
+    def _predict_one(self, model: Any, x: np.ndarray) -> np.ndarray: ...
+
+    @abstractmethod
+    def _contrib_one(self, model: Any, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(contributions (n, n_features), bias (n,)) with bias + contributions.sum(1) == prediction."""
+
+    @abstractmethod
+    def _save_one(self, model: Any, path: Path) -> None: ...
+
+    @abstractmethod
+    def _load_one(self, path: Path) -> Any: ...
+
+    def _extra_meta(self) -> dict[str, Any]:
+        return {}
+
+    def _restore_extra(self, meta: dict[str, Any]) -> None:
+        """Restore fitted state saved by :meth:`_extra_meta`."""
+
+    # -- fit / predict --------------------------------------------------------------------------------
+    def fit(self, train: pd.DataFrame, valid: pd.DataFrame | None = None) -> Self:
+        self._check_targets(train)
+        if valid is not None:
+            self._check_targets(valid)
+        p = self.resolved_params()
+        names = feature_columns(train)
+        if not names:
+            raise ValueError(f"{self.name}: training frame has no feature columns")
+        x = feature_matrix(train, names)
+        self.feature_names_ = names
+        self._prepare(x)
+        x = self._transform(x)
+        xv = self._transform(feature_matrix(valid, names)) if valid is not None else None
+        models: dict[int, Any] = {}
+        info: dict[int, dict[str, Any]] = {}
+        for h in self.horizons:
+            y = train[target_col(h)].to_numpy(dtype=np.float64, na_value=np.nan)
+            ok = np.isfinite(y)
+            if not ok.any():
+                raise ValueError(
+                    f"{self.name}: target {target_col(h)} has no finite value in the training frame"
+                )
+            xv_h = yv_h = None
+            if valid is not None and xv is not None:
+                yv_all = valid[target_col(h)].to_numpy(dtype=np.float64, na_value=np.nan)
+                okv = np.isfinite(yv_all)
+                if okv.any():
+                    xv_h, yv_h = xv[okv], yv_all[okv]
+                else:
+                    logger.warning(
+                        "%s: no finite %s in the validation frame: no early stopping",
+                        self.name,
+                        target_col(h),
+                    )
+            t0 = time.perf_counter()
+            models[h], extra = self._fit_one(h, x[ok], y[ok], xv_h, yv_h, p)
+            seconds = time.perf_counter() - t0
+            info[h] = {
+                "n_train_rows": int(ok.sum()),
+                "n_valid_rows": 0 if yv_h is None else len(yv_h),
+                "fit_seconds": seconds,
+                **extra,
+            }
+            logger.info(
+                "%s h=%d: fitted on %d rows x %d features in %.1f s %s",
+                self.name,
+                h,
+                ok.sum(),
+                len(names),
+                seconds,
+                extra,
+            )
+        self.models_ = models
+        self.fit_info_ = info
+        return self
+
+    def _x_for(self, frame: pd.DataFrame) -> np.ndarray:
+        self._check_fitted("models_")
+        return self._transform(feature_matrix(frame, self.feature_names_))
+
+    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+        x = self._x_for(frame)
+        preds = np.empty((len(frame), len(self.horizons)))
+        for j, h in enumerate(self.horizons):
+            preds[:, j] = self._predict_one(self.models_[h], x) if len(x) else np.zeros(0)
+        return self._output(frame, preds)
+
+    # -- explanations ---------------------------------------------------------------------------------
+    def _horizon(self, horizon: int) -> int:
+        self._check_fitted("models_")
+        h = int(horizon)
+        if h not in self.models_:
+            raise ValueError(
+                f"{self.name}: no model for horizon {horizon}; fitted horizons {list(self.horizons)}"
+            )
+        return h
+
+    def contributions(self, frame: pd.DataFrame, horizon: int = 5) -> pd.DataFrame:
+        """Keys + one column per feature + ``bias``: ``bias + sum(features) == pred_h{horizon}``."""
+        h = self._horizon(horizon)
+        x = self._x_for(frame)
+        if len(x):
+            contrib, bias = self._contrib_one(self.models_[h], x)
+        else:
+            contrib, bias = np.zeros((0, len(self.feature_names_))), np.zeros(0)
+        out = frame.loc[:, list(KEY_COLUMNS)].reset_index(drop=True)
+        values = pd.DataFrame(np.asarray(contrib, dtype=np.float64), columns=self.feature_names_)
+        values[BIAS_COLUMN] = np.asarray(bias, dtype=np.float64)
+        return pd.concat([out, values], axis=1)
+
+    def explain(self, frame: pd.DataFrame, horizon: int = 5, top: int = 5) -> pd.DataFrame:
+        """Each row's ``top`` features by |contribution| to pred_h{horizon}: (date, ticker, rank, feature,
+        contribution), rank 1 = largest. See :meth:`contributions` for the full decomposition."""
+        h = self._horizon(horizon)
+        x = self._x_for(frame)
+        if len(x):
+            contrib, _ = self._contrib_one(self.models_[h], x)
+        else:
+            contrib = np.zeros((0, len(self.feature_names_)))
+        return top_contributions(
+            frame.loc[:, list(KEY_COLUMNS)], np.asarray(contrib), self.feature_names_, top
+        )
+
+    # -- persistence ----------------------------------------------------------------------------------
+    def _artifact(self, h: int) -> str:
+        return f"{self.name}_h{h}{self.artifact_suffix}"
+
+    def save(self, directory: str | Path) -> Path:
+        self._check_fitted("models_")
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        files = {}
+        for h in self.horizons:
+            files[str(h)] = self._artifact(h)
+            self._save_one(self.models_[h], d / files[str(h)])
+        write_meta(
+            d,
+            {
+                "model": self.name,
+                "format_version": FORMAT_VERSION,
+                "horizons": list(self.horizons),
+                "params": self.resolved_params(),
+                "feature_names": self.feature_names_,
+                "artifacts": files,
+                "fit_info": {str(h): v for h, v in self.fit_info_.items()},
+                **self._extra_meta(),
+            },
+        )
+        return d
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Self:
+        d = Path(directory)
+        meta = read_meta(d, cls.name)  # refuses pickles first
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{d}: unsupported {cls.name} format_version {meta.get('format_version')!r}")
+        model = cls(horizons=tuple(meta["horizons"]), **meta["params"])
+        model.feature_names_ = list(meta["feature_names"])
+        model.fit_info_ = {int(h): v for h, v in meta.get("fit_info", {}).items()}
+        model._restore_extra(meta)
+        models = {}
+        for h in model.horizons:
+            fname = model._artifact(h)  # never a path taken from the file: no traversal
+            path = d / fname
+            check_magic(path, cls.artifact_magic)
+            models[h] = model._load_one(path)
+        model.models_ = models
+        return model
+
+
+__all__ = [
+    "BIAS_COLUMN",
+    "TreeForecaster",
+    "check_magic",
+    "feature_matrix",
+    "forest_path_contributions",
+    "top_contributions",
+]

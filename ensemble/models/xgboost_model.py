@@ -1,0 +1,129 @@
+"""XGBoost: a global gradient-boosted tree model per horizon over all (ticker, date) rows.
+
+Shared behaviour (features, point in time, explanations, artifacts) is described in
+:mod:`ensemble.models.explain`. Specific here:
+
+- ``tree_method='hist'``, squared error by default; NaN features go down each split's learned
+  default direction (native missing-value handling, no imputation).
+- Early stopping: with ``valid`` given, on its rows with a finite target of the horizon, after
+  ``early_stopping_rounds`` rounds without improvement; the booster is then cut to its best
+  iteration, so the model in memory, the saved one and the loaded one are the same trees.
+- Deterministic: fixed ``random_state`` (row and column subsampling) and ``n_jobs`` threads; the CPU
+  ``hist`` algorithm gives identical models for identical inputs.
+- ``device='cuda'`` trains on a GPU (``supports_gpu``); the default is the CPU.
+- Artifact: ``xgboost_h{h}.ubj`` (``Booster.save_model``, Universal Binary JSON: no pickle).
+- Explanations: ``pred_contribs=True`` (exact TreeSHAP; last column = bias).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ensemble.config import TrainingConfig
+from ensemble.models.explain import TreeForecaster
+
+DEFAULTS: dict[str, Any] = {
+    "n_estimators": 400,  # boosting rounds (upper bound when early stopping)
+    "learning_rate": 0.05,
+    "max_depth": 6,
+    "min_child_weight": 20.0,  # = min rows per leaf for squared error
+    "subsample": 0.8,
+    "colsample": 0.8,  # colsample_bytree
+    "reg_alpha": 0.0,
+    "reg_lambda": 1.0,
+    "gamma": 0.0,
+    "max_bin": 256,
+    "objective": "reg:squarederror",  # or 'reg:pseudohubererror', 'reg:absoluteerror'
+    "early_stopping_rounds": 50,
+    "random_state": TrainingConfig().seed,
+    "n_jobs": 2,
+    "device": "cpu",  # 'cpu' or 'cuda' / 'cuda:N'
+}
+
+
+class XGBoostForecaster(TreeForecaster):
+    """XGBoost regressor per horizon. Parameters: see ``DEFAULTS`` (sklearn-style names)."""
+
+    name: ClassVar[str] = "xgboost"
+    supports_gpu: ClassVar[bool] = True
+    defaults: ClassVar[dict[str, Any]] = DEFAULTS
+    artifact_suffix: ClassVar[str] = ".ubj"
+    artifact_magic: ClassVar[tuple[bytes, ...]] = (b"{",)  # UBJSON object
+
+    @staticmethod
+    def _booster_params(p: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "objective": p["objective"],
+            "eta": float(p["learning_rate"]),
+            "max_depth": int(p["max_depth"]),
+            "min_child_weight": float(p["min_child_weight"]),
+            "subsample": float(p["subsample"]),
+            "colsample_bytree": float(p["colsample"]),
+            "alpha": float(p["reg_alpha"]),
+            "lambda": float(p["reg_lambda"]),
+            "gamma": float(p["gamma"]),
+            "max_bin": int(p["max_bin"]),
+            "tree_method": "hist",
+            "device": p["device"],
+            "seed": int(p["random_state"]),
+            "nthread": int(p["n_jobs"]),
+            "eval_metric": "rmse",
+            "verbosity": 1,
+        }
+
+    def _nthread(self) -> int:
+        return int(self.resolved_params()["n_jobs"])
+
+    def _fit_one(
+        self,
+        h: int,
+        x: np.ndarray,
+        y: np.ndarray,
+        xv: np.ndarray | None,
+        yv: np.ndarray | None,
+        p: dict[str, Any],
+    ) -> tuple[Any, dict[str, Any]]:
+        import xgboost as xgb
+
+        nthread = int(p["n_jobs"])
+        dtrain = xgb.DMatrix(x, label=y, missing=np.nan, nthread=nthread)
+        rounds = int(p["n_estimators"])
+        kwargs: dict[str, Any] = {}
+        if xv is not None and yv is not None and p["early_stopping_rounds"]:
+            dvalid = xgb.DMatrix(xv, label=yv, missing=np.nan, nthread=nthread)
+            kwargs = {"evals": [(dvalid, "valid")], "early_stopping_rounds": int(p["early_stopping_rounds"])}
+        booster = xgb.train(
+            self._booster_params(p), dtrain, num_boost_round=rounds, verbose_eval=False, **kwargs
+        )
+        info: dict[str, Any] = {"n_rounds": booster.num_boosted_rounds()}
+        if kwargs:
+            best = int(booster.best_iteration)
+            info.update(best_iteration=best, best_valid_rmse=float(booster.best_score))
+            booster = booster[: best + 1]  # keep the best trees only: memory == saved == loaded
+            info["n_rounds"] = booster.num_boosted_rounds()
+        return booster, info
+
+    def _dmatrix(self, x: np.ndarray) -> Any:
+        import xgboost as xgb
+
+        return xgb.DMatrix(x, missing=np.nan, nthread=self._nthread())
+
+    def _predict_one(self, model: Any, x: np.ndarray) -> np.ndarray:
+        return np.asarray(model.predict(self._dmatrix(x)), dtype=np.float64)
+
+    def _contrib_one(self, model: Any, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        c = np.asarray(model.predict(self._dmatrix(x), pred_contribs=True), dtype=np.float64)
+        return c[:, :-1], c[:, -1]
+
+    def _save_one(self, model: Any, path: Path) -> None:
+        model.save_model(str(path))
+
+    def _load_one(self, path: Path) -> Any:
+        import xgboost as xgb
+
+        booster = xgb.Booster(params={"nthread": self._nthread()})
+        booster.load_model(str(path))
+        return booster

@@ -1,0 +1,262 @@
+"""The two sequence models (LSTM, Transformer): contract, learning, determinism, safety, point in time."""
+
+from __future__ import annotations
+
+import pickle
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+torch = pytest.importorskip("torch")
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _frames import make_feature_frame  # noqa: E402
+
+from ensemble.models import create_model, get_model_class  # noqa: E402
+from ensemble.models._torch_common import SequenceData  # noqa: E402
+from ensemble.models.base import ModelNotFittedError, UnsafeArtifactError  # noqa: E402
+
+HORIZONS = (5, 20, 60)
+PRED_COLS = [f"pred_h{h}" for h in HORIZONS]
+N_DAYS, TRAIN_END, VALID_END = 300, 180, 220  # date indices: train [0,180), valid [180,220), test [220,300)
+SMALL: dict[str, dict[str, object]] = {
+    "lstm": {"hidden": 16, "attn_dim": 16, "lr": 1e-3},
+    "transformer": {"d_model": 16, "nhead": 2, "layers": 1, "dim_feedforward": 32, "lr": 3e-3},
+}
+COMMON = {"seq_len": 20, "batch_size": 64, "max_epochs": 40, "patience": 6, "num_threads": 1, "seed": 0}
+MODELS = list(SMALL)
+
+
+def params(name: str, **over: object) -> dict[str, object]:
+    return {**COMMON, **SMALL[name], **over}
+
+
+def date_index(df: pd.DataFrame) -> np.ndarray:
+    dates = np.sort(df["date"].unique())
+    return np.searchsorted(dates, df["date"].to_numpy())
+
+
+def split(df: pd.DataFrame, a: int, b: int) -> pd.DataFrame:
+    """Rows with date index in [a, b); labels that would look at or past date b are purged (NaN)."""
+    di = date_index(df)
+    keep = (di >= a) & (di < b)
+    part = df[keep].copy()
+    for h in HORIZONS:
+        part.loc[di[keep] + h >= b, f"target_h{h}"] = np.nan
+    return part
+
+
+@pytest.fixture(scope="module")
+def frame() -> pd.DataFrame:
+    return make_feature_frame(n_tickers=10, n_days=N_DAYS, n_features=8, seed=0)
+
+
+@pytest.fixture(scope="module")
+def fitted(frame: pd.DataFrame) -> dict[str, object]:
+    train, valid = split(frame, 0, TRAIN_END), split(frame, TRAIN_END, VALID_END)
+    return {name: create_model(name, **params(name)).fit(train, valid) for name in MODELS}
+
+
+def poison_after(frame: pd.DataFrame, cutoff_idx: int, rows: np.ndarray | None = None) -> pd.DataFrame:
+    """Copy of ``frame`` whose feature rows (selected by ``rows``, default: dates after the cutoff) are x10, some NaN."""
+    out = frame.copy()
+    sel = date_index(frame) > cutoff_idx if rows is None else rows
+    feats = [c for c in frame.columns if c.startswith("f")]
+    out.loc[sel, feats] = out.loc[sel, feats].to_numpy() * 10.0
+    nan_rows = np.flatnonzero(sel)[::3]
+    out.loc[out.index[nan_rows], feats[:3]] = np.nan
+    return out
+
+
+# -- contract --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", MODELS)
+def test_registry_and_capabilities(name: str) -> None:
+    cls = get_model_class(name)
+    assert cls.name == name
+    assert cls.uses_sequences and cls.supports_gpu and not cls.per_ticker
+    with pytest.raises(TypeError, match="unknown parameters"):
+        cls(hiden=3)
+    with pytest.raises(ModelNotFittedError):
+        cls().predict(make_feature_frame(n_tickers=2, n_days=30))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_predict_shape_keys_and_order(name: str, fitted: dict, frame: pd.DataFrame) -> None:
+    model = fitted[name]
+    pred = model.predict(frame)
+    assert list(pred.columns) == ["date", "ticker", *PRED_COLS]
+    assert len(pred) == len(frame)
+    assert (pred["date"].to_numpy() == frame["date"].to_numpy()).all()
+    assert (pred["ticker"].to_numpy() == frame["ticker"].to_numpy()).all()
+    assert np.isfinite(pred[PRED_COLS].to_numpy()).all()
+    # any input order: output follows it row by row, values unchanged
+    shuffled = frame.sample(frac=1.0, random_state=3)
+    pred_s = model.predict(shuffled)
+    assert (pred_s["ticker"].to_numpy() == shuffled["ticker"].to_numpy()).all()
+    assert (pred_s["date"].to_numpy() == shuffled["date"].to_numpy()).all()
+    back = pred_s.set_index(["ticker", "date"]).loc[pd.MultiIndex.from_frame(frame[["ticker", "date"]])]
+    assert np.array_equal(back[PRED_COLS].to_numpy(), pred[PRED_COLS].to_numpy())
+    # fitted state and history
+    assert model.n_epochs_ == len(model.history_) >= model.best_epoch_ >= 1
+    assert all("valid_loss" in h for h in model.history_)
+    with pytest.raises(ValueError, match="lacks feature columns"):
+        model.predict(frame.drop(columns=["f3"]))
+    with pytest.raises(ValueError, match="duplicate"):
+        model.predict(pd.concat([frame.iloc[:5], frame.iloc[:1]]))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_learns_planted_signal(name: str, fitted: dict, frame: pd.DataFrame) -> None:
+    pred = fitted[name].predict(frame)  # the test dates get their history from the same frame
+    test = pred.assign(y=frame["target_h5"].to_numpy())[date_index(frame) >= VALID_END].dropna(subset=["y"])
+    ic = test.groupby("date").apply(lambda g: g["pred_h5"].corr(g["y"], method="spearman")).mean()
+    assert ic > 0.05, f"{name}: mean daily Spearman IC {ic:.3f} on the test dates"
+
+
+# -- determinism and persistence -------------------------------------------------------------------
+@pytest.mark.parametrize("name", MODELS)
+def test_same_seed_same_predictions(name: str, fitted: dict, frame: pd.DataFrame) -> None:
+    train, valid = split(frame, 0, TRAIN_END), split(frame, TRAIN_END, VALID_END)
+    again = create_model(name, **params(name)).fit(train, valid)
+
+    def losses(m: Any) -> list[dict[str, float]]:
+        return [{k: v for k, v in h.items() if k != "seconds"} for h in m.history_]
+
+    assert losses(again) == losses(fitted[name])
+    a = fitted[name].predict(frame)[PRED_COLS].to_numpy()
+    b = again.predict(frame)[PRED_COLS].to_numpy()
+    assert np.array_equal(a, b)
+    # the caller's global RNG is not consumed or reseeded by fit
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    create_model(name, **params(name, max_epochs=1)).fit(train, valid)
+    assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_save_load_identical(name: str, fitted: dict, frame: pd.DataFrame, tmp_path: Path) -> None:
+    model = fitted[name]
+    out = model.save(tmp_path / name)
+    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "weights.safetensors"]
+    loaded: Any = get_model_class(name).load(out)
+    assert loaded.get_params() == {"horizons": list(HORIZONS), **model.resolved_params()}
+    assert loaded.history_ == model.history_
+    assert np.array_equal(
+        loaded.predict(frame)[PRED_COLS].to_numpy(), model.predict(frame)[PRED_COLS].to_numpy()
+    )
+    other = "transformer" if name == "lstm" else "lstm"
+    with pytest.raises(ValueError, match="holds model"):
+        get_model_class(other).load(out)
+
+
+class _Exploit:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[Path]]:
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("protocol", [pickle.HIGHEST_PROTOCOL, 0])
+@pytest.mark.parametrize("name", MODELS)
+def test_planted_pickle_refused(name: str, protocol: int, fitted: dict, tmp_path: Path) -> None:
+    out = fitted[name].save(tmp_path / "model")
+    marker = tmp_path / "pwned"
+    (out / "weights.safetensors").write_bytes(pickle.dumps(_Exploit(marker), protocol=protocol))
+    # protocol >= 2 is caught by refuse_pickles; protocol 0 passes that sniff but safetensors never unpickles
+    with pytest.raises(UnsafeArtifactError if protocol >= 2 else Exception):
+        get_model_class(name).load(out)
+    assert not marker.exists()
+
+
+# -- point in time ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", MODELS)
+def test_future_poisoning_leaves_past_predictions_bit_identical(
+    name: str, fitted: dict, frame: pd.DataFrame
+) -> None:
+    model = fitted[name]  # fitted on dates < VALID_END only
+    cutoff = VALID_END - 1
+    clean = model.predict(frame)[PRED_COLS].to_numpy()
+    dirty = model.predict(poison_after(frame, cutoff))[PRED_COLS].to_numpy()
+    past = date_index(frame) <= cutoff
+    assert np.array_equal(clean[past], dirty[past])
+    assert not np.allclose(clean[~past], dirty[~past])  # the poison did reach the later rows
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_windows_never_cross_tickers(name: str, fitted: dict, frame: pd.DataFrame) -> None:
+    model = fitted[name]
+    clean = model.predict(frame)[PRED_COLS].to_numpy()
+    is_a = (frame["ticker"] == "T004").to_numpy()
+    dirty = model.predict(poison_after(frame, -1, rows=is_a))[PRED_COLS].to_numpy()
+    assert np.array_equal(clean[~is_a], dirty[~is_a])
+    assert not np.allclose(clean[is_a], dirty[is_a])
+
+
+def test_lazy_windows_match_a_naive_construction() -> None:
+    df = make_feature_frame(n_tickers=3, n_days=12, n_features=4, seed=5).drop(
+        index=[14, 15]
+    )  # a gap in T001
+    df = df.sample(frac=1.0, random_state=0)  # any input order
+    feats = [f"f{k}" for k in range(4)]
+    L = 5
+    data = SequenceData(df, feats, np.zeros(4), np.ones(4), seq_len=L, clip=None)
+    x, pad = data.windows(torch.arange(data.n))
+    srt = df.iloc[data.order]
+    for i in range(data.n):
+        tk, dt = srt["ticker"].iloc[i], srt["date"].iloc[i]
+        own = df[(df["ticker"] == tk) & (df["date"] <= dt)].sort_values("date")[feats].to_numpy()[-L:]
+        n_real = len(own)
+        assert pad[i].tolist() == [True] * (L - n_real) + [False] * n_real
+        assert np.array_equal(x[i, L - n_real :].numpy(), own.astype(np.float32))
+        assert (x[i, : L - n_real] == 0).all()
+
+
+# -- training control ------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", MODELS)
+def test_early_stopping_on_internal_validation(name: str) -> None:
+    df = make_feature_frame(n_tickers=6, n_days=200, seed=1)
+    rng = np.random.default_rng(0)
+    for h in HORIZONS:  # pure noise targets: the validation loss cannot keep improving
+        df[f"target_h{h}"] = rng.permutation(df[f"target_h{h}"].to_numpy())
+    model: Any = create_model(name, **params(name, max_epochs=50, patience=2, lr=1e-2)).fit(df)  # valid=None
+    assert model.n_epochs_ < 50
+    assert len(model.history_) == model.n_epochs_
+    assert model.best_epoch_ == model.n_epochs_ - 2
+    losses = [h["valid_loss"] for h in model.history_]
+    assert min(losses) == losses[model.best_epoch_ - 1]
+
+
+def test_lstm_attention_weights(fitted: dict, frame: pd.DataFrame) -> None:
+    model = fitted["lstm"]
+    att = model.attention(frame)
+    lag_cols = [f"attn_lag{k}" for k in range(model.resolved_params()["seq_len"])]
+    assert list(att.columns) == ["date", "ticker", *lag_cols]
+    w = att[lag_cols].to_numpy()
+    assert np.allclose(w.sum(axis=1), 1.0, atol=1e-5)
+    assert (w >= 0).all()
+    first = date_index(frame) == 0  # a ticker's first row: only its own date is a real step
+    assert np.allclose(w[first, 0], 1.0) and (w[first, 1:] == 0).all()
+    third = date_index(frame) == 2
+    assert (w[third, 3:] == 0).all() and (w[third, :3] > 0).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", MODELS)
+def test_cuda_fit_predict(name: str, frame: pd.DataFrame, tmp_path: Path) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    train = split(frame, 0, TRAIN_END)
+    model: Any = create_model(name, **params(name, max_epochs=3, device="auto")).fit(train)
+    assert model.device_.type == "cuda"
+    pred = model.predict(frame)[PRED_COLS].to_numpy()
+    assert np.isfinite(pred).all()
+    again = create_model(name, **params(name, max_epochs=3, device="auto")).fit(train)
+    assert np.array_equal(again.predict(frame)[PRED_COLS].to_numpy(), pred)
+    loaded = get_model_class(name).load(model.save(tmp_path / name))
+    assert np.array_equal(loaded.predict(frame)[PRED_COLS].to_numpy(), pred)

@@ -1,0 +1,277 @@
+"""XGBoost, LightGBM and Random Forest behind the Forecaster protocol, on a frame with a planted signal."""
+
+from __future__ import annotations
+
+import pickle
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _frames import make_feature_frame  # noqa: E402
+
+from ensemble.models import get_model_class  # noqa: E402
+from ensemble.models.base import UnsafeArtifactError  # noqa: E402
+from ensemble.models.explain import BIAS_COLUMN  # noqa: E402
+
+HORIZONS = (5, 20, 60)
+PRED_COLS = [f"pred_h{h}" for h in HORIZONS]
+SMALL = {
+    "xgboost": {"n_estimators": 80, "learning_rate": 0.1, "max_depth": 4, "n_jobs": 1},
+    "lightgbm": {
+        "n_estimators": 80,
+        "learning_rate": 0.1,
+        "num_leaves": 15,
+        "min_child_samples": 40,
+        "n_jobs": 1,
+    },
+    "random_forest": {"n_estimators": 40, "min_samples_leaf": 20, "max_samples": 0.5, "n_jobs": 1},
+}
+NAMES = list(SMALL)
+
+
+def split(frame: pd.DataFrame, purge: int = 60) -> tuple[pd.DataFrame, pd.DataFrame, pd.Timestamp]:
+    """train: first 70% of dates minus the last ``purge`` (their labels reach the test period); test: the rest."""
+    dates = np.sort(frame["date"].unique())
+    cut = int(len(dates) * 0.7)
+    train = frame[frame["date"] < dates[cut - purge]].reset_index(drop=True)
+    test = frame[frame["date"] >= dates[cut]].reset_index(drop=True)
+    return train, test, pd.Timestamp(dates[cut - purge - 1])
+
+
+def mean_ic(pred: np.ndarray, frame: pd.DataFrame, h: int = 5) -> float:
+    d = pd.DataFrame(
+        {"date": frame["date"].to_numpy(), "p": pred, "y": frame[f"target_h{h}"].to_numpy()}
+    ).dropna()
+    ics = [g["p"].rank().corr(g["y"].rank()) for _, g in d.groupby("date") if len(g) > 2]
+    return float(np.nanmean(ics))
+
+
+@pytest.fixture(scope="module")
+def frame() -> pd.DataFrame:
+    return make_feature_frame(n_tickers=30, n_days=260, n_features=8, seed=0)
+
+
+@pytest.fixture(scope="module")
+def data(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.Timestamp]:
+    return split(frame)
+
+
+@pytest.fixture(scope="module")
+def fitted(data: tuple[pd.DataFrame, pd.DataFrame, pd.Timestamp]) -> dict[str, object]:
+    train, _, _ = data
+    return {name: get_model_class(name)(**SMALL[name]).fit(train) for name in NAMES}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_predict_shape_keys_and_order(name: str, fitted: dict, data: tuple) -> None:
+    _, test, _ = data
+    model = fitted[name]
+    pred = model.predict(test)
+    assert list(pred.columns) == ["date", "ticker", *PRED_COLS]
+    assert len(pred) == len(test)
+    pd.testing.assert_frame_equal(pred[["date", "ticker"]], test[["date", "ticker"]].reset_index(drop=True))
+    assert np.isfinite(pred[PRED_COLS].to_numpy()).all()
+    # row-wise: a shuffled frame gives the same prediction per row, in the shuffled order
+    perm = np.random.default_rng(1).permutation(len(test))
+    shuffled = model.predict(test.iloc[perm])
+    assert np.array_equal(shuffled[PRED_COLS].to_numpy(), pred[PRED_COLS].to_numpy()[perm])
+    assert shuffled["ticker"].tolist() == test["ticker"].iloc[perm].tolist()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_learns_planted_signal(name: str, fitted: dict, data: tuple) -> None:
+    _, test, _ = data
+    ic = mean_ic(fitted[name].predict(test)["pred_h5"].to_numpy(), test)
+    assert ic > 0.05, f"{name}: mean Spearman IC {ic:.3f} on the test period"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_save_load_identical_predictions(name: str, fitted: dict, data: tuple, tmp_path: Path) -> None:
+    _, test, _ = data
+    model = fitted[name]
+    model.save(tmp_path)
+    loaded = type(model).load(tmp_path)
+    assert loaded.feature_names_ == model.feature_names_
+    assert loaded.resolved_params() == model.resolved_params()
+    assert np.array_equal(
+        loaded.predict(test)[PRED_COLS].to_numpy(), model.predict(test)[PRED_COLS].to_numpy()
+    )
+    c1, c2 = loaded.contributions(test.head(50)), model.contributions(test.head(50))
+    assert np.allclose(c1.iloc[:, 2:].to_numpy(), c2.iloc[:, 2:].to_numpy(), rtol=0, atol=1e-12)
+
+
+class _Marker:
+    """Unpickling this creates the file ``path`` (a stand-in for arbitrary code execution)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (open, (str(self.path), "w"))
+
+
+@pytest.mark.parametrize("protocol", [0, pickle.HIGHEST_PROTOCOL])
+@pytest.mark.parametrize("name", NAMES)
+def test_planted_pickle_refused(name: str, protocol: int, fitted: dict, tmp_path: Path) -> None:
+    model = fitted[name]
+    d = model.save(tmp_path / "m")
+    marker = tmp_path / "pwned"
+    artifact = d / model._artifact(5)
+    assert artifact.exists()
+    artifact.write_bytes(pickle.dumps(_Marker(marker), protocol=protocol))
+    with pytest.raises(UnsafeArtifactError):
+        type(model).load(d)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_planted_pickle_as_meta_refused(name: str, fitted: dict, tmp_path: Path) -> None:
+    model = fitted[name]
+    d = model.save(tmp_path / "m")
+    marker = tmp_path / "pwned"
+    (d / "meta.json").write_bytes(pickle.dumps(_Marker(marker)))
+    with pytest.raises(UnsafeArtifactError):
+        type(model).load(d)
+    (d / "meta.json").write_bytes(pickle.dumps(_Marker(marker), protocol=0))
+    with pytest.raises(ValueError):  # not JSON: refused by the JSON parser, never unpickled
+        type(model).load(d)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_future_poisoning_leaves_past_predictions_bit_identical(
+    name: str, fitted: dict, frame: pd.DataFrame, data: tuple
+) -> None:
+    _, _, cutoff = data
+    model = fitted[name]  # fitted on rows dated <= cutoff
+    feats = model.feature_names_
+    poisoned = frame.copy()
+    after = poisoned["date"] > cutoff
+    poisoned.loc[after, [*feats, "close"]] *= 10.0
+    rng = np.random.default_rng(3)
+    for c in feats[:3]:
+        poisoned.loc[after & (rng.random(len(poisoned)) < 0.3), c] = np.nan
+    poisoned.loc[after, [c for c in poisoned.columns if c.startswith("target_h")]] = np.nan
+    clean_pred = model.predict(frame)
+    dirty_pred = model.predict(poisoned)
+    past = (frame["date"] <= cutoff).to_numpy()
+    assert past.sum() > 0 and (~past).sum() > 0
+    assert np.array_equal(
+        clean_pred.loc[past, PRED_COLS].to_numpy(), dirty_pred.loc[past, PRED_COLS].to_numpy()
+    )
+    assert not np.array_equal(
+        clean_pred.loc[~past, PRED_COLS].to_numpy(), dirty_pred.loc[~past, PRED_COLS].to_numpy()
+    )
+
+
+@pytest.mark.parametrize("horizon", HORIZONS)
+@pytest.mark.parametrize("name", NAMES)
+def test_contributions_sum_to_prediction(name: str, horizon: int, fitted: dict, data: tuple) -> None:
+    _, test, _ = data
+    model = fitted[name]
+    rows = test.iloc[::7]
+    contrib = model.contributions(rows, horizon=horizon)
+    assert list(contrib.columns) == ["date", "ticker", *model.feature_names_, BIAS_COLUMN]
+    total = contrib[model.feature_names_].to_numpy().sum(axis=1) + contrib[BIAS_COLUMN].to_numpy()
+    pred = model.predict(rows)[f"pred_h{horizon}"].to_numpy()
+    # xgboost works in float32; the others in float64
+    np.testing.assert_allclose(total, pred, rtol=0, atol=1e-6 if name == "xgboost" else 1e-12)
+    # contributions are per prediction: they differ between rows
+    assert contrib[model.feature_names_].std().max() > 0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_explain_ranks_top_contributions(name: str, fitted: dict, data: tuple) -> None:
+    _, test, _ = data
+    model = fitted[name]
+    rows = test.iloc[:40]
+    top = 3
+    ex = model.explain(rows, horizon=5, top=top)
+    assert list(ex.columns) == ["date", "ticker", "rank", "feature", "contribution"]
+    assert len(ex) == top * len(rows)
+    assert ex["rank"].tolist() == list(range(1, top + 1)) * len(rows)
+    assert ex["ticker"].tolist() == np.repeat(rows["ticker"].to_numpy(), top).tolist()
+    contrib = model.contributions(rows, horizon=5)
+    for i, (_, g) in enumerate(ex.groupby(np.arange(len(ex)) // top)):
+        full = contrib.iloc[i][model.feature_names_].astype(float)
+        assert (
+            g["feature"].tolist()
+            == full.abs().sort_values(ascending=False, kind="stable").index[:top].tolist()
+        )
+        np.testing.assert_allclose(g["contribution"].to_numpy(), full[g["feature"]].to_numpy())
+    # the planted signal feature f0 is the most common top driver of the 5-day forecast
+    wide = model.explain(test, horizon=5, top=1)
+    assert wide["feature"].value_counts().idxmax() == "f0"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_refit_is_deterministic(name: str, fitted: dict, data: tuple) -> None:
+    train, test, _ = data
+    again = get_model_class(name)(**SMALL[name]).fit(train)
+    assert np.array_equal(
+        again.predict(test)[PRED_COLS].to_numpy(), fitted[name].predict(test)[PRED_COLS].to_numpy()
+    )
+
+
+@pytest.mark.parametrize("name", ["xgboost", "lightgbm"])
+def test_early_stopping_on_valid(name: str, data: tuple, tmp_path: Path) -> None:
+    train, test, _ = data
+    params = {**SMALL[name], "n_estimators": 300, "learning_rate": 0.3, "early_stopping_rounds": 10}
+    model = get_model_class(name)(**params).fit(train, valid=test)
+    for h in HORIZONS:
+        info = model.fit_info_[h]
+        assert info["n_valid_rows"] == int(test[f"target_h{h}"].notna().sum())
+        assert info["n_rounds"] == info["best_iteration"] + (1 if name == "xgboost" else 0) < 300
+    loaded = type(model).load(model.save(tmp_path))
+    assert np.array_equal(
+        loaded.predict(test)[PRED_COLS].to_numpy(), model.predict(test)[PRED_COLS].to_numpy()
+    )
+
+
+@pytest.mark.parametrize("name", ["xgboost", "lightgbm"])
+def test_nan_features_handled_natively(name: str, data: tuple) -> None:
+    train, test, _ = data
+    train = train.copy()
+    train.loc[train.index % 5 == 0, "f3"] = np.nan
+    model = get_model_class(name)(**SMALL[name]).fit(train)
+    holed = test.copy()
+    holed["f0"] = np.nan
+    holed.loc[holed.index % 2 == 0, "f1"] = np.inf
+    pred = model.predict(holed)[PRED_COLS].to_numpy()
+    assert np.isfinite(pred).all()
+
+
+def test_random_forest_imputes_train_medians(fitted: dict, data: tuple) -> None:
+    train, test, _ = data
+    model = fitted["random_forest"]
+    feats = model.feature_names_
+    expected = np.nanmedian(train[feats].to_numpy(dtype=np.float32), axis=0)
+    np.testing.assert_allclose(model.medians_, expected, rtol=1e-6)
+    holed = test.head(30).copy()
+    holed[["f0", "f2"]] = np.nan
+    filled = holed.copy()
+    filled["f0"] = np.float32(model.medians_[feats.index("f0")])
+    filled["f2"] = np.float32(model.medians_[feats.index("f2")])
+    assert np.array_equal(
+        model.predict(holed)[PRED_COLS].to_numpy(), model.predict(filled)[PRED_COLS].to_numpy()
+    )
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_errors_are_clear(name: str, fitted: dict, data: tuple) -> None:
+    _, test, _ = data
+    cls = get_model_class(name)
+    with pytest.raises(TypeError, match="unknown parameters"):
+        cls(n_trees_typo=3)
+    with pytest.raises(ValueError, match="f4"):
+        fitted[name].predict(test.drop(columns=["f4"]))
+    with pytest.raises(ValueError, match="target_h60"):
+        cls().fit(test.drop(columns=["target_h60"]))
+    with pytest.raises(ValueError, match="horizon"):
+        fitted[name].explain(test, horizon=7)
+    assert cls.name == name and cls.per_ticker is False and cls.uses_sequences is False
