@@ -66,6 +66,7 @@ ALIASES_FILE = "aliases.json"
 VERSIONS_DIR = "versions"
 STAGING_DIR = ".staging"
 MODELS_DIR = "models"
+EXTRAS_DIR = "extras"
 PRODUCTION = "production"
 CANDIDATE = "candidate"
 LATEST = "latest"  # pseudo alias: the newest committed version (cannot be set)
@@ -316,11 +317,13 @@ class ModelRegistry:
         cost: Mapping[str, Any] | None = None,
         notes: Sequence[str] = (),
         parent: str | None = None,
+        extras: Mapping[str, Any] | None = None,
     ) -> str:
         """Save ``models`` as a new committed version and return its id.
 
         ``parent`` defaults to the current production version (if any). No alias is changed: call
-        :meth:`promote` (or :meth:`set_alias`) afterwards.
+        :meth:`promote` (or :meth:`set_alias`) afterwards. ``extras`` are JSON documents stored beside the
+        models (e.g. the fitted feature preprocessor), checksummed like them; read with :meth:`load_extra`.
         """
         if not models:
             raise ValueError("create_version: no models given")
@@ -350,6 +353,11 @@ class ModelRegistry:
                     model.save(target)
                     refuse_pickles(target)  # never publish something that would be unpickled
                     kinds[name] = str(getattr(model, "name", name))
+                for name, doc in (extras or {}).items():
+                    if not _NAME_RE.match(name):
+                        raise ValueError(f"create_version: invalid extra name {name!r}")
+                    (tmp_root / EXTRAS_DIR).mkdir(exist_ok=True)
+                    (tmp_root / EXTRAS_DIR / f"{name}.json").write_bytes(_dumps(_jsonable(doc, name)))
                 files: dict[str, dict[str, Any]] = {}
                 for f in sorted(p for p in tmp_root.rglob("*") if p.is_file()):
                     digest, size = _sha256_file(f)
@@ -373,6 +381,7 @@ class ModelRegistry:
                 "created_at": created.isoformat(),
                 "models": list(models),
                 "model_kinds": kinds,
+                "extras": list(extras or {}),
                 "files": files,
                 "metrics": meta["metrics"],
                 "config": meta["config"],
@@ -539,49 +548,52 @@ class ModelRegistry:
     ) -> None:
         """Download every file of ``names`` into ``dest`` and check it against the manifest; raises
         IntegrityError on the first changed, missing or unexpected file."""
+        for name in names:
+            self._fetch_dir_verified(version_id, man, f"{MODELS_DIR}/{name}", dest)
+
+    def _fetch_dir_verified(self, version_id: str, man: Mapping[str, Any], rel_dir: str, dest: Path) -> None:
         vdir = self._version_dir(version_id)
         expected: dict[str, dict[str, Any]] = man["files"]
-        for name in names:
-            prefix = f"{MODELS_DIR}/{name}/"
-            want = {k: v for k, v in expected.items() if k.startswith(prefix)}
-            have = {prefix + k: size for k, size in self._list_files(f"{vdir}/{MODELS_DIR}/{name}").items()}
-            extra = sorted(set(have) - set(want))
-            if extra:
-                rel = extra[0]
+        prefix = f"{rel_dir}/"
+        want = {k: v for k, v in expected.items() if k.startswith(prefix)}
+        have = {prefix + k: size for k, size in self._list_files(f"{vdir}/{rel_dir}").items()}
+        extra = sorted(set(have) - set(want))
+        if extra:
+            rel = extra[0]
+            raise IntegrityError(
+                f"version {version_id}: unexpected file {rel} is not in the manifest "
+                f"(expected no file, actual size {have[rel]})",
+                path=rel,
+                expected=None,
+                actual=f"size={have[rel]}",
+            )
+        missing = sorted(set(want) - set(have))
+        if missing:
+            rel = missing[0]
+            raise IntegrityError(
+                f"version {version_id}: file {rel} is missing (expected sha256 {want[rel]['sha256']})",
+                path=rel,
+                expected=want[rel]["sha256"],
+                actual=None,
+            )
+        for rel in sorted(want):
+            if not _safe_relpath(rel):
                 raise IntegrityError(
-                    f"version {version_id}: unexpected file {rel} is not in the manifest "
-                    f"(expected no file, actual size {have[rel]})",
+                    f"version {version_id}: unsafe path {rel!r} in manifest",
                     path=rel,
                     expected=None,
-                    actual=f"size={have[rel]}",
-                )
-            missing = sorted(set(want) - set(have))
-            if missing:
-                rel = missing[0]
-                raise IntegrityError(
-                    f"version {version_id}: file {rel} is missing (expected sha256 {want[rel]['sha256']})",
-                    path=rel,
-                    expected=want[rel]["sha256"],
                     actual=None,
                 )
-            for rel in sorted(want):
-                if not _safe_relpath(rel):
-                    raise IntegrityError(
-                        f"version {version_id}: unsafe path {rel!r} in manifest",
-                        path=rel,
-                        expected=None,
-                        actual=None,
-                    )
-                digest, size = self._download_file(f"{vdir}/{rel}", dest / rel)
-                exp_digest, exp_size = want[rel]["sha256"], int(want[rel]["size"])
-                if digest != exp_digest or size != exp_size:
-                    raise IntegrityError(
-                        f"version {version_id}: file {rel} does not match the manifest: expected sha256 "
-                        f"{exp_digest} ({exp_size} bytes), actual sha256 {digest} ({size} bytes)",
-                        path=rel,
-                        expected=exp_digest,
-                        actual=digest,
-                    )
+            digest, size = self._download_file(f"{vdir}/{rel}", dest / rel)
+            exp_digest, exp_size = want[rel]["sha256"], int(want[rel]["size"])
+            if digest != exp_digest or size != exp_size:
+                raise IntegrityError(
+                    f"version {version_id}: file {rel} does not match the manifest: expected sha256 "
+                    f"{exp_digest} ({exp_size} bytes), actual sha256 {digest} ({size} bytes)",
+                    path=rel,
+                    expected=exp_digest,
+                    actual=digest,
+                )
 
     def load_version(
         self, version_or_alias: str, models: Sequence[str] | None = None
@@ -602,6 +614,16 @@ class ModelRegistry:
             loaded = {name: classes[name].load(dest / MODELS_DIR / name) for name in names}
         logger.info("registry %s: loaded %s from version %s", self.uri, ", ".join(names), version_id)
         return loaded
+
+    def load_extra(self, version_or_alias: str, name: str) -> Any:
+        """A JSON document stored with ``create_version(extras=...)``, verified against the manifest."""
+        version_id = self.resolve(version_or_alias)
+        man = self.manifest(version_id)
+        if name not in man.get("extras", []):
+            raise KeyError(f"version {version_id} has no extra {name!r}; it holds {man.get('extras', [])}")
+        with tempfile.TemporaryDirectory(prefix="ensemble-registry-") as tmp:
+            self._fetch_dir_verified(version_id, man, EXTRAS_DIR, Path(tmp))
+            return json.loads((Path(tmp) / EXTRAS_DIR / f"{name}.json").read_text())
 
     # -- aliases ---------------------------------------------------------------------------------------
     def _read_aliases(self) -> dict[str, Any]:

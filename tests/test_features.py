@@ -260,3 +260,13 @@ def test_preprocessor_lgbm_gain_is_deterministic(feats, dates) -> None:
     b = Preprocessor(**kw).fit(feats, dates[220])
     assert a.selected_ == b.selected_ and len(a.selected_) == 10
     assert a.report()["score"].sum() == pytest.approx(1.0)
+
+
+def test_preprocessor_json_round_trip_transforms_identically(feats, dates) -> None:
+    import json
+
+    pp = Preprocessor(k=25).fit(feats, dates[len(dates) // 2])
+    restored = Preprocessor.from_dict(json.loads(json.dumps(pp.to_dict())))
+    assert restored.selected_ == pp.selected_
+    pd.testing.assert_frame_equal(restored.transform(feats), pp.transform(feats), check_exact=True)
+    assert restored.report().loc[pp.selected_[0], "selected"]

@@ -230,6 +230,19 @@ def test_flipped_byte_raises_integrity_error_and_loads_nothing(reg: ModelRegistr
         reg.verify(vid)
 
 
+def test_extras_round_trip_and_are_checksummed(reg: ModelRegistry) -> None:
+    doc = {"selected": ["ret_5", "rsi_14"], "center": [0.0, 50.0]}
+    vid = create(reg, extras={"preprocessor": doc})
+    assert reg.manifest(vid)["extras"] == ["preprocessor"]
+    assert reg.load_extra(vid, "preprocessor") == doc
+    with pytest.raises(KeyError, match="no extra 'nope'"):
+        reg.load_extra(vid, "nope")
+    path = version_path(reg, vid) / "extras" / "preprocessor.json"
+    path.write_bytes(path.read_bytes().replace(b"rsi_14", b"rsi_15"))
+    with pytest.raises(IntegrityError, match="extras/preprocessor.json"):
+        reg.load_extra(vid, "preprocessor")
+
+
 def test_missing_and_extra_files_raise(reg: ModelRegistry) -> None:
     vid = create(reg)
     mdir = version_path(reg, vid) / "models" / "tiny"

@@ -327,6 +327,45 @@ class Preprocessor:
         self._check_fitted()
         return self.scores_.head(top) if top else self.scores_.copy()
 
+    # ------------------------------------------------------------------ persistence (JSON, never pickle)
+    def to_dict(self) -> dict[str, Any]:
+        """The fitted state as plain JSON types (for the model registry); :meth:`from_dict` restores it
+        so that ``transform`` gives bit-identical output."""
+        self._check_fitted()
+        return {
+            "params": {"k": self.k, "target": self.target, "method": self.method, "clip": self.clip,
+                       "min_coverage": self.min_coverage, "max_corr": self.max_corr},
+            "train_end": self.train_end_.isoformat(),
+            "selected": list(self.selected_),
+            "medians": [float(v) for v in self.medians_.to_numpy()],
+            "center": [float(v) for v in self.scaler_.center_],
+            "scale": [float(v) for v in self.scaler_.scale_],
+            "scores": {
+                str(f): {"family": str(r["family"]), "score": float(r["score"]), "selected": bool(r["selected"])}
+                for f, r in self.scores_.iterrows()
+            },
+        }  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> Preprocessor:
+        from sklearn.preprocessing import RobustScaler
+
+        self = cls(**state["params"])
+        self.train_end_ = pd.Timestamp(state["train_end"])
+        self.selected_ = [str(f) for f in state["selected"]]
+        self.medians_ = pd.Series(
+            np.asarray(state["medians"], dtype=np.float64), index=self.selected_, name="median"
+        )
+        scaler = RobustScaler(quantile_range=(25.0, 75.0))
+        scaler.center_ = np.asarray(state["center"], dtype=np.float64)
+        scaler.scale_ = np.asarray(state["scale"], dtype=np.float64)
+        scaler.n_features_in_ = len(self.selected_)
+        self.scaler_ = scaler
+        scores = pd.DataFrame.from_dict(state.get("scores", {}), orient="index")
+        scores.index.name = "feature"
+        self.scores_ = scores
+        return self
+
     def _check_fitted(self) -> None:
         if not hasattr(self, "selected_"):
             raise RuntimeError("Preprocessor is not fitted: call fit(frame, train_end) first")

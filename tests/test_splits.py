@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ensemble.backtest.splits import purge_labels, train_valid_split, window
+from ensemble.features.targets import forward_log_returns
+
+
+def _frame(n_tickers: int = 3, n_days: int = 40) -> pd.DataFrame:
+    dates = pd.bdate_range("2024-01-01", periods=n_days)
+    rows = [
+        (d, f"T{i}", 100.0 * (1.01 + 0.001 * i) ** k) for i in range(n_tickers) for k, d in enumerate(dates)
+    ]
+    prices = pd.DataFrame(rows, columns=["date", "ticker", "close"])
+    return pd.concat([prices, forward_log_returns(prices, [1, 5])], axis=1)
+
+
+def test_split_takes_the_latest_dates_for_validation() -> None:
+    f = _frame(n_days=100)
+    s = train_valid_split(f["date"], training_days=60, valid_fraction=0.2)
+    dates = pd.DatetimeIndex(sorted(f["date"].unique()))
+    assert (s.valid_days, s.train_days) == (20, 60)
+    assert s.valid_end == dates[-1] and s.valid_start == dates[80] and s.train_end == dates[79]
+    assert s.train_start == dates[20]
+    short = train_valid_split(f["date"], training_days=1000, valid_fraction=0.2)
+    assert short.train_days == 80 and short.train_start == dates[0]
+    with pytest.raises(ValueError, match="need more history"):
+        train_valid_split(f["date"][:2], training_days=10, valid_fraction=0.4)
+
+
+def test_purged_labels_never_look_past_the_cutoff() -> None:
+    f = _frame()
+    end = pd.Timestamp(sorted(f["date"].unique())[29])
+    tr = window(f, None, end)
+    before = f[f["date"] <= end].reset_index(drop=True)
+    assert tr["date"].max() == end
+    for h in (1, 5):
+        col = tr[f"target_h{h}"]
+        last = tr.groupby("ticker")["date"].transform(lambda d: d.rank(ascending=False, method="first"))
+        # the last h rows of each ticker lose their label; every other label is kept unchanged
+        assert col[last <= h].isna().all()
+        kept = last > h
+        np.testing.assert_array_equal(col[kept].to_numpy(), before.loc[kept, f"target_h{h}"].to_numpy())
+    # poisoning the future does not move any purged label
+    g = f.copy()
+    g.loc[g["date"] > end, "close"] *= 10
+    g[["target_h1", "target_h5"]] = forward_log_returns(g, [1, 5]).to_numpy()
+    pd.testing.assert_frame_equal(purge_labels(g[g["date"] <= end].reset_index(drop=True), end).drop(columns="close"),
+                                  tr.drop(columns="close"), check_exact=True)  # fmt: skip
