@@ -24,6 +24,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -106,6 +107,12 @@ def _spawn(args: list[str], env: dict[str, str], log: Path) -> int:
     return proc.pid
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -179,6 +186,11 @@ def start(
         "--num-cpus",
         str(num_cpus),
         "--disable-usage-stats",
+        # fixed defaults (10001, 52365) would collide with any other Ray head on this machine
+        "--ray-client-server-port",
+        str(_free_port()),
+        "--dashboard-agent-listen-port",
+        str(_free_port()),
     ]
     if num_gpus is not None:
         args += ["--num-gpus", str(num_gpus)]
@@ -213,6 +225,8 @@ def add_worker(num_cpus: int = 1, num_gpus: int | None = None, sdir: str | Path 
         "--num-cpus",
         str(num_cpus),
         "--disable-usage-stats",
+        "--dashboard-agent-listen-port",
+        str(_free_port()),
     ]
     if num_gpus is not None:
         args += ["--num-gpus", str(num_gpus)]

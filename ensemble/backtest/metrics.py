@@ -41,3 +41,23 @@ def ic_summary(ic: pd.Series, periods_per_year: int = 252) -> dict[str, float]:
         "hit": float((ic > 0).mean()),
         "n": int(len(ic)),
     }
+
+
+def forecast_metrics(
+    preds: pd.DataFrame, targets: pd.DataFrame, horizons: list[int] | tuple[int, ...], prefix: str = ""
+) -> dict[str, float]:
+    """Rank IC (mean of the per-date Spearman correlations), ICIR and hit rate per horizon of ``preds``
+    (date, ticker, pred_h{h}) against ``targets`` (date, ticker, target_h{h}); rows are matched on keys."""
+    keys = ["date", "ticker"]
+    cols = [f"target_h{h}" for h in horizons if f"target_h{h}" in targets.columns]
+    df = preds.merge(targets[keys + cols], on=keys, how="inner")
+    out: dict[str, float] = {}
+    for h in horizons:
+        p, t = f"pred_h{h}", f"target_h{h}"
+        if p not in df.columns or t not in df.columns:
+            continue
+        s = ic_summary(rank_ic_by_date(df, p, t))
+        out[f"{prefix}rank_ic_h{h}"] = s["mean"]
+        out[f"{prefix}icir_h{h}"] = s["icir"]
+        out[f"{prefix}ic_dates_h{h}"] = float(s["n"])
+    return out
