@@ -1,0 +1,232 @@
+"""Ray Tune for the tree models and Ray Train for the sequence models (jobs.ray_tune_trees,
+jobs.ray_train_torch), on one local 2-CPU Ray cluster for the module."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _frames import make_feature_frame  # noqa: E402
+
+from ensemble.config import Settings, load_settings  # noqa: E402
+from ensemble.cost import CostMeter  # noqa: E402
+from ensemble.models import create_model, get_model_class  # noqa: E402
+
+pytestmark = pytest.mark.ray
+
+BOOSTER_PARAMS = {"n_estimators": 60, "early_stopping_rounds": 0}  # no in-trial early stop: ASHA only
+SEQ_PARAMS: dict[str, Any] = {
+    "seq_len": 8,
+    "batch_size": 64,
+    "max_samples_per_epoch": 256,
+    "patience": 50,
+    "num_threads": 1,
+    "device": "cpu",
+    "hidden": 8,
+    "attn_dim": 8,
+}
+
+
+@pytest.fixture(scope="module")
+def ray_local() -> Iterator[None]:
+    import ray
+
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S")}
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    # Ray Train's controller polls the workers every 2 s by default; tiny test epochs would wait on it
+    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.5"
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def frames() -> tuple[pd.DataFrame, pd.DataFrame]:
+    f = make_feature_frame(n_tickers=12, n_days=200, seed=3)
+    dates = np.sort(f["date"].unique())
+    return f[f["date"] < dates[120]].reset_index(drop=True), f[f["date"] >= dates[125]].reset_index(drop=True)
+
+
+def _settings(**overrides: Any) -> Settings:
+    base: dict[str, Any] = {
+        "ray": {"trial_cpus": 1.0, "max_concurrent_trials": 2, "asha_grace_period": 5, "max_failures": 1},
+        "models": {
+            "xgboost": dict(BOOSTER_PARAMS),
+            "lightgbm": dict(BOOSTER_PARAMS),
+            "random_forest": {"n_estimators": 20},
+            "lstm": dict(SEQ_PARAMS),
+        },
+    }
+    return load_settings(overrides={**base, **overrides})
+
+
+def _meter(s: Settings) -> CostMeter:
+    return CostMeter(s.training.cpu_hour_usd, s.training.gpu_hour_usd, s.training.cost_limit_usd)
+
+
+def _check_predicts(model: Any, valid: pd.DataFrame, horizons: list[int]) -> None:
+    pred = model.predict(valid)
+    assert len(pred) == len(valid)
+    for h in horizons:
+        assert np.isfinite(pred[f"pred_h{h}"]).all()
+
+
+# --------------------------------------------------------------------------------------------------
+# Ray Tune
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["xgboost", "lightgbm"])
+def test_tune_booster_runs_trials_asha_prunes_and_refits(
+    ray_local, frames, tmp_path: Path, name: str
+) -> None:
+    from jobs.ray_tune_trees import search_space, tune_tree_model
+
+    train, valid = frames
+    s = _settings(training={"tuning_trials": 6})
+    meter = _meter(s)
+    out = tune_tree_model(name, train, valid, s, meter, storage_path=str(tmp_path))
+
+    assert out.trials_requested == 6 and out.trials_run == 6
+    assert out.stop_reason is None
+    assert len(out.trial_nodes) == 6 and all(out.trial_nodes.values())
+    # the first trial is the model's defaults; every other searched value lies in the space
+    assert set(search_space(name)) <= set(out.best_params)
+    assert out.best_params["n_estimators"] == 60  # pinned in settings.models: not searched
+    # ASHA: in-trial early stopping is off, so a trial that reported fewer than all 60 rounds (+ the
+    # final report) was stopped by ASHA on the validation RMSE
+    rounds = sorted(t["iterations"] for t in out.trials)
+    assert any(not t["completed"] and t["iterations"] < 61 for t in out.trials), rounds
+    assert all(t["iterations"] == 61 for t in out.trials if t["completed"]), rounds
+    assert rounds[0] < rounds[-1]
+    best_completed = max(t["rank_ic"] for t in out.trials if t["completed"])
+    assert out.best_score == pytest.approx(best_completed)
+    assert isinstance(out.model, get_model_class(name))
+    _check_predicts(out.model, valid, s.horizons)
+    stages = meter.report()["stages"]
+    assert {f"{name}.tune", f"{name}.refit"} <= set(stages)
+    assert out.cost_usd == pytest.approx(meter.spent_usd) and out.cost_usd > 0
+
+
+def test_tune_random_forest_runs_trials_and_refits(ray_local, frames, tmp_path: Path) -> None:
+    from jobs.ray_tune_trees import tune_tree_model
+
+    train, valid = frames
+    s = _settings()
+    meter = _meter(s)
+    out = tune_tree_model("random_forest", train, valid, s, meter, num_samples=3, storage_path=str(tmp_path))
+
+    assert out.trials_requested == 3 and out.trials_run == 3 and out.stop_reason is None
+    assert all(t["completed"] and t["iterations"] == 1 for t in out.trials)  # one report per trial
+    assert len(out.trial_nodes) == 3
+    assert math.isfinite(out.best_score) and -1 <= out.best_score <= 1
+    assert isinstance(out.model, get_model_class("random_forest"))
+    assert out.model.resolved_params()["n_estimators"] == 20
+    _check_predicts(out.model, valid, s.horizons)
+
+
+def test_tune_stops_launching_trials_at_the_cost_budget(ray_local, frames, tmp_path: Path) -> None:
+    """$1 per CPU-second and a $24 limit: at most ~12 s of 2 reserved CPUs, far too little for 40 trials."""
+    from jobs.ray_tune_trees import tune_tree_model
+
+    train, valid = frames
+    s = _settings(training={"tuning_trials": 40, "cpu_hour_usd": 3600.0, "cost_limit_usd": 24.0})
+    meter = _meter(s)
+    out = tune_tree_model("xgboost", train, valid, s, meter, storage_path=str(tmp_path))
+
+    assert out.trials_requested == 40
+    assert out.trials_run < 40
+    assert out.stop_reason is not None and out.stop_reason.startswith("cost budget")
+    assert "cost_limit_usd" in out.stop_reason or "time_budget_s" in out.stop_reason
+    assert out.time_budget_s == pytest.approx(12.0)
+    stopped = meter.report()["stopped"]
+    assert stopped == [f"xgboost.tune: {out.stop_reason}"]
+    _check_predicts(out.model, valid, s.horizons)  # a model is still fitted (best trial or defaults)
+
+
+def test_budget_guard_uses_the_mean_finished_trial_cost() -> None:
+    """The decision rule alone (no cluster): spent + running + one more trial + refit vs the limit."""
+    from ray.tune.search import Searcher
+
+    from jobs.ray_tune_trees import _GUARDS, BudgetedSearcher, _BudgetGuard
+
+    meter = CostMeter(cpu_hour_usd=3600.0, gpu_hour_usd=0.0, limit_usd=10.0)  # $1 per CPU-second
+    guard = _BudgetGuard(meter, "xgboost.tune", trial_cpus=1.0, refit_trials=3, requested=10)
+
+    class Fixed(Searcher):  # type: ignore[misc]
+        def suggest(self, trial_id: str) -> dict[str, Any]:
+            return {"a": 1}
+
+        def on_trial_complete(self, trial_id: str, result: Any = None, error: bool = False) -> None:
+            pass
+
+    search = BudgetedSearcher(Fixed(metric="m", mode="max"), "tok")
+    _GUARDS["tok"] = guard
+    try:
+        assert search.suggest("t1") == {"a": 1} and search.suggest("t2") == {"a": 1}  # no estimate yet
+        search.on_trial_complete("t1", {"time_total_s": 1.0, "m": 0.1})  # one trial = $1
+        meter.record("xgboost.tune", cpu_s=4.0)  # $4 spent
+        assert search.suggest("t3") == {"a": 1}  # 4 + running 1 + next 1 + refit 3 = 9 <= 10
+        meter.record("xgboost.tune", cpu_s=1.5)  # 5.5 + running 2 + 1 + 3 = 11.5 > 10
+        assert search.suggest("t4") == Searcher.FINISHED
+        assert search.suggest("t5") == Searcher.FINISHED  # stays stopped
+    finally:
+        _GUARDS.pop("tok", None)
+    assert guard.launched == 3
+    assert guard.stop_reason is not None and "cost_limit_usd $10.0000" in guard.stop_reason
+    assert "after 3 of 10" in guard.stop_reason
+
+
+# --------------------------------------------------------------------------------------------------
+# Ray Train
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_torch_trainer_resumes_from_checkpoint_after_a_failure(ray_local, frames, tmp_path: Path) -> None:
+    from jobs.ray_train_torch import STATE_FILE, train_sequence_model
+
+    train, valid = frames
+    s = _settings(training={"max_epochs": 5, "seed": 1})
+    meter = _meter(s)
+    out = train_sequence_model("lstm", train, valid, s, meter, storage_path=str(tmp_path), fail_at_epoch=3)
+
+    # failed once at the start of epoch 3, resumed from the checkpoint of epoch 2, then finished
+    assert out.resumed_from_epoch == [2]
+    assert (Path(out.run_path) / "fault_injected").exists()
+    assert out.epochs_run == 5
+    assert [h["epoch"] for h in out.history] == [1.0, 2.0, 3.0, 4.0, 5.0]  # no epoch repeated
+    assert out.val_loss is not None and out.val_loss == pytest.approx(
+        min(h["valid_loss"] for h in out.history)
+    )
+    ckpt = Path(out.checkpoint_path)
+    state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True)
+    assert state["epoch"] == 5 and state["restarts"] == [2]
+    assert out.cost_usd > 0 and "lstm" in meter.report()["stages"]
+
+    # the result is the library's LSTMForecaster with the best weights, and since the RNG states are
+    # checkpointed, the resumed run equals an uninterrupted local fit with the same parameters
+    assert isinstance(out.model, get_model_class("lstm"))
+    local = create_model("lstm", horizons=s.horizons, **{**SEQ_PARAMS, "max_epochs": 5, "seed": 1})
+    local.fit(train, valid)
+    assert out.best_epoch == local.best_epoch_
+    a, b = out.model.predict(valid), local.predict(valid)
+    cols = [f"pred_h{h}" for h in s.horizons]
+    np.testing.assert_allclose(a[cols].to_numpy(), b[cols].to_numpy(), rtol=1e-6, atol=1e-9)
+    saved = out.model.save(tmp_path / "saved")
+    again = get_model_class("lstm").load(saved)
+    np.testing.assert_array_equal(again.predict(valid)[cols].to_numpy(), a[cols].to_numpy())
