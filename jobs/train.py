@@ -1,0 +1,302 @@
+"""The training job: data -> features -> six models on Ray -> one registry version (-> promotion).
+
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
+        python -m jobs.train --config cluster/train.yaml --registry /abs/path/registry
+    python -m jobs.train --config cluster/train.yaml          # starts (or joins) a local Ray
+
+Stages (each metered for the cost report):
+  data      load_prices(settings): synthetic (default), files or PostgreSQL
+  features  build_features + a Preprocessor fitted on the training dates only (k from config)
+  prophet   one fit per ticker, Ray tasks over chunks of tickers (jobs.ray_prophet)
+  lstm, transformer   Ray Train TorchTrainer, checkpoint per epoch, resumable (jobs.ray_train_torch)
+  xgboost, lightgbm, random_forest   Ray Tune, Optuna + ASHA, trials within the budget (jobs.ray_tune_trees)
+  validate  each model's and the weighted ensemble's Rank IC on the validation dates
+
+Split: the most recent ``training.valid_fraction`` of the dates validate; the ``training.training_days``
+dates before them train, with every label realised after the training window's end purged.
+
+A model that fails is reported as degraded in the summary and the manifest; it is never replaced.
+The version is promoted to ``production`` only when its ensemble validation Rank IC (shortest
+horizon) beats the current production's (``--no-promote`` skips the attempt).
+
+Under ``ray job submit`` the working directory is a temporary copy: give ``--registry`` (or
+``registry_root`` in the config) as an absolute path or a pyarrow filesystem URI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from ensemble.backtest.metrics import forecast_metrics
+from ensemble.backtest.splits import train_valid_split, window
+from ensemble.combine import weighted_mean
+from ensemble.config import Settings, load_settings
+from ensemble.cost import CostMeter
+from ensemble.data.sources import load_prices
+from ensemble.features import Preprocessor, build_features
+from ensemble.models.base import Forecaster
+from ensemble.registry import ModelRegistry, data_fingerprint
+
+logger = logging.getLogger("jobs.train")
+
+TREES = ("xgboost", "lightgbm", "random_forest")
+NEURAL = ("lstm", "transformer")
+# Fixed-cost fits first; hyperparameter search then spends what is left of the budget.
+STAGE_ORDER = ("prophet", "lstm", "transformer", "xgboost", "lightgbm", "random_forest")
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``["training.tuning_trials=5", "ray.use_gpu=no"]`` -> nested dict (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects KEY=VALUE (e.g. training.tuning_trials=5), got {item!r}")
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(raw)
+    return out
+
+
+def connect_ray(settings: Settings) -> str:
+    """Join the cluster named by ``ray.address`` / ``$RAY_ADDRESS``, else start (or join) a local Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return "already connected"
+    address = settings.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+        return f"joined {address}"
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local Ray on loopback
+    ray.init(include_dashboard=False)
+    return "local Ray"
+
+
+def _fit_model(
+    name: str, train: pd.DataFrame, valid: pd.DataFrame, settings: Settings, meter: CostMeter, progress: bool
+) -> tuple[Forecaster, dict[str, Any]]:
+    if name in TREES:
+        from jobs.ray_tune_trees import tune_tree_model
+
+        t = tune_tree_model(name, train, valid, settings, meter)
+        info = {
+            "best_params": t.best_params,
+            "best_score": t.best_score,
+            "trials_requested": t.trials_requested,
+            "trials_run": t.trials_run,
+            "stop_reason": t.stop_reason,
+            "trial_nodes": len(set(t.trial_nodes.values())),
+        }
+        return t.model, info
+    if name in NEURAL:
+        from jobs.ray_train_torch import train_sequence_model
+
+        n = train_sequence_model(name, train, valid, settings, meter)
+        return n.model, {
+            "epochs_run": n.epochs_run,
+            "val_loss": n.val_loss,
+            "restarts": n.resumed_from_epoch,
+        }
+    if name == "prophet":
+        from jobs.ray_prophet import fit_prophet_fanout
+
+        with meter.stage("prophet.driver", cpus=0.0):
+            r = fit_prophet_fanout(
+                train,
+                horizons=settings.horizons,
+                params=settings.models.get("prophet", {}),
+                chunk_size=settings.ray.prophet_chunk_size,
+                task_cpus=settings.ray.prophet_task_cpus,
+                progress=progress,
+            )
+        meter.record("prophet", cpu_s=r.task_cpu_s)
+        if not r.model.tickers_:
+            raise RuntimeError(f"prophet: no ticker could be fitted ({len(r.failures)} failures)")
+        return r.model, {
+            "tickers_fitted": len(r.model.tickers_),
+            "failures": r.failures,
+            "chunks": r.n_chunks,
+            "nodes": len(r.tickers_per_node),
+            "wall_s": r.wall_s,
+        }
+    raise KeyError(f"unknown model {name!r}")
+
+
+def run(
+    settings: Settings,
+    *,
+    registry_root: str | None = None,
+    promote: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train every configured model, store the version, try to promote it; return the summary."""
+    t_start = time.perf_counter()
+    horizons = list(settings.horizons)
+    tr = settings.training
+    meter = CostMeter(tr.cpu_hour_usd, tr.gpu_hour_usd, tr.cost_limit_usd)
+
+    with meter.stage("data", cpus=1):
+        prices, oracle = load_prices(settings)
+        fingerprint = data_fingerprint(prices)
+    n_tickers = prices["ticker"].nunique()
+    logger.info("data: %d rows, %d tickers, %s", len(prices), n_tickers, settings.data.source)
+
+    with meter.stage("features", cpus=min(2, os.cpu_count() or 1)):
+        feats = build_features(prices, horizons, n_jobs=None)
+        split = train_valid_split(
+            feats["date"], training_days=tr.training_days, valid_fraction=tr.valid_fraction
+        )
+        pre = Preprocessor(k=settings.features.selection_k, target=f"target_h{horizons[0]}")
+        pre.fit(feats, split.train_end)
+        frame = pre.transform(feats).merge(
+            prices[["date", "ticker", "close"]], on=["date", "ticker"], how="left"
+        )
+        del feats
+        train = window(frame, split.train_start, split.train_end)
+        valid = window(frame, split.valid_start, split.valid_end)
+        # prediction input for validation: the validation dates plus enough history for the windows
+        dates = pd.DatetimeIndex(sorted(frame["date"].unique()))
+        lead = settings.features.sequence_length + 5
+        first = dates[max(0, dates.get_loc(split.valid_start) - lead)]
+        eval_frame = frame[frame["date"] >= first].reset_index(drop=True)
+    logger.info("split: %s; %d features selected", split.as_dict(), len(pre.selected_))
+
+    connect_ray(settings)
+    models: dict[str, Forecaster] = {}
+    details: dict[str, Any] = {}
+    metrics: dict[str, Any] = {}
+    preds: dict[str, pd.DataFrame] = {}
+    degraded: dict[str, str] = {}
+    wall: dict[str, float] = {}
+    for name in [m for m in STAGE_ORDER if m in tr.models]:
+        t0 = time.perf_counter()
+        try:
+            model, info = _fit_model(name, train, valid, settings, meter, progress)
+            with meter.stage(f"{name}.validate", cpus=1):
+                p = model.predict(eval_frame)
+                p = p[p["date"] >= split.valid_start].reset_index(drop=True)
+        except Exception as exc:  # one failing model is reported, never replaced
+            logger.exception("model %s failed: excluded from this version", name)
+            degraded[name] = f"{type(exc).__name__}: {exc}"
+            wall[name] = time.perf_counter() - t0
+            continue
+        wall[name] = time.perf_counter() - t0
+        models[name], details[name], preds[name] = model, info, p
+        metrics[name] = forecast_metrics(p, valid, horizons, prefix="valid_")
+        logger.info("%s: %.1f s, valid Rank IC h%d %.4f", name, wall[name], horizons[0],
+                    metrics[name].get(f"valid_rank_ic_h{horizons[0]}", float("nan")))  # fmt: skip
+    if not models:
+        raise RuntimeError(f"every model failed: {degraded}")
+
+    ens = weighted_mean(preds, settings.ensemble.weights, horizons)
+    metrics["ensemble"] = forecast_metrics(ens, valid, horizons, prefix="valid_")
+    if oracle is not None:
+        o = oracle.rename(columns={f"oracle_h{h}": f"pred_h{h}" for h in horizons})
+        o = o[(o["date"] >= split.valid_start) & (o["date"] <= split.valid_end)]
+        metrics["oracle"] = forecast_metrics(o, valid, horizons, prefix="valid_")
+
+    cost = meter.report()
+    registry = ModelRegistry(registry_root or settings.registry_root)
+    version = registry.create_version(
+        models,
+        metrics=metrics,
+        config=settings.model_dump(mode="json"),
+        data_fingerprint=fingerprint,
+        cost=cost,
+        notes=[f"degraded {k}: {v}" for k, v in degraded.items()],
+        extras={
+            "preprocessor": pre.to_dict(),
+            "training": {
+                "split": split.as_dict(),
+                "models": details,
+                "degraded": degraded,
+                "wall_s": wall,
+                "rows": {"train": len(train), "valid": len(valid)},
+            },
+        },
+    )
+    promotion = None
+    if promote:
+        res = registry.promote(version, metric=f"valid_rank_ic_h{horizons[0]}")
+        promotion = {"promoted": res.promoted, "reason": res.reason, "production": res.production}
+    return {
+        "version": version,
+        "registry": registry.uri,
+        "models": sorted(models),
+        "degraded": degraded,
+        "metrics": metrics,
+        "details": details,
+        "split": split.as_dict(),
+        "cost": cost,
+        "wall_s": {**wall, "total": time.perf_counter() - t_start},
+        "promotion": promotion,
+    }
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    hs = sorted(
+        {
+            int(k.rsplit("h", 1)[1])
+            for m in s["metrics"].values()
+            for k in m
+            if k.startswith("valid_rank_ic_h")
+        }
+    )
+    lines = [f"version {s['version']} in {s['registry']}", f"split {s['split']}"]
+    lines.append(f"{'model':<14}" + "".join(f"{'IC h' + str(h):>10}" for h in hs) + f"{'wall s':>9}")
+    for name, m in s["metrics"].items():
+        ics = "".join(f"{m.get(f'valid_rank_ic_h{h}', float('nan')):>10.4f}" for h in hs)
+        lines.append(f"{name:<14}{ics}{s['wall_s'].get(name, float('nan')):>9.1f}")
+    for name, why in s["degraded"].items():
+        lines.append(f"{name:<14}DEGRADED: {why}")
+    c = s["cost"]
+    lines.append(
+        f"cost: ${c['total_usd']:.4f} of ${c['limit_usd']:.2f} ({c['total_cpu_s']:.0f} CPU-s, {c['total_gpu_s']:.0f} GPU-s)"
+    )
+    for reason in c.get("stopped", []):
+        lines.append(f"budget: {reason}")
+    if s["promotion"] is not None:
+        lines.append(f"promotion: {s['promotion']['reason']}")
+    lines.append(f"total wall {s['wall_s']['total']:.1f} s")
+    return "\n".join(lines)  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m jobs.train", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", help="YAML settings (default: built-in defaults)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
+    ap.add_argument("--registry", help="registry root (path or URI); default: registry_root of the config")
+    ap.add_argument(
+        "--no-promote", action="store_true", help="store the version without trying to promote it"
+    )
+    ap.add_argument("--summary-json", help="also write the summary as JSON to this file")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = load_settings(args.config, parse_overrides(args.set))
+    root = args.registry or settings.registry_root
+    if "://" not in root:
+        root = str(Path(root).resolve())
+    summary = run(settings, registry_root=root, promote=not args.no_promote, progress=not args.no_progress)
+    print(format_summary(summary), flush=True)
+    if args.summary_json:
+        Path(args.summary_json).write_text(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""jobs.train end to end: submitted with `ray job submit` to a local head node (token auth), and
+run in-process; each run leaves a committed registry version with every model, metrics and cost."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ensemble.config import MODEL_NAMES
+from ensemble.data.pgserver import free_port
+from ensemble.registry import ModelRegistry
+from jobs import local_cluster
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "synthetic": {"n_tickers": 24, "n_days": 420, "seed": 3},
+    "features": {"selection_k": 20, "sequence_length": 10},
+    "training": {"training_stocks": 24, "training_days": 300, "max_epochs": 2, "tuning_trials": 2},
+    "ray": {"trial_cpus": 0.5, "cpus_per_worker": 0.5, "prophet_task_cpus": 0.5, "max_failures": 1},
+    "models": {
+        "xgboost": {"n_estimators": 20, "early_stopping_rounds": 5, "n_jobs": 1},
+        "lightgbm": {"n_estimators": 20, "early_stopping_rounds": 5, "n_jobs": 1},
+        "random_forest": {"n_estimators": 10, "max_depth": 4, "n_jobs": 1},
+        "lstm": {"hidden": 8, "batch_size": 128, "max_samples_per_epoch": 1000},
+        "transformer": {"d_model": 16, "batch_size": 128, "max_samples_per_epoch": 1000},
+        "prophet": {"min_history": 100},
+    },
+}
+
+
+def write_config(path: Path, **extra: object) -> Path:
+    cfg = {**TINY, **extra}
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory: pytest.TempPathFactory):
+    sdir = tmp_path_factory.mktemp("ray-state")
+    st = local_cluster.start(
+        num_cpus=2, port=free_port(), dashboard_port=free_port(), auth="token", sdir=sdir
+    )
+    try:
+        yield st
+    finally:
+        local_cluster.stop(sdir)
+
+
+def test_ray_job_submit_trains_and_registers_a_version(head, tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "tiny.yaml")
+    registry = tmp_path / "registry"
+    env = {**os.environ, **head.env()}
+    env.pop("RAY_ADDRESS", None)  # the job client talks to the dashboard given by --address
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    cmd = [
+        ray_bin, "job", "submit", "--address", head.dashboard_url, "--working-dir", str(REPO), "--",
+        "python", "-m", "jobs.train", "--config", str(cfg), "--registry", str(registry), "--no-progress",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1500, cwd=REPO)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    assert "succeeded" in out
+
+    reg = ModelRegistry(registry)
+    (version,) = reg.list_versions()
+    assert f"version {version}" in out
+    man = reg.manifest(version)
+    assert sorted(man["models"]) == sorted(MODEL_NAMES), man["notes"]
+    assert reg.resolve("production") == version  # the first version is promoted
+    assert man["cost"]["total_usd"] > 0 and man["cost"]["limit_usd"] == 5.0
+    for name in MODEL_NAMES:
+        assert "valid_rank_ic_h5" in man["metrics"][name]
+    pre = reg.load_extra(version, "preprocessor")
+    assert len(pre["selected"]) == 20
+    loaded = reg.load_version("production", models=["xgboost"])
+    assert loaded["xgboost"].horizons == (5, 20, 60)
+
+
+def test_without_a_token_the_submission_is_refused(head, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH_TOKEN")}
+    env["RAY_AUTH_MODE"] = "token"
+    env["RAY_AUTH_TOKEN_PATH"] = str(tmp_path / "wrong_token")
+    (tmp_path / "wrong_token").write_text("0" * 64)
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    proc = subprocess.run(
+        [ray_bin, "job", "submit", "--address", head.dashboard_url, "--no-wait", "--", "python", "-c", "0"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode != 0
