@@ -99,12 +99,12 @@ def search_space(name: str) -> dict[str, Any]:
             "colsample": tune.uniform(0.3, 1.0),
             "reg_lambda": tune.loguniform(0.1, 30.0),
         }
-    if name == "random_forest":  # defaults: depth 14, leaf 50, max_samples 0.2, max_features 0.3
+    if name == "random_forest":  # defaults: depth 10, leaf 100, max_samples 0.1, max_features 0.2
         return {
-            "max_depth": tune.randint(6, 21),  # 6..20
-            "min_samples_leaf": tune.lograndint(5, 500),
-            "max_samples": tune.uniform(0.05, 0.6),
-            "max_features": tune.uniform(0.1, 0.8),
+            "max_depth": tune.randint(4, 15),  # 4..14
+            "min_samples_leaf": tune.lograndint(20, 1000),
+            "max_samples": tune.uniform(0.02, 0.3),  # the cost of a trial grows with it and the depth
+            "max_features": tune.uniform(0.05, 0.5),
         }
     raise ValueError(f"no search space for {name!r}; tree models: {list(TREE_MODELS)}")
 

@@ -118,7 +118,9 @@ def test_save_load_gives_identical_predictions(name: str, fitted: dict, market: 
     loaded = get_model_class(name).load(saved)
     frame = market["frame"]
     assert np.array_equal(
-        loaded.predict(frame)[PRED_COLS].to_numpy(), model.predict(frame)[PRED_COLS].to_numpy(), equal_nan=True
+        loaded.predict(frame)[PRED_COLS].to_numpy(),
+        model.predict(frame)[PRED_COLS].to_numpy(),
+        equal_nan=True,
     )
 
 
@@ -149,7 +151,9 @@ def test_planted_pickle_is_refused(name: str, how: str, fitted: dict, tmp_path: 
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
-def test_future_poisoning_leaves_past_predictions_bit_identical(name: str, fitted: dict, market: dict) -> None:
+def test_future_poisoning_leaves_past_predictions_bit_identical(
+    name: str, fitted: dict, market: dict
+) -> None:
     clean = fitted[name].predict(market["frame"])[PRED_COLS].to_numpy()
     dirty = fitted[name].predict(market["poisoned"])[PRED_COLS].to_numpy()
     past = (market["frame"]["date"] <= market["cutoff"]).to_numpy()

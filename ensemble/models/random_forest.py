@@ -7,8 +7,8 @@ Shared behaviour (features, point in time, explanations, artifacts) is described
   fitted state (``medians_``, in ``meta.json``); a feature with no finite training value imputes 0.
 - Cost: bootstrap samples of ``max_samples`` (a fraction of the rows), ``max_features`` per split,
   ``min_samples_leaf`` and ``max_depth`` bound the work so that 500 tickers x ~800 days x 100
-  features fits in minutes on two cores. No early stopping (``valid`` is not used: a forest does not
-  overfit with more trees).
+  features fits in about a minute per horizon on two cores. No early stopping (``valid`` is not
+  used: a forest does not overfit with more trees).
 - Deterministic: fixed ``random_state``; predictions are accumulated tree by tree in a fixed order
   (sklearn's threaded accumulation adds trees in thread-completion order, whose float rounding can
   differ in the last bit from call to call).
@@ -29,12 +29,15 @@ import numpy as np
 from ensemble.config import TrainingConfig
 from ensemble.models.explain import TreeForecaster, forest_path_contributions
 
+# Shallow, strongly regularised trees on small bootstrap samples: on the 500-ticker synthetic panel
+# (100 features, 378k training rows) this fits a horizon in ~50 s on 2 cores with a higher held-out
+# Rank IC (0.058 at 5 days) than 200 trees of depth 14 on 20% samples (0.051, 6 minutes a horizon).
 DEFAULTS: dict[str, Any] = {
-    "n_estimators": 200,
-    "max_depth": 14,
-    "min_samples_leaf": 50,
-    "max_samples": 0.2,  # bootstrap sample size, fraction of the training rows
-    "max_features": 0.3,  # fraction of the features tried at each split
+    "n_estimators": 100,
+    "max_depth": 10,
+    "min_samples_leaf": 100,
+    "max_samples": 0.1,  # bootstrap sample size, fraction of the training rows
+    "max_features": 0.2,  # fraction of the features tried at each split
     "random_state": TrainingConfig().seed,
     "n_jobs": 2,
 }

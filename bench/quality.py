@@ -1,0 +1,287 @@
+"""Out-of-sample forecast quality of the six models, beside the oracle and simple baselines.
+
+Two data sets, one run each (``--source``):
+
+* ``synthetic`` (default): the synthetic market (500 tickers x 1,260 days, seed 7). Fixed dates: the
+  first 60% train, the next 15% validate (early stopping), the last 25% test; every label realised
+  after the end of its window is purged (no training label looks into validation, no validation
+  label into the test). The oracle ``E[log(close[t+h]/close[t]) | information at t]`` written by the
+  generator is scored on the same test rows: the ceiling.
+* ``sp500``: the real S&P 500 sample in ../shared/data (505 tickers, 2013-02..2018-02, cleaned with
+  ``schema.clean(mode="repair")``, GICS sectors joined; no fundamentals or sentiment). Train on the
+  first 70% of the dates (its last 15% used for early stopping, purged), test on the rest; every
+  training label realised after the 70% cut is purged. There is no oracle for real data.
+
+Features: the whole pipeline (``build_features``), then a ``Preprocessor`` (top ``k`` by training
+Rank IC, robust scaling) fitted on the training dates only. Each model is fitted once with its
+module's ``DEFAULTS`` (no tuning, and nothing is chosen on the test period), then predicts the test
+dates (the sequence models read the ``seq_len`` days before the first test date as history).
+Prophet is fitted per ticker in ``--prophet-procs`` processes (the per-ticker seconds are in-process
+fit times).
+
+Baselines, from prices only: 5-day reversal ``-log(close[t]/close[t-5])`` and 12-1 momentum
+``log(close[t-21]/close[t-252])``. The ensemble is the configured weighted mean over the models
+that ran (``ensemble.combine.weighted_mean``).
+
+Printed per row and horizon: the mean of the per-date Spearman correlations between forecast and
+realised forward log return on the test dates (Rank IC), its ICIR (mean / std over dates), and the
+fit seconds; then the best model's 5-day Rank IC as a share of the oracle's.
+
+Usage: ``.venv/bin/python bench/quality.py [--source synthetic|sp500] [--models xgboost lightgbm ...]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing as mp
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from ensemble.backtest.metrics import ic_summary, rank_ic_by_date  # noqa: E402
+from ensemble.backtest.splits import window  # noqa: E402
+from ensemble.combine import weighted_mean  # noqa: E402
+from ensemble.config import DEFAULT_HORIZONS, MODEL_NAMES, EnsembleConfig, SyntheticConfig  # noqa: E402
+from ensemble.features import Preprocessor, build_features  # noqa: E402
+from ensemble.models import create_model  # noqa: E402
+from ensemble.models.prophet_model import ProphetForecaster  # noqa: E402
+
+SHARED = REPO.parent / "shared" / "data"
+HORIZONS = tuple(DEFAULT_HORIZONS)
+logger = logging.getLogger("bench.quality")
+
+
+# -- data and splits --------------------------------------------------------------------------------
+def load(source: str, n_tickers: int, n_days: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    if source == "synthetic":
+        from ensemble.data.synthetic import generate_market
+
+        m = generate_market(SyntheticConfig(n_tickers=n_tickers, n_days=n_days, seed=seed), horizons=HORIZONS)
+        return m.prices, m.oracle
+    from ensemble.data.files import load_file
+
+    prices, report = load_file(
+        SHARED / "sp500_daily.parquet", sectors_path=SHARED / "sp500_sectors.csv", clean="repair"
+    )
+    if report is not None:
+        logger.info("S&P 500 sample cleaned: %s", report.summary())
+    return prices, None
+
+
+def split_dates(dates: pd.DatetimeIndex, source: str) -> dict[str, pd.Timestamp]:
+    n = len(dates)
+    if source == "synthetic":  # 60 / 15 / 25
+        tr, va = int(n * 0.60), int(n * 0.75)
+    else:  # train = first 70% (its last 15% for early stopping), test = the rest
+        va = int(n * 0.70)
+        tr = int(va * 0.85)
+    return {
+        "train_start": dates[0],
+        "train_end": dates[tr - 1],
+        "valid_start": dates[tr],
+        "valid_end": dates[va - 1],
+        "test_start": dates[va],
+        "test_end": dates[-1],
+    }
+
+
+def baselines(prices: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The two price-only baselines as prediction frames (same value for every horizon)."""
+    p = prices.sort_values(["ticker", "date"])
+    logc = np.log(p["close"].where(p["close"] > 0))
+    g = logc.groupby(p["ticker"], sort=False)
+    signals = {"reversal_5d": -(logc - g.shift(5)), "momentum_12_1": g.shift(21) - g.shift(252)}
+    out = {}
+    for name, s in signals.items():
+        f = p[["date", "ticker"]].reset_index(drop=True)
+        for h in HORIZONS:
+            f[f"pred_h{h}"] = s.to_numpy()
+        out[name] = f
+    return out
+
+
+# -- scoring ----------------------------------------------------------------------------------------
+def score(pred: pd.DataFrame, truth: pd.DataFrame) -> dict[str, float]:
+    df = pred.merge(truth, on=["date", "ticker"], how="inner")
+    out: dict[str, float] = {}
+    for h in HORIZONS:
+        s = ic_summary(rank_ic_by_date(df, f"pred_h{h}", f"target_h{h}"))
+        out[f"ic_h{h}"], out[f"icir_h{h}"], out[f"n_h{h}"] = s["mean"], s["icir"], s["n"]
+    return out
+
+
+# -- Prophet in a process pool ------------------------------------------------------------------------
+def _prophet_chunk(args: tuple[pd.DataFrame, tuple[int, ...]]) -> ProphetForecaster:
+    from jobs.ray_prophet import fit_chunk  # the chunk function of the Ray fan-out (quiet cmdstanpy)
+
+    frame, horizons = args
+    return fit_chunk(frame, horizons, {})[0]
+
+
+def _one_thread() -> None:
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = "1"
+
+
+def fit_prophet(train: pd.DataFrame, procs: int) -> ProphetForecaster:
+    cols = train[["date", "ticker", "close"]]
+    tickers = np.sort(cols["ticker"].unique())
+    chunks = [cols[cols["ticker"].isin(part)] for part in np.array_split(tickers, max(1, procs) * 4)]
+    if procs <= 1:
+        return ProphetForecaster.merge([_prophet_chunk((c, HORIZONS)) for c in chunks])
+    with mp.get_context("spawn").Pool(procs, initializer=_one_thread) as pool:
+        parts = pool.map(_prophet_chunk, [(c, HORIZONS) for c in chunks], chunksize=1)
+    return ProphetForecaster.merge(parts)
+
+
+# -- the run ------------------------------------------------------------------------------------------
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    prices, oracle = load(args.source, args.tickers, args.days, args.seed)
+    feats = build_features(prices, HORIZONS, n_jobs=None)
+    dates = pd.DatetimeIndex(np.sort(feats["date"].unique()))
+    sp = split_dates(dates, args.source)
+    pre = Preprocessor(k=args.k).fit(feats, sp["train_end"])
+    close = prices[["date", "ticker", "close"]]
+    frame = pre.transform(feats).merge(close, on=["date", "ticker"], how="left")
+    truth = feats[["date", "ticker", *[f"target_h{h}" for h in HORIZONS]]]
+    truth = truth[truth["date"] >= sp["test_start"]]
+    del feats
+    train = window(frame, sp["train_start"], sp["train_end"])
+    valid = window(frame, sp["valid_start"], sp["valid_end"])
+    lead = dates[max(0, dates.get_loc(sp["test_start"]) - 70)]  # history for the sequence windows
+    test_in = frame[frame["date"] >= lead].reset_index(drop=True)
+    prep_s = time.perf_counter() - t0
+    print(
+        f"\n== bench/quality.py --source {args.source}: {prices['ticker'].nunique()} tickers x {len(dates)} days, "
+        f"{len(pre.selected_)} features selected (train-only); prep {prep_s:.0f} s",
+        flush=True,
+    )
+    print("split: " + ", ".join(f"{k} {v.date()}" for k, v in sp.items()), flush=True)
+
+    rows: dict[str, dict[str, Any]] = {}
+    preds: dict[str, pd.DataFrame] = {}
+    for name in args.models:
+        t = time.perf_counter()
+        try:
+            if name == "prophet":
+                model: Any = fit_prophet(train, args.prophet_procs)
+            else:
+                model = create_model(name, horizons=HORIZONS).fit(train, valid)
+            fit_s = time.perf_counter() - t
+            p = model.predict(test_in)
+        except Exception as exc:  # reported, never replaced
+            logger.exception("%s failed", name)
+            rows[name] = {"error": f"{type(exc).__name__}: {exc}"}
+            continue
+        p = p[p["date"] >= sp["test_start"]].reset_index(drop=True)
+        preds[name] = p
+        rows[name] = {**score(p, truth), "fit_s": fit_s, "predict_s": time.perf_counter() - t - fit_s}
+        if name == "prophet":
+            secs = list(model.fit_seconds_.values())
+            rows[name].update(
+                per_ticker_s=float(np.mean(secs)) if secs else float("nan"),
+                tickers=len(model.models_),
+                failed=len(model.failed_),
+            )
+        elif hasattr(model, "n_epochs_"):
+            rows[name].update(epochs=model.n_epochs_, best_epoch=model.best_epoch_)
+        elif hasattr(model, "fit_info_"):
+            rows[name]["rounds"] = {h: model.fit_info_[h].get("n_rounds") for h in HORIZONS}
+        print(
+            f"  {name:<14} fit {fit_s:7.1f} s   test Rank IC h5 {rows[name]['ic_h5']:+.4f}  "
+            f"h20 {rows[name]['ic_h20']:+.4f}  h60 {rows[name]['ic_h60']:+.4f}",
+            flush=True,
+        )
+    if preds:
+        ens = weighted_mean(preds, EnsembleConfig().weights, HORIZONS)
+        rows["ensemble"] = score(ens, truth)
+    ref: dict[str, dict[str, Any]] = {}
+    if oracle is not None:
+        o = oracle.rename(columns={f"oracle_h{h}": f"pred_h{h}" for h in HORIZONS})
+        ref["oracle"] = score(o[o["date"] >= sp["test_start"]], truth)
+    for name, b in baselines(prices).items():
+        ref[name] = score(b[b["date"] >= sp["test_start"]], truth)
+    return {
+        "source": args.source,
+        "split": {k: str(v.date()) for k, v in sp.items()},
+        "n_tickers": int(prices["ticker"].nunique()),
+        "n_days": len(dates),
+        "k": len(pre.selected_),
+        "models": rows,
+        "reference": ref,
+        "prep_s": prep_s,
+        "total_s": time.perf_counter() - t0,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def table(res: dict[str, Any]) -> str:
+    head = (
+        f"{'':<16}" + "".join(f"{'IC h' + str(h):>10}{'ICIR':>8}" for h in HORIZONS) + f"{'fit s':>9}  note"
+    )
+    lines = [head]
+
+    def line(name: str, r: dict[str, Any], note: str = "") -> str:
+        if "error" in r:
+            return f"{name:<16}FAILED (excluded): {r['error']}"
+        cells = "".join(f"{r[f'ic_h{h}']:>+10.4f}{r[f'icir_h{h}']:>8.2f}" for h in HORIZONS)
+        fit = f"{r['fit_s']:>9.1f}" if "fit_s" in r else f"{'':>9}"
+        return f"{name:<16}{cells}{fit}  {note}"
+
+    for name in [m for m in MODEL_NAMES if m in res["models"]]:
+        r = res["models"][name]
+        note = ""
+        if "per_ticker_s" in r:
+            note = f"{r['per_ticker_s']:.2f} s/ticker in-process, {r['tickers']} fitted, {r['failed']} failed"
+        elif "epochs" in r:
+            note = f"{r['epochs']} epochs (best {r['best_epoch']})"
+        lines.append(line(name, r, note))
+    if "ensemble" in res["models"]:
+        lines.append(line("ensemble", res["models"]["ensemble"], "weighted mean, default weights"))
+    for name, r in res["reference"].items():
+        lines.append(line(name, r, "ceiling" if name == "oracle" else "baseline"))
+    ok = {n: r for n, r in res["models"].items() if "error" not in r and n in MODEL_NAMES}
+    if ok and "oracle" in res["reference"]:
+        best = max(ok, key=lambda n: ok[n]["ic_h5"])
+        share = ok[best]["ic_h5"] / res["reference"]["oracle"]["ic_h5"]
+        lines.append(f"best model at 5 days: {best}, {share:.0%} of the oracle's Rank IC")
+    lines.append(f"total {res['total_s']:.0f} s, peak RSS {res['peak_rss_mib']:.0f} MiB")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--source", choices=["synthetic", "sp500"], default="synthetic")
+    ap.add_argument("--models", nargs="+", default=list(MODEL_NAMES), choices=list(MODEL_NAMES))
+    ap.add_argument("--tickers", type=int, default=500)
+    ap.add_argument("--days", type=int, default=1260)
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--k", type=int, default=100)
+    ap.add_argument("--prophet-procs", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--json", help="write the results here (default artifacts/bench/quality_<source>.json)")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("prophet.plot").setLevel(logging.CRITICAL)  # plotly is never used
+    res = run(args)
+    print(table(res), flush=True)
+    out = Path(args.json or REPO / "artifacts" / "bench" / f"quality_{args.source}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2, default=str))
+    print(f"results: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
