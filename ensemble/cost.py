@@ -138,6 +138,12 @@ class CostMeter:
             usage = self._usage()
         return sum(self.estimate_usd(u.cpu_s, u.gpu_s) for u in usage.values())
 
+    def stage_usd(self, name: str) -> float:
+        """What stage ``name`` has cost so far (0 for a stage never metered), its open time included."""
+        with self._lock:
+            u = self._usage().get(name)
+        return 0.0 if u is None else self.estimate_usd(u.cpu_s, u.gpu_s)
+
     @property
     def remaining_usd(self) -> float:
         """What is left of the limit (0 once it is passed)."""

@@ -30,7 +30,9 @@ Cost budget
     The tuning stage is metered as a :class:`ensemble.cost.CostMeter` stage ``<name>.tune`` that
     bills its wall time x the CPUs its concurrent trials reserve. Before each new trial the search
     (a :class:`ray.tune.search.Searcher` wrapper around Optuna) estimates the cost of one more trial
-    as the mean cost of the finished ones (trial time x ``trial_cpus`` x CPU price) and stops
+    as the larger of the mean cost of the finished ones (trial time x ``trial_cpus`` x CPU price) and
+    what the stage was billed between the first and the latest finish per trial finished in between
+    (which includes Tune's overhead and reserved CPUs left idle between trials), and stops
     launching trials (``Searcher.FINISHED``) when the spend so far + what the running trials still
     need + one more trial + the refit (one trial per horizon) would pass ``cost_limit_usd``; the
     reason goes to ``meter.note_stop``. As a backstop, ``time_budget_s`` = the budget left at the
@@ -371,6 +373,7 @@ class _BudgetGuard:
         self.requested = int(requested)
         self.running: dict[str, float] = {}  # trial id -> time suggested
         self.finished_usd: list[float] = []
+        self.billed_at_finish: list[float] = []  # the stage's bill when each of them finished
         self.launched = 0
         self.stop_reason: str | None = None
         self._lock = threading.Lock()
@@ -383,7 +386,14 @@ class _BudgetGuard:
             if self.stop_reason is not None:
                 return False
             if self.finished_usd:  # before the first trial finishes there is no estimate
+                # a trial costs at least its own time x its CPUs; once two have finished, what the
+                # stage was billed (wall x the reserved CPUs: Tune's overhead and idle slots included)
+                # between the first and the latest finish, per trial finished in between, is the
+                # truer price (Tune's start-up, before the first finish, is not a per-trial cost)
                 est = float(np.mean(self.finished_usd))
+                if len(self.billed_at_finish) >= 2:
+                    span = self.billed_at_finish[-1] - self.billed_at_finish[0]
+                    est = max(est, span / (len(self.billed_at_finish) - 1))
                 now = time.perf_counter()
                 running = sum(max(0.0, est - self._trial_usd(now - t0)) for t0 in self.running.values())
                 refit = est * self.refit_trials
@@ -391,7 +401,7 @@ class _BudgetGuard:
                     spent = self.meter.spent_usd
                     self.stop_reason = (
                         f"cost budget: ${spent:.4f} spent of cost_limit_usd ${self.meter.limit_usd:.4f}; "
-                        f"one more trial (~${est:.4f}, the mean of {len(self.finished_usd)} finished) + "
+                        f"one more trial (~${est:.4f}, from {len(self.finished_usd)} finished) + "
                         f"{len(self.running)} running (~${running:.4f} to go) + the refit (~${refit:.4f}) "
                         f"would pass it: stopped launching trials after {self.launched} of {self.requested}"
                     )
@@ -409,6 +419,7 @@ class _BudgetGuard:
                 seconds = time.perf_counter() - t0
             if seconds is not None:
                 self.finished_usd.append(self._trial_usd(float(seconds)))
+                self.billed_at_finish.append(self.meter.stage_usd(self.stage))
 
 
 _GUARDS: dict[str, _BudgetGuard] = {}  # token -> guard: the searcher holds only the token (picklable)

@@ -142,26 +142,29 @@ def test_tune_random_forest_runs_trials_and_refits(ray_local, frames, tmp_path: 
 
 
 def test_tune_stops_launching_trials_at_the_cost_budget(ray_local, frames, tmp_path: Path) -> None:
-    """$1 per CPU-second and a $24 limit: at most ~12 s of 2 reserved CPUs, far too little for 40 trials."""
+    """$1 per CPU-second and a $12 limit: at most 6 s of 2 reserved CPUs. These trials are tiny (a
+    tenth of a second each here, Tune's own overhead included), so ask for far more than 6 s of them:
+    200 trials take about 10 s even on an idle machine, and longer on a busy one."""
     from jobs.ray_tune_trees import tune_tree_model
 
     train, valid = frames
-    s = _settings(training={"tuning_trials": 40, "cpu_hour_usd": 3600.0, "cost_limit_usd": 24.0})
+    s = _settings(training={"tuning_trials": 200, "cpu_hour_usd": 3600.0, "cost_limit_usd": 12.0})
     meter = _meter(s)
     out = tune_tree_model("xgboost", train, valid, s, meter, storage_path=str(tmp_path))
 
-    assert out.trials_requested == 40
-    assert out.trials_run < 40
+    assert out.trials_requested == 200
+    assert out.trials_run < 200
     assert out.stop_reason is not None and out.stop_reason.startswith("cost budget")
     assert "cost_limit_usd" in out.stop_reason or "time_budget_s" in out.stop_reason
-    assert out.time_budget_s == pytest.approx(12.0)
+    assert out.time_budget_s == pytest.approx(6.0)
     stopped = meter.report()["stopped"]
     assert stopped == [f"xgboost.tune: {out.stop_reason}"]
     _check_predicts(out.model, valid, s.horizons)  # a model is still fitted (best trial or defaults)
 
 
-def test_budget_guard_uses_the_mean_finished_trial_cost() -> None:
-    """The decision rule alone (no cluster): spent + running + one more trial + refit vs the limit."""
+def test_budget_guard_prices_a_trial_at_its_cost_or_the_billed_cost_per_trial() -> None:
+    """The decision rule alone (no cluster): spent + running + one more trial + refit vs the limit, a
+    trial priced at the larger of its own cost and what the stage was billed per finished trial."""
     from ray.tune.search import Searcher
 
     from jobs.ray_tune_trees import _GUARDS, BudgetedSearcher, _BudgetGuard
@@ -180,17 +183,23 @@ def test_budget_guard_uses_the_mean_finished_trial_cost() -> None:
     _GUARDS["tok"] = guard
     try:
         assert search.suggest("t1") == {"a": 1} and search.suggest("t2") == {"a": 1}  # no estimate yet
-        search.on_trial_complete("t1", {"time_total_s": 1.0, "m": 0.1})  # one trial = $1
-        meter.record("xgboost.tune", cpu_s=4.0)  # $4 spent
-        assert search.suggest("t3") == {"a": 1}  # 4 + running 1 + next 1 + refit 3 = 9 <= 10
-        meter.record("xgboost.tune", cpu_s=1.5)  # 5.5 + running 2 + 1 + 3 = 11.5 > 10
+        search.on_trial_complete("t1", {"time_total_s": 1.0, "m": 0.1})  # one trial's own time = $1
+        assert search.suggest("t3") == {"a": 1}  # 0 spent + running 1 + next 1 + refit 3 = 5 <= 10
+        # the stage is billed $3 between the first finish and the second (Tune's overhead, reserved
+        # CPUs left idle): $3 per trial, not $1. 3 + running 3 + next 3 + refit 9 = 18 > 10, where the
+        # trials' own $1 would say 3 + 1 + 1 + 3 = 8 <= 10
+        meter.record("xgboost.tune", cpu_s=3.0)
+        search.on_trial_complete("t2", {"time_total_s": 1.0, "m": 0.1})
         assert search.suggest("t4") == Searcher.FINISHED
         assert search.suggest("t5") == Searcher.FINISHED  # stays stopped
     finally:
         _GUARDS.pop("tok", None)
     assert guard.launched == 3
     assert guard.stop_reason is not None and "cost_limit_usd $10.0000" in guard.stop_reason
-    assert "after 3 of 10" in guard.stop_reason
+    assert (
+        "one more trial (~$3.0000, from 2 finished)" in guard.stop_reason
+        and "after 3 of 10" in guard.stop_reason
+    )
 
 
 # --------------------------------------------------------------------------------------------------
