@@ -10,7 +10,8 @@ Chunking: ``chunk_size=None`` gives about ``CHUNKS_PER_SLOT`` (4) chunks per tas
 (CPUs / ``task_cpus``): enough for load balance and a short tail, few enough that per-task overhead
 (scheduling, the first chunk's Prophet import in each worker) is paid rarely.
 
-Data: each task gets only its own slice and only the columns a fit reads (date, ticker, close),
+Data: each task gets only its own slice and only the columns a fit reads (date, ticker, close and
+any extra regressor columns named in the Prophet parameters),
 so a worker never deserialises the whole frame; Ray puts each slice in the object store once.
 
 Failures: a ticker whose data are broken or whose fit raises is recorded by the forecaster
@@ -136,8 +137,9 @@ def plan_chunk_size(n_tickers: int, cluster_cpus: float, task_cpus: float = 1.0)
     return max(1, math.ceil(n_tickers / (CHUNKS_PER_SLOT * slots)))
 
 
-def split_chunks(train: pd.DataFrame, chunk_size: int) -> list[Chunk]:
-    """Contiguous chunks of the sorted tickers, each with only the columns a fit reads."""
+def split_chunks(train: pd.DataFrame, chunk_size: int, regressors: Sequence[str] = ()) -> list[Chunk]:
+    """Contiguous chunks of the sorted tickers, each with only the columns a fit reads
+    (date, ticker, close and the Prophet ``regressors``, if any)."""
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     key = train["ticker"].astype(str).to_numpy()
@@ -152,6 +154,7 @@ def split_chunks(train: pd.DataFrame, chunk_size: int) -> list[Chunk]:
             "date": train["date"].to_numpy(),
             "ticker": key,
             "close": train["close"].to_numpy(dtype=np.float64, na_value=np.nan),
+            **{r: train[r].to_numpy(dtype=np.float64, na_value=np.nan) for r in regressors},
         }
     )
     return [
@@ -258,7 +261,10 @@ def fit_prophet_fanout(
         raise ValueError(f"prophet fan-out: training frame lacks column(s) {missing}")
     if task_cpus <= 0:
         raise ValueError(f"task_cpus must be > 0, got {task_cpus}")
-    ProphetForecaster(horizons, **params)  # unknown parameters raise here, not in every task
+    regressors = ProphetForecaster(horizons, **params).regressors  # bad parameters raise here, not in tasks
+    missing = [c for c in regressors if c not in train.columns]
+    if missing:
+        raise ValueError(f"prophet fan-out: training frame lacks regressor column(s) {missing}")
     if train.empty:
         raise ValueError("prophet fan-out: the training frame has no rows")
     if not ray.is_initialized():
@@ -268,7 +274,7 @@ def fit_prophet_fanout(
     n_tickers = int(train["ticker"].astype(str).nunique())
     if chunk_size is None:
         chunk_size = plan_chunk_size(n_tickers, float(ray.cluster_resources().get("CPU", 1.0)), task_cpus)
-    chunks = split_chunks(train, chunk_size)
+    chunks = split_chunks(train, chunk_size, regressors)
     logger.info("prophet fan-out: %d tickers in %d chunks of <= %d", n_tickers, len(chunks), chunk_size)
     result = run_chunks(
         _fit_chunk_task, chunks, horizons=horizons, params=params, task_cpus=task_cpus, progress=progress

@@ -136,6 +136,30 @@ def _fit_model(
     raise KeyError(f"unknown model {name!r}")
 
 
+def add_prophet_regressors(
+    frame: pd.DataFrame, settings: Settings, prices: pd.DataFrame, feats: pd.DataFrame
+) -> pd.DataFrame:
+    """``frame`` with the extra regressor columns Prophet is configured with (``models.prophet.
+    regressors``): ``mkt_log_level`` (the market's cumulative log return, computed from ``prices``),
+    or any feature of the pipeline (its raw, unscaled value when the preprocessor did not keep it)."""
+    from ensemble.models.prophet_model import MARKET_LEVEL, market_log_level
+
+    regs = list(settings.models.get("prophet", {}).get("regressors", []))
+    for r in regs:
+        if r in frame.columns:
+            continue
+        if r == MARKET_LEVEL:
+            frame = frame.merge(market_log_level(prices), on="date", how="left")
+        elif r in feats.columns:
+            frame = frame.merge(feats[["date", "ticker", r]], on=["date", "ticker"], how="left")
+        else:
+            raise ValueError(
+                f"models.prophet.regressors: {r!r} is neither {MARKET_LEVEL!r} nor a feature of the "
+                "pipeline (python -m ensemble.features --list)"
+            )
+    return frame
+
+
 def run(
     settings: Settings,
     *,
@@ -165,6 +189,8 @@ def run(
         frame = pre.transform(feats).merge(
             prices[["date", "ticker", "close"]], on=["date", "ticker"], how="left"
         )
+        if "prophet" in tr.models:
+            frame = add_prophet_regressors(frame, settings, prices, feats)
         del feats
         train = window(frame, split.train_start, split.train_end)
         valid = window(frame, split.valid_start, split.valid_end)

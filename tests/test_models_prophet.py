@@ -16,7 +16,7 @@ from _frames import make_feature_frame  # noqa: E402
 
 from ensemble.models import get_model_class  # noqa: E402
 from ensemble.models.base import UnsafeArtifactError  # noqa: E402
-from ensemble.models.prophet_model import ProphetForecaster, quiet_stan  # noqa: E402
+from ensemble.models.prophet_model import MARKET_LEVEL, ProphetForecaster, market_log_level, quiet_stan  # noqa: E402
 
 HORIZONS = (5, 20, 60)
 PRED_COLS = [f"pred_h{h}" for h in HORIZONS]
@@ -188,3 +188,83 @@ def test_merge_of_chunk_fits_equals_one_fit(fitted: ProphetForecaster, data: tup
     )
     with pytest.raises(ValueError, match="more than one part"):
         ProphetForecaster.merge([a, a])
+
+
+# -- extra regressors ---------------------------------------------------------------------------------
+def test_market_log_level_is_the_cumulative_equal_weighted_return_and_point_in_time() -> None:
+    dates = pd.bdate_range("2021-01-04", periods=4)
+    prices = pd.DataFrame(
+        {
+            "date": np.r_[dates, dates],
+            "ticker": ["A"] * 4 + ["B"] * 4,
+            "close": [10.0, 11.0, 11.0, 9.9, 20.0, 20.0, np.nan, 22.0],
+        }
+    )
+    level = market_log_level(prices)
+    assert list(level.columns) == ["date", MARKET_LEVEL]
+    # day 2: mean(+10%, 0%) ; day 3: only A has a return (B has no close) ; day 4: A -10%, B's close
+    # has no previous close (NaN on day 3) so it adds nothing
+    daily = np.log1p([0.0, 0.05, 0.0, -0.1])
+    assert np.allclose(level[MARKET_LEVEL].to_numpy(), np.cumsum(daily))
+    poisoned = prices.copy()
+    late = poisoned["date"] > dates[1]
+    poisoned.loc[late, "close"] *= 10.0
+    assert np.array_equal(
+        market_log_level(poisoned)[MARKET_LEVEL].to_numpy()[:2], level[MARKET_LEVEL].to_numpy()[:2]
+    )
+
+
+@pytest.fixture(scope="module")
+def with_market(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.merge(market_log_level(frame), on="date", how="left")
+
+
+def test_market_regressor_changes_the_fit_and_keeps_the_contract(
+    fitted: ProphetForecaster, with_market: pd.DataFrame, data: tuple, tmp_path: Path
+) -> None:
+    _, _, cutoff = data
+    train = with_market[with_market["date"] <= cutoff].reset_index(drop=True)
+    test = with_market[with_market["date"] > cutoff].reset_index(drop=True)
+    model = ProphetForecaster(regressors=[MARKET_LEVEL]).fit(train)
+    assert model.tickers_ == fitted.tickers_ and model.regressors == [MARKET_LEVEL]
+    assert all(m.extra_regressors.keys() == {MARKET_LEVEL} for m in model.models_.values())
+    p_reg = model.predict(test)
+    p_plain = fitted.predict(test)
+    fitted_rows = test["ticker"].isin(model.tickers_).to_numpy()
+    assert np.isfinite(p_reg.loc[fitted_rows, PRED_COLS].to_numpy()).all()
+    # the regressor takes its part of the log price out of the trend: the forecasts change
+    assert not np.allclose(
+        p_reg.loc[fitted_rows, PRED_COLS].to_numpy(), p_plain.loc[fitted_rows, PRED_COLS].to_numpy()
+    )
+    # prediction needs no regressor values (held at their value at t, they cancel)
+    assert np.array_equal(
+        model.predict(test.drop(columns=[MARKET_LEVEL]))[PRED_COLS].to_numpy(),
+        p_reg[PRED_COLS].to_numpy(),
+        equal_nan=True,
+    )
+    loaded = ProphetForecaster.load(model.save(tmp_path / "m"))
+    assert loaded.regressors == [MARKET_LEVEL]
+    assert np.array_equal(
+        loaded.predict(test)[PRED_COLS].to_numpy(), p_reg[PRED_COLS].to_numpy(), equal_nan=True
+    )
+    # future poisoning of prices (and so of the market level) leaves every past prediction as it was
+    poisoned = with_market.copy()
+    after = poisoned["date"] > cutoff
+    poisoned.loc[after, "close"] *= 10.0
+    poisoned = poisoned.drop(columns=[MARKET_LEVEL]).merge(market_log_level(poisoned), on="date")
+    past = (with_market["date"] <= cutoff).to_numpy()
+    clean = model.predict(with_market)[PRED_COLS].to_numpy()
+    dirty = model.predict(poisoned)[PRED_COLS].to_numpy()
+    assert np.array_equal(clean[past], dirty[past], equal_nan=True)
+    refit = ProphetForecaster(regressors=[MARKET_LEVEL]).fit(poisoned[poisoned["date"] <= cutoff])
+    assert np.array_equal(refit.predict(with_market)[PRED_COLS].to_numpy()[past], clean[past], equal_nan=True)
+
+
+def test_regressor_errors_name_the_column(data: tuple) -> None:
+    train, _, _ = data
+    with pytest.raises(ValueError, match="regressor column.*mkt_log_level"):
+        ProphetForecaster(regressors=[MARKET_LEVEL]).fit(train)
+    with pytest.raises(TypeError, match="regressors must be a list"):
+        ProphetForecaster(regressors="mkt_log_level")
+    with pytest.raises(ValueError, match="cannot be a regressor"):
+        ProphetForecaster(regressors=["close"])

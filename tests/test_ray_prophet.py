@@ -121,6 +121,25 @@ def test_fanout_passes_params_and_refuses_bad_input(ray_cluster: None, market: p
 
 
 @pytest.mark.ray
+def test_fanout_carries_the_extra_regressor_columns(ray_cluster: None, market: pd.DataFrame) -> None:
+    from ensemble.models.prophet_model import MARKET_LEVEL, market_log_level
+
+    ok = [t for t in sorted(market["ticker"].unique()) if t not in market.attrs["broken"]][:3]
+    sub = market[market["ticker"].isin(ok)].merge(market_log_level(market), on="date", how="left")
+    assert [c.frame.columns[-1] for c in split_chunks(sub, 2, [MARKET_LEVEL])] == [MARKET_LEVEL] * 2
+    params = {"regressors": [MARKET_LEVEL]}
+    r = fit_prophet_fanout(sub, horizons=(5, 20), params=params, chunk_size=2, progress=False)
+    local = ProphetForecaster((5, 20), **params).fit(sub)
+    assert not r.failures and r.model.tickers_ == ok and r.model.regressors == [MARKET_LEVEL]
+    assert np.array_equal(
+        r.model.predict(sub)[["pred_h5", "pred_h20"]].to_numpy(),
+        local.predict(sub)[["pred_h5", "pred_h20"]].to_numpy(),
+    )
+    with pytest.raises(ValueError, match=f"lacks regressor column.*{MARKET_LEVEL}"):
+        fit_prophet_fanout(market, horizons=(5,), params=params, progress=False)
+
+
+@pytest.mark.ray
 def test_dead_chunk_is_retried_then_reported_not_raised(
     ray_cluster: None, market: pd.DataFrame, tmp_path: Path
 ) -> None:

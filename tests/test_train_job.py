@@ -31,7 +31,7 @@ TINY = {
         "random_forest": {"n_estimators": 10, "max_depth": 4, "n_jobs": 1},
         "lstm": {"hidden": 8, "batch_size": 128, "max_samples_per_epoch": 1000},
         "transformer": {"d_model": 16, "batch_size": 128, "max_samples_per_epoch": 1000},
-        "prophet": {"min_history": 100},
+        "prophet": {"min_history": 100, "regressors": ["mkt_log_level"]},  # the market as a regressor
     },
 }
 
@@ -80,8 +80,9 @@ def test_ray_job_submit_trains_and_registers_a_version(head, tmp_path: Path) -> 
         assert "valid_rank_ic_h5" in man["metrics"][name]
     pre = reg.load_extra(version, "preprocessor")
     assert len(pre["selected"]) == 20
-    loaded = reg.load_version("production", models=["xgboost"])
+    loaded = reg.load_version("production", models=["xgboost", "prophet"])
     assert loaded["xgboost"].horizons == (5, 20, 60)
+    assert loaded["prophet"].regressors == ["mkt_log_level"] and len(loaded["prophet"].tickers_) == 24
 
 
 def test_without_a_token_the_submission_is_refused(head, tmp_path: Path) -> None:
@@ -95,3 +96,26 @@ def test_without_a_token_the_submission_is_refused(head, tmp_path: Path) -> None
         env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode != 0
+
+
+def test_prophet_regressors_are_added_from_the_market_or_the_features() -> None:
+    import numpy as np
+    import pandas as pd
+
+    from ensemble.config import load_settings
+    from jobs.train import add_prophet_regressors
+
+    dates = pd.bdate_range("2021-01-04", periods=3)
+    prices = pd.DataFrame(
+        {"date": np.r_[dates, dates], "ticker": ["A"] * 3 + ["B"] * 3, "close": [1.0, 1.1, 1.2] * 2}
+    )
+    feats = prices[["date", "ticker"]].assign(rsi_14=np.arange(6.0), kept=0.0)
+    frame = feats[["date", "ticker", "kept"]].assign(close=prices["close"])
+    s = load_settings(overrides={"models": {"prophet": {"regressors": ["mkt_log_level", "rsi_14", "kept"]}}})
+    out = add_prophet_regressors(frame, s, prices, feats)
+    assert list(out.columns) == ["date", "ticker", "kept", "close", "mkt_log_level", "rsi_14"]
+    assert np.allclose(out["mkt_log_level"], np.r_[0.0, np.log(1.1), np.log(1.2)].tolist() * 2)
+    assert out["rsi_14"].tolist() == list(range(6))
+    bad = load_settings(overrides={"models": {"prophet": {"regressors": ["no_such_feature"]}}})
+    with pytest.raises(ValueError, match="models.prophet.regressors: 'no_such_feature'"):
+        add_prophet_regressors(frame, bad, prices, feats)

@@ -16,11 +16,14 @@ Forecast
     horizons map to calendar dates with ``pd.offsets.BDay`` (exchange holidays are ignored: a horizon
     spanning one reaches one trading day further).
 
-Market regressor: not used. An equal-weighted market return regressor explains the *level* of
-    log close only through its cumulative sum, and forecasting needs its future values: held at 0 /
-    its mean, it adds nothing to ``yhat(t+h) - yhat(t)`` beyond reshaping the fitted trend, at extra
-    fit cost and with a point-in-time hazard (the regressor at t must be computed from the frame's
-    tickers at <= t). The cross-sectional models carry market information instead.
+Extra regressors (optional, ``regressors``: column names, default none)
+    Each named column of the frame (point in time, e.g. the market's cumulative log return,
+    :func:`market_log_level`) is added with ``add_regressor(mode="additive")``; training rows where
+    one is missing are left out. Its future is unknown at t, so a forecast holds it at its value at
+    t over the horizon (the only point-in-time choice); being additive, its term then cancels in
+    ``yhat(t+h) - yhat(t)`` and the regressor acts through the fit: the trend and seasonality are
+    what is left of the log price once its part is explained (with the market level: the ticker's
+    own drift, net of its beta to the market). Prediction therefore needs no regressor values.
 
 Failures
     A ticker with fewer than ``min_history`` usable rows, duplicate dates, or whose fit raises is
@@ -72,7 +75,34 @@ DEFAULTS: dict[str, Any] = {
     "seasonality_mode": "additive",
     "weekly_seasonality": "auto",
     "yearly_seasonality": "auto",
+    "regressors": [],  # extra regressor columns (see the module docstring), e.g. ["mkt_log_level"]
 }
+
+MARKET_LEVEL = "mkt_log_level"
+
+
+def market_log_level(prices: pd.DataFrame) -> pd.DataFrame:
+    """(date, ``mkt_log_level``): the cumulative log return of the equal-weighted universe.
+
+    The daily market return at t is the log of the mean simple return of the tickers with a close
+    at t and at their previous row; the level is its running sum. Point in time: the value at t uses
+    closes dated <= t only. An extra regressor for Prophet (``regressors: [mkt_log_level]``)."""
+    missing = [c for c in ("date", "ticker", "close") if c not in prices.columns]
+    if missing:
+        raise ValueError(f"market_log_level: frame lacks column(s) {missing}")
+    f = prices[["date", "ticker", "close"]].sort_values(["ticker", "date"], kind="stable")
+    close = f["close"].to_numpy(dtype=np.float64, na_value=np.nan)
+    prev = (
+        f.groupby("ticker", sort=False, observed=True)["close"]
+        .shift(1)
+        .to_numpy(dtype=np.float64, na_value=np.nan)
+    )
+    simple = pd.Series(close / prev - 1.0, index=f["date"].to_numpy())
+    simple = simple[np.isfinite(simple.to_numpy())]
+    daily = np.log1p(simple.groupby(level=0).mean())
+    dates = pd.Index(np.sort(f["date"].unique()))
+    level = daily.reindex(dates).fillna(0.0).cumsum()
+    return pd.DataFrame({"date": dates, MARKET_LEVEL: level.to_numpy()})
 
 
 def _import_prophet() -> Any:
@@ -112,14 +142,26 @@ class ProphetForecaster(Forecaster):
         unknown = sorted(set(params) - set(DEFAULTS))
         if unknown:
             raise TypeError(f"ProphetForecaster: unknown parameters {unknown}; known: {sorted(DEFAULTS)}")
+        regs = params.get("regressors", [])
+        if isinstance(regs, str) or not all(isinstance(r, str) and r for r in regs):
+            raise TypeError(f"ProphetForecaster: regressors must be a list of column names, got {regs!r}")
+        reserved = sorted(set(regs) & {"ds", "y", "date", "ticker", "close"})
+        if reserved:
+            raise ValueError(f"ProphetForecaster: {reserved} cannot be a regressor")
+        if "regressors" in params:
+            params["regressors"] = list(regs)
         super().__init__(horizons, **params)
 
     def resolved_params(self) -> dict[str, Any]:
         return {**DEFAULTS, **self.params}
 
+    @property
+    def regressors(self) -> list[str]:
+        return list(self.resolved_params()["regressors"])
+
     def _new_model(self) -> Any:
         p = self.resolved_params()
-        return _import_prophet().Prophet(
+        m = _import_prophet().Prophet(
             growth=p["growth"],
             n_changepoints=int(p["n_changepoints"]),
             changepoint_range=float(p["changepoint_range"]),
@@ -132,6 +174,9 @@ class ProphetForecaster(Forecaster):
             mcmc_samples=0,
             uncertainty_samples=0,
         )
+        for r in p["regressors"]:
+            m.add_regressor(r, mode="additive")
+        return m
 
     # -- fit ----------------------------------------------------------------------------------------
     @property
@@ -147,6 +192,12 @@ class ProphetForecaster(Forecaster):
                 f"{self.name}: training frame lacks column(s) {missing}; Prophet fits on 'close'"
             )
         p = self.resolved_params()
+        regs = list(p["regressors"])
+        missing = [c for c in regs if c not in train.columns]
+        if missing:
+            raise ValueError(
+                f"{self.name}: training frame lacks regressor column(s) {missing} (params.regressors)"
+            )
         min_history = int(p["min_history"])
         max_history = None if p["max_history"] is None else int(p["max_history"])
         models: dict[str, Any] = {}
@@ -159,8 +210,15 @@ class ProphetForecaster(Forecaster):
                 key = str(ticker)
                 close = g["close"].to_numpy(dtype=np.float64, na_value=np.nan)
                 usable = np.isfinite(close) & (close > 0)
+                extra = {r: g[r].to_numpy(dtype=np.float64, na_value=np.nan) for r in regs}
+                for x in extra.values():
+                    usable &= np.isfinite(x)
                 hist = pd.DataFrame(
-                    {"ds": pd.to_datetime(g["date"]).to_numpy()[usable], "y": np.log(close[usable])}
+                    {
+                        "ds": pd.to_datetime(g["date"]).to_numpy()[usable],
+                        "y": np.log(close[usable]),
+                        **{r: x[usable] for r, x in extra.items()},
+                    }
                 )
                 hist = hist.sort_values("ds", kind="stable").reset_index(drop=True)
                 if hist["ds"].duplicated().any():
@@ -171,7 +229,8 @@ class ProphetForecaster(Forecaster):
                 if max_history is not None:
                     hist = hist.tail(max_history).reset_index(drop=True)
                 if len(hist) < min_history:
-                    failed[key] = f"{len(hist)} rows with a positive close < min_history={min_history}"
+                    what = "a positive close" + (" and every regressor" if regs else "")
+                    failed[key] = f"{len(hist)} rows with {what} < min_history={min_history}"
                     logger.warning("%s: ticker %s not fitted: %s", self.name, key, failed[key])
                     continue
                 t0 = time.perf_counter()
@@ -240,7 +299,9 @@ class ProphetForecaster(Forecaster):
         """(len(dates), n_horizons) of yhat(t + h BDays) - yhat(t)."""
         targets = [dates + pd.offsets.BDay(h) for h in self.horizons]
         ds = dates.append(targets).unique().sort_values()
-        yhat = pd.Series(model.predict(pd.DataFrame({"ds": ds}))["yhat"].to_numpy(dtype=np.float64), index=ds)
+        # additive regressors held at their value at t cancel in the difference: any constant will do
+        fut = pd.DataFrame({"ds": ds, **{r: 0.0 for r in model.extra_regressors}})
+        yhat = pd.Series(model.predict(fut)["yhat"].to_numpy(dtype=np.float64), index=ds)
         base = yhat.reindex(dates).to_numpy()
         return np.column_stack([yhat.reindex(t).to_numpy() - base for t in targets])
 
