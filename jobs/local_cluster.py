@@ -260,7 +260,23 @@ def stop(sdir: str | Path | None = None) -> int:
     for pid in pids:
         _stop_group(pid)
     _state_file(d).unlink(missing_ok=True)
+    _forget_current_cluster(st.port)
     return len(pids)
+
+
+def _forget_current_cluster(port: int) -> None:
+    """Remove Ray's record of the latest started cluster if it names the head we just stopped.
+
+    ``ray start --head`` writes its GCS address to ``<RAY_TMPDIR or /tmp>/ray/ray_current_cluster`` and
+    ``ray stop`` removes it; stopping by process group does not, and a later bare ``ray.init()`` would
+    then wait on a dead address."""
+    f = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray" / "ray_current_cluster"
+    try:
+        recorded = f.read_text().strip()
+    except OSError:
+        return
+    if recorded.rsplit(":", 1)[-1] == str(port):
+        f.unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:

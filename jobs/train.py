@@ -2,7 +2,7 @@
 
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
         python -m jobs.train --config cluster/train.yaml --registry /abs/path/registry
-    python -m jobs.train --config cluster/train.yaml          # starts (or joins) a local Ray
+    python -m jobs.train --config cluster/train.yaml          # a private local Ray, or joins $RAY_ADDRESS
 
 Stages (each metered for the cost report):
   data      load_prices(settings): synthetic (default), files or PostgreSQL
@@ -72,7 +72,7 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
 
 
 def connect_ray(settings: Settings) -> str:
-    """Join the cluster named by ``ray.address`` / ``$RAY_ADDRESS``, else start (or join) a local Ray."""
+    """Join the cluster named by ``ray.address`` / ``$RAY_ADDRESS``, else start a private local Ray."""
     import ray
 
     if ray.is_initialized():
@@ -82,7 +82,9 @@ def connect_ray(settings: Settings) -> str:
         ray.init(address=address)
         return f"joined {address}"
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local Ray on loopback
-    ray.init(include_dashboard=False)
+    # address="local": always a fresh private instance, never a cluster a bare ray.init() would find
+    # through Ray's record of the last `ray start` (possibly stopped since); join one with ray.address
+    ray.init(address="local", include_dashboard=False)
     return "local Ray"
 
 
