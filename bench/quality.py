@@ -19,6 +19,10 @@ dates (the sequence models read the ``seq_len`` days before the first test date 
 Prophet is fitted per ticker in ``--prophet-procs`` processes (the per-ticker seconds are in-process
 fit times).
 
+``--prophet-refit-every N`` adds a row for Prophet used the way a per-ticker time-series model is
+run in production: refitted walk-forward every N test dates on the last 500 days up to the block's
+first date, each block predicted by the model fitted at its start (kept out of the ensemble).
+
 Baselines, from prices only: 5-day reversal ``-log(close[t]/close[t-5])`` and 12-1 momentum
 ``log(close[t-21]/close[t-252])``. The ensemble is the configured weighted mean over the models
 that ran (``ensemble.combine.weighted_mean``).
@@ -122,11 +126,11 @@ def score(pred: pd.DataFrame, truth: pd.DataFrame) -> dict[str, float]:
 
 
 # -- Prophet in a process pool ------------------------------------------------------------------------
-def _prophet_chunk(args: tuple[pd.DataFrame, tuple[int, ...]]) -> ProphetForecaster:
+def _prophet_chunk(args: tuple[pd.DataFrame, tuple[int, ...], dict[str, Any]]) -> ProphetForecaster:
     from jobs.ray_prophet import fit_chunk  # the chunk function of the Ray fan-out (quiet cmdstanpy)
 
-    frame, horizons = args
-    return fit_chunk(frame, horizons, {})[0]
+    frame, horizons, params = args
+    return fit_chunk(frame, horizons, params)[0]
 
 
 def _one_thread() -> None:
@@ -134,15 +138,37 @@ def _one_thread() -> None:
         os.environ[var] = "1"
 
 
-def fit_prophet(train: pd.DataFrame, procs: int) -> ProphetForecaster:
+def fit_prophet(train: pd.DataFrame, procs: int, params: dict[str, Any] | None = None) -> ProphetForecaster:
     cols = train[["date", "ticker", "close"]]
     tickers = np.sort(cols["ticker"].unique())
     chunks = [cols[cols["ticker"].isin(part)] for part in np.array_split(tickers, max(1, procs) * 4)]
+    work = [(c, HORIZONS, dict(params or {})) for c in chunks]
     if procs <= 1:
-        return ProphetForecaster.merge([_prophet_chunk((c, HORIZONS)) for c in chunks])
+        return ProphetForecaster.merge([_prophet_chunk(w) for w in work])
     with mp.get_context("spawn").Pool(procs, initializer=_one_thread) as pool:
-        parts = pool.map(_prophet_chunk, [(c, HORIZONS) for c in chunks], chunksize=1)
+        parts = pool.map(_prophet_chunk, work, chunksize=1)
     return ProphetForecaster.merge(parts)
+
+
+def prophet_walk_forward(
+    frame: pd.DataFrame, test_dates: pd.DatetimeIndex, every: int, procs: int, max_history: int
+) -> tuple[pd.DataFrame, int]:
+    """Prophet refitted every ``every`` test dates on the last ``max_history`` rows of each ticker up
+    to (and including) the first date of the block, predicting that block only: each forecast uses
+    a model fitted on closes dated <= its own date. Returns the predictions and the number of fits."""
+    preds, fits = [], 0
+    for i in range(0, len(test_dates), every):
+        block = test_dates[i : i + every]
+        hist = frame.loc[frame["date"] <= block[0], ["date", "ticker", "close"]]
+        hist = hist.groupby("ticker", sort=False, observed=True).tail(max_history)
+        model = fit_prophet(hist, procs, params={"max_history": max_history})
+        fits += len(model.models_)
+        rows = frame.loc[frame["date"].isin(block), ["date", "ticker"]]
+        preds.append(model.predict(rows))
+        print(
+            f"    walk-forward block from {block[0].date()}: {len(model.models_)} tickers fitted", flush=True
+        )
+    return pd.concat(preds, ignore_index=True), fits
 
 
 # -- the run ------------------------------------------------------------------------------------------
@@ -204,6 +230,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"h20 {rows[name]['ic_h20']:+.4f}  h60 {rows[name]['ic_h60']:+.4f}",
             flush=True,
         )
+    if "prophet" in args.models and args.prophet_refit_every > 0:
+        t = time.perf_counter()
+        test_dates = dates[dates >= sp["test_start"]]
+        p, fits = prophet_walk_forward(frame, test_dates, args.prophet_refit_every, args.prophet_procs, 500)
+        name = f"prophet_wf{args.prophet_refit_every}"
+        rows[name] = {**score(p, truth), "fit_s": time.perf_counter() - t, "fits": fits}
+        print(
+            f"  {name:<14} fit {rows[name]['fit_s']:7.1f} s   test Rank IC h5 {rows[name]['ic_h5']:+.4f}",
+            flush=True,
+        )
     if preds:
         ens = weighted_mean(preds, EnsembleConfig().weights, HORIZONS)
         rows["ensemble"] = score(ens, truth)
@@ -248,6 +284,12 @@ def table(res: dict[str, Any]) -> str:
         elif "epochs" in r:
             note = f"{r['epochs']} epochs (best {r['best_epoch']})"
         lines.append(line(name, r, note))
+    for name in [n for n in res["models"] if n.startswith("prophet_wf")]:
+        every = name.removeprefix("prophet_wf")
+        note = (
+            f"walk-forward: refit every {every} test dates on <= 500 days, {res['models'][name]['fits']} fits"
+        )
+        lines.append(line(name, res["models"][name], note))
     if "ensemble" in res["models"]:
         lines.append(line("ensemble", res["models"]["ensemble"], "weighted mean, default weights"))
     for name, r in res["reference"].items():
@@ -270,6 +312,12 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--k", type=int, default=100)
     ap.add_argument("--prophet-procs", type=int, default=os.cpu_count() or 1)
+    ap.add_argument(
+        "--prophet-refit-every",
+        type=int,
+        default=0,
+        help="also score Prophet refitted walk-forward every N test dates (0: off; not in the ensemble)",
+    )
     ap.add_argument("--json", help="write the results here (default artifacts/bench/quality_<source>.json)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

@@ -71,16 +71,16 @@ def _tree_rss(root: int) -> int:
 class PeakSampler(threading.Thread):
     def __init__(self, interval: float = 0.5) -> None:
         super().__init__(daemon=True)
-        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+        self.interval, self.peak, self._done = interval, 0, threading.Event()
 
     def run(self) -> None:
         me = os.getpid()
-        while not self._stop.is_set():
+        while not self._done.is_set():
             self.peak = max(self.peak, _tree_rss(me))
-            self._stop.wait(self.interval)
+            self._done.wait(self.interval)
 
     def stop(self) -> int:
-        self._stop.set()
+        self._done.set()
         self.join()
         return self.peak
 
@@ -109,6 +109,8 @@ def main() -> int:
         summary = run(settings, registry_root=str(Path(tmp) / "registry"), progress=False)
     tree_peak = sampler.stop()
     driver_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if args.json:  # first: whatever the printing below does, the figures are kept
+        Path(args.json).write_text(json.dumps(summary, indent=2, default=str))
 
     syn = settings.synthetic
     print(f"\n== bench/train.py: {settings.data.source} ({syn.n_tickers} x {syn.n_days} when synthetic), "
@@ -131,8 +133,6 @@ def main() -> int:
     print(
         f"peak memory: driver {driver_peak / 2**20:.0f} MiB; driver + Ray processes {tree_peak / 2**20:.0f} MiB"
     )
-    if args.json:
-        Path(args.json).write_text(json.dumps(summary, indent=2, default=str))
     return 0
 
 

@@ -1,11 +1,16 @@
-"""The main job on the embedded default (``make run``): data -> (later) train, backtest, serve, recommend.
+"""The main job on the embedded default (``make run``): data -> train -> (later) backtest, serve, recommend.
 
-Today it runs the data stage end to end: generate the default synthetic market, validate it,
-write it to Parquet and load it back through the file loader, load it into PostgreSQL (the
-server named by ``$ENSEMBLE_PG_DSN``, or else a throwaway local server when the binaries exist)
-and read one year back, then print a short summary with the market's stylised facts.
+1. Data: generate the default synthetic market, validate it, write it to Parquet and load it back
+   through the file loader, load it into PostgreSQL (the server named by ``$ENSEMBLE_PG_DSN``, or
+   else a throwaway local server when the binaries exist) and read one year back, then print a
+   short summary with the market's stylised facts.
+2. Train: the training job of ``jobs.train`` on the same settings, on a local Ray (or the cluster
+   named by ``ray.address`` / ``$RAY_ADDRESS``): features, the six models (Prophet fan-out, Ray
+   Train, Ray Tune), a new registry version under ``registry_root``, promoted when it beats
+   production; the per-stage cost and the validation Rank IC are printed.
 
-``python -m jobs.pipeline [--config cluster/pipeline.yaml] [--tickers N --days N] [--out DIR]``
+``python -m jobs.pipeline [--config FILE] [--set key=value ...] [--tickers N --days N] [--out DIR]
+[--no-train]``
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -105,16 +111,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tickers", type=int, default=None)
     ap.add_argument("--days", type=int, default=None)
     ap.add_argument("--out", type=Path, default=Path("artifacts/run"))
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
+    ap.add_argument("--no-train", action="store_true", help="stop after the data stage")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    overrides: dict[str, dict[str, int]] = {"synthetic": {}}
+    from jobs.train import format_summary, parse_overrides
+    from jobs.train import run as train
+
+    overrides: dict[str, Any] = parse_overrides(args.set)
+    synthetic = overrides.setdefault("synthetic", {})
     if args.tickers:
-        overrides["synthetic"]["n_tickers"] = args.tickers
+        synthetic["n_tickers"] = args.tickers
     if args.days:
-        overrides["synthetic"]["n_days"] = args.days
+        synthetic["n_days"] = args.days
     settings = load_settings(args.config, overrides)
     t0 = time.perf_counter()
     run_data_stage(settings, args.out)
+    if not args.no_train:
+        print("\n== train stage ==", flush=True)
+        root = settings.registry_root
+        if "://" not in root:
+            root = str(Path(root).resolve())
+        summary = train(settings, registry_root=root)
+        print(format_summary(summary), flush=True)
     print(f"\npipeline finished in {time.perf_counter() - t0:.1f}s")
     return 0
 

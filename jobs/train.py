@@ -83,8 +83,10 @@ def connect_ray(settings: Settings) -> str:
         return f"joined {address}"
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local Ray on loopback
     # address="local": always a fresh private instance, never a cluster a bare ray.init() would find
-    # through Ray's record of the last `ray start` (possibly stopped since); join one with ray.address
-    ray.init(address="local", include_dashboard=False)
+    # through Ray's record of the last `ray start` (possibly stopped since); join one with ray.address.
+    # With the dashboard (on loopback): Ray Train's placement-group cleaner polls the State API, which
+    # the dashboard serves; without it every poll fails and logs a warning, once a second.
+    ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1")
     return "local Ray"
 
 
@@ -288,7 +290,8 @@ def format_summary(s: dict[str, Any]) -> str:
     lines.append(f"{'model':<14}" + "".join(f"{'IC h' + str(h):>10}" for h in hs) + f"{'wall s':>9}")
     for name, m in s["metrics"].items():
         ics = "".join(f"{m.get(f'valid_rank_ic_h{h}', float('nan')):>10.4f}" for h in hs)
-        lines.append(f"{name:<14}{ics}{s['wall_s'].get(name, float('nan')):>9.1f}")
+        wall = s["wall_s"].get(name)
+        lines.append(f"{name:<14}{ics}" + (f"{wall:>9.1f}" if wall is not None else ""))
     for name, why in s["degraded"].items():
         lines.append(f"{name:<14}DEGRADED: {why}")
     c = s["cost"]
