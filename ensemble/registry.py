@@ -241,7 +241,7 @@ class ModelRegistry:
         else:
             self.fs, path = pafs.LocalFileSystem(), os.path.abspath(root)
         self.root = path.rstrip("/") or "/"
-        self.uri = root
+        self.uri = root if (filesystem is not None or "://" in root) else self.root  # plain paths: absolute
         self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
         self.model_resolver = model_resolver
         self.lock_timeout_s = lock_timeout_s

@@ -129,10 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     run_data_stage(settings, args.out)
     if not args.no_train:
         print("\n== train stage ==", flush=True)
-        root = settings.registry_root
-        if "://" not in root:
-            root = str(Path(root).resolve())
-        summary = train(settings, registry_root=root)
+        summary = train(settings)
         print(format_summary(summary), flush=True)
     print(f"\npipeline finished in {time.perf_counter() - t0:.1f}s")
     return 0

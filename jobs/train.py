@@ -319,10 +319,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = load_settings(args.config, parse_overrides(args.set))
-    root = args.registry or settings.registry_root
-    if "://" not in root:
-        root = str(Path(root).resolve())
-    summary = run(settings, registry_root=root, promote=not args.no_promote, progress=not args.no_progress)
+    summary = run(
+        settings, registry_root=args.registry, promote=not args.no_promote, progress=not args.no_progress
+    )
     print(format_summary(summary), flush=True)
     if args.summary_json:
         Path(args.summary_json).write_text(json.dumps(summary, indent=2, default=str))
