@@ -194,12 +194,18 @@ def test_coerce_converts_strings_and_ints() -> None:
     validate(out)
 
 
-def test_coerce_numeric_strings_and_tz_dates() -> None:
-    raw = small_frame().astype({"close": str})
-    raw["date"] = raw["date"].dt.tz_localize("UTC")
-    out = coerce(raw)
+def test_coerce_numeric_strings() -> None:
+    out = coerce(small_frame().astype({"close": str}))
     assert out["close"].dtype == "float64" and out["close"].iloc[0] == 10.0
-    assert out["date"].dt.tz is None and out["date"].iloc[0] == DATES[0]
+
+
+def test_coerce_refuses_tz_aware_dates() -> None:
+    # a zone would shift the exchange's trading day (UTC midnight is the previous evening in New York)
+    raw = small_frame()
+    raw["date"] = raw["date"].dt.tz_localize("UTC")
+    with pytest.raises(DataValidationError) as ei:
+        coerce(raw)
+    assert (ei.value.rule, ei.value.column, ei.value.row) == ("date_timezone", "date", 0)
 
 
 def test_coerce_raises_on_unparseable_values() -> None:

@@ -4,17 +4,25 @@
 ticker -> sector CSV, then either validates strictly (``clean="none"``: a violation raises
 :class:`~ensemble.data.schema.DataValidationError`) or cleans with :func:`~ensemble.data.schema.clean`
 and returns its report. Rows are never reordered or dropped unless cleaning was asked for.
+
+A file that is not what its suffix says (binary data in a CSV, a corrupt Parquet file), a value of
+the wrong type or a date that is not a calendar date raises ``DataValidationError`` whose one-line
+message names the file, the column as the file spells it, the first bad data row (1-based, header
+not counted) and its value.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import logging
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -31,6 +39,8 @@ PARQUET_SUFFIXES: tuple[str, ...] = (".parquet", ".pq")
 CSV_SUFFIXES: tuple[str, ...] = (".csv", ".csv.gz")
 _MAX_NAMES_IN_LOG = 10
 _TEXT_COLUMNS: tuple[str, ...] = ("date", "ticker", "sector")
+_SNIFF_BYTES = 1 << 16
+_MAX_ARROW_MESSAGE = 200
 
 # Accepted spellings per contract column, compared after _norm (case, spaces, '_', '-', '.', '/'
 # removed); the contract's own name always wins over an alias when a file has both.
@@ -95,11 +105,34 @@ def _existing(path: str | Path, what: str = "data file") -> Path:
     return p
 
 
+def _format_error(path: Path, what: str, exc: BaseException | None = None) -> schema.DataValidationError:
+    """A 'file_format' contract error naming the file, with the reader's message on one line."""
+    detail = what
+    if exc is not None:
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        if len(msg) > _MAX_ARROW_MESSAGE:
+            msg = msg[:_MAX_ARROW_MESSAGE] + "..."
+        detail += f" ({msg})"
+    return schema.DataValidationError("file_format", detail, path=str(path))
+
+
 def _csv_header(path: Path) -> list[str]:
+    """The header of a text CSV; a file with binary content or that is not UTF-8 is refused."""
     head = b""
-    with pa.input_stream(str(path), compression="detect") as f:
-        while b"\n" not in head and (chunk := f.read(1 << 16)):
-            head += chunk
+    try:
+        with pa.input_stream(str(path), compression="detect") as f:
+            while b"\n" not in head and (chunk := f.read(_SNIFF_BYTES)):
+                head += chunk
+            sniff = head + f.read(max(0, _SNIFF_BYTES - len(head)))
+    except (pa.ArrowInvalid, OSError) as exc:  # e.g. a corrupt .csv.gz
+        raise _format_error(path, "is not a readable CSV file", exc) from None
+    try:
+        # final=False: a character cut in two at the end of the sniffed bytes is not an error
+        codecs.getincrementaldecoder("utf-8")().decode(sniff, final=False)
+    except UnicodeDecodeError:
+        raise _format_error(path, "is not a text CSV file (it is binary or not UTF-8)") from None
+    if b"\x00" in sniff:
+        raise _format_error(path, "is not a text CSV file (it holds NUL bytes: binary data)")
     first = head.split(b"\n", 1)[0].decode("utf-8-sig").rstrip("\r")
     return next(csv.reader([first]), [])
 
@@ -110,12 +143,73 @@ def _read_csv(path: Path, rename: dict[str, str]) -> pa.Table:
     "NA"); dates are parsed by ``schema.coerce``, so no digit string is taken for a number."""
     types = {s: pa.string() if c in _TEXT_COLUMNS else pa.float64() for s, c in rename.items()}
     convert = pacsv.ConvertOptions(include_columns=list(rename), column_types=types)
-    tbl = pacsv.read_csv(str(path), convert_options=convert)
+    try:
+        tbl = pacsv.read_csv(str(path), convert_options=convert)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise _csv_problem(path, rename, exc) from None
     for i, name in enumerate(tbl.column_names):
         if rename[name] in _TEXT_COLUMNS:
             col = tbl.column(i)
             tbl = tbl.set_column(i, name, pc.if_else(pc.equal(col, ""), pa.scalar(None, pa.string()), col))
     return tbl
+
+
+def _first_non_number(values: pa.Array) -> int | None:
+    """Position of the first value pyarrow cannot read as a float (nulls are fine), else None.
+
+    Bisects with pyarrow's own cast, so "bad" means exactly what the CSV reader refused."""
+
+    def ok(a: pa.Array) -> bool:
+        try:
+            pc.cast(pc.utf8_trim_whitespace(a), pa.float64())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return False
+        return True
+
+    if ok(values):
+        return None
+    lo, hi = 0, len(values)  # values[lo:hi] holds a bad value
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if ok(values.slice(lo, mid - lo)):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def _csv_problem(path: Path, rename: dict[str, str], exc: BaseException) -> schema.DataValidationError:
+    """The contract error for a CSV that pyarrow refused: the first non-numeric cell of a numeric
+    column (file, column, data row, value, ticker) or, for a CSV that does not parse, the reason."""
+    numeric = [s for s, c in rename.items() if c not in _TEXT_COLUMNS]
+    convert = pacsv.ConvertOptions(
+        include_columns=list(rename),
+        column_types=dict.fromkeys(rename, pa.string()),
+        strings_can_be_null=True,  # pyarrow's null spellings ("", "NA", "null", ...) are missing values
+    )
+    try:
+        raw = pacsv.read_csv(str(path), convert_options=convert)
+    except (pa.ArrowInvalid, OSError) as exc2:
+        return _format_error(path, "is not a readable CSV file", exc2)
+    found: list[tuple[int, str]] = []
+    for src in numeric:
+        pos = _first_non_number(raw.column(src).combine_chunks())
+        if pos is not None:
+            found.append((pos, src))
+    if not found:
+        return _format_error(path, "is not a readable CSV file", exc)
+    pos, src = min(found, key=lambda f: (f[0], numeric.index(f[1])))
+    tick = next((s for s, c in rename.items() if c == "ticker"), None)
+    ticker = None if tick is None else raw.column(tick)[pos].as_py()
+    return schema.DataValidationError(
+        "numeric_type",
+        "values of a numeric column must be numbers",
+        ticker=ticker,
+        column=src,
+        row=pos,
+        value=raw.column(src)[pos].as_py(),
+        path=str(path),
+    )
 
 
 def _pushdown(
@@ -199,11 +293,44 @@ def load_file(
         raise TypeError("tickers must be a list of strings, not a single string")
     p = _existing(path)
     kind = _kind(p)
+    where = _Where()
+    try:
+        return _load(p, kind, where, sectors_path, clean, tickers, start, end)
+    except schema.DataValidationError as exc:
+        if exc.path is not None:  # already names its file (this one, or the sectors file)
+            raise
+        raise exc.located(str(p), where.rows, where.columns) from None
+
+
+@dataclass
+class _Where:
+    """What a contract error needs to point into the file: the file's data row of each table row
+    (None where a pushed-down filter or cleaning lost it) and each contract column's name in the file."""
+
+    rows: np.ndarray | None = None
+    columns: dict[str, str] = field(default_factory=dict)
+
+
+def _load(
+    p: Path,
+    kind: Literal["parquet", "csv"],
+    where: _Where,
+    sectors_path: str | Path | None,
+    clean: CleanMode,
+    tickers: Sequence[str] | None,
+    start: str | pd.Timestamp | None,
+    end: str | pd.Timestamp | None,
+) -> tuple[pd.DataFrame, schema.CleaningReport | None]:
     want = None if tickers is None else [str(t) for t in tickers]
     t0 = None if start is None else pd.Timestamp(start)
     t1 = None if end is None else pd.Timestamp(end)
 
-    arrow_schema = pq.read_schema(p) if kind == "parquet" else None
+    arrow_schema = None
+    if kind == "parquet":
+        try:
+            arrow_schema = pq.read_schema(p)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise _format_error(p, "is not a readable Parquet file", exc) from None
     names = arrow_schema.names if arrow_schema is not None else _csv_header(p)
     rename, ignored = map_columns(names)
     if sectors_path is not None and "sector" in rename.values():
@@ -214,18 +341,22 @@ def load_file(
         logger.info("%s: ignored %d columns outside the data contract: %s", p, len(ignored), _names(ignored))
     missing = [c for c in schema.REQUIRED_COLUMNS if c not in rename.values()]
     if missing:
-        raise schema.DataValidationError(
-            "missing_columns", f"{str(p)!r} lacks required columns {missing} (has {names})"
-        )
+        raise schema.DataValidationError("missing_columns", f"lacks required columns {missing} (has {names})")
     src_of = {c: s for s, c in rename.items()}
+    where.columns = src_of
 
     pushed_t = pushed_d = False
     if arrow_schema is not None:
         expr, pushed_t, pushed_d = _pushdown(arrow_schema, src_of["ticker"], src_of["date"], want, t0, t1)
-        tbl = pq.read_table(p, columns=list(rename), filters=expr)
+        try:
+            tbl = pq.read_table(p, columns=list(rename), filters=expr)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
+            raise _format_error(p, "is not a readable Parquet file", exc) from None
     else:
         tbl = _read_csv(p, rename)
     df = tbl.rename_columns([rename[c] for c in tbl.column_names]).to_pandas()
+    # a pushed-down filter skips rows unseen, so table positions are file rows only without one
+    where.rows = None if pushed_t or pushed_d else np.arange(len(df))
     df = schema.coerce(df)
 
     keep = pd.Series(True, index=df.index)
@@ -238,6 +369,8 @@ def load_file(
             keep &= df["date"] <= t1
     if not keep.all():
         df = df.loc[keep].reset_index(drop=True)
+        if where.rows is not None:
+            where.rows = where.rows[keep.to_numpy()]
     if want is not None:
         absent = sorted(set(want) - set(df["ticker"].unique()))
         if absent:
@@ -259,6 +392,7 @@ def load_file(
 
     if clean == "none":
         return schema.validate(df), None
+    where.rows = None  # cleaning sorts and drops rows: its errors name ticker and dates instead
     return schema.clean(df, mode=clean)
 
 

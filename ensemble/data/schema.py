@@ -1,17 +1,22 @@
 """The data contract: one long table sorted by (ticker, date), validated with one clear error per rule.
 
 Every loader returns this table and calls :func:`validate`. A violation raises
-:class:`DataValidationError` naming the rule, the ticker and the first offending dates. Nothing is
-dropped silently: :func:`clean` repairs or drops rows only when asked, and returns a
-:class:`CleaningReport` that says exactly which rows it touched and what else it noticed.
+:class:`DataValidationError` naming the rule, the ticker and the first offending dates (and, where
+one value is at fault, its column, row and value). Nothing is dropped silently: :func:`clean`
+repairs or drops rows only when asked, and returns a :class:`CleaningReport` that says exactly
+which rows it touched and what else it noticed.
+
+Dates are calendar days: no time of day, no time zone or UTC offset (a date is the exchange's
+trading day, which an offset would shift), Monday to Friday, and not after today.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Literal
+from datetime import date, datetime, timedelta, timezone
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -26,14 +31,30 @@ SENTIMENT_COLUMNS: tuple[str, ...] = ("sentiment",)
 OPTIONAL_COLUMNS: tuple[str, ...] = ("adj_close", *FUNDAMENTAL_COLUMNS, "sector", *SENTIMENT_COLUMNS)
 ALL_COLUMNS: tuple[str, ...] = (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS)
 NUMERIC_COLUMNS: tuple[str, ...] = tuple(c for c in ALL_COLUMNS if c not in ("date", "ticker", "sector"))
+# prices and volume must be finite numbers (inf breaks every return and every model downstream)
+FINITE_COLUMNS: tuple[str, ...] = (*PRICE_COLUMNS, "volume", "adj_close")
+
+# The dates a datetime64[ns] column can hold (whole days inside pandas' nanosecond range).
+DATE_MIN = pd.Timestamp("1677-09-22")
+DATE_MAX = pd.Timestamp("2262-04-11")
+# "Today" is the latest calendar date anywhere on Earth (UTC+14), so a market whose trading day has
+# begun ahead of this machine's clock is not taken for the future.
+_LATEST_ZONE = timezone(timedelta(hours=14))
 
 # Relative slack for OHLC ordering checks (prices rounded to cents by vendors).
 _OHLC_RTOL = 1e-9
 _MAX_DATES_IN_MESSAGE = 3
+_UNSET: Any = object()
+_TZ_REASON = "has a time zone or UTC offset: dates must be the exchange's calendar dates, such as 2024-01-02"
 
 
 class DataValidationError(ValueError):
-    """A contract rule is violated. Carries the rule, the first offending ticker and its first dates."""
+    """A contract rule is violated. Carries the rule, the first offending ticker and its first dates.
+
+    Where one value is at fault it also carries its ``column``, ``row`` (0-based position in the
+    table, or in the file's data rows once ``path`` is set) and ``value``; the message shows the row
+    1-based ("data row 1" is the first row after a header).
+    """
 
     def __init__(
         self,
@@ -43,38 +64,113 @@ class DataValidationError(ValueError):
         dates: list[pd.Timestamp] | None = None,
         n_rows: int = 0,
         n_tickers: int = 0,
+        *,
+        column: str | None = None,
+        row: int | None = None,
+        value: object = _UNSET,
+        path: str | None = None,
     ) -> None:
         self.rule = rule
+        self.detail = detail
         self.ticker = ticker
         self.dates = list(dates or [])
         self.n_rows = n_rows
         self.n_tickers = n_tickers
-        where = ""
+        self.column = column
+        self.row = row
+        self.value = None if value is _UNSET else value
+        self._has_value = value is not _UNSET
+        self.path = path
+        parts: list[str] = []
+        if column is not None:
+            parts.append(f"column {column!r}")
+        if row is not None:
+            parts.append(f"data row {row + 1}")
+        if self._has_value:
+            parts.append(f"value {_fmt_value(value)}")
+        where = "; " + ", ".join(parts) if parts else ""
         if ticker is not None:
             shown = ", ".join(_fmt_date(d) for d in self.dates[:_MAX_DATES_IN_MESSAGE])
-            where = f"; ticker {ticker!r}"
-            if shown:
+            where += f"{'; ' if not parts else ', '}ticker {ticker!r}"
+            if shown and not (self._has_value and len(self.dates) == 1 and self.dates[0] is self.value):
                 where += f", first dates {shown}"
             if n_rows:
                 where += f" ({n_rows} offending rows in all"
                 where += f", {n_tickers} tickers)" if n_tickers > 1 else ")"
-        super().__init__(f"data contract rule '{rule}' violated: {detail}{where}")
+        in_file = "" if path is None else f" in file {path!r}"
+        super().__init__(f"data contract rule '{rule}' violated{in_file}: {detail}{where}")
+
+    def _fields(self) -> dict[str, Any]:
+        f: dict[str, Any] = dict(
+            rule=self.rule,
+            detail=self.detail,
+            ticker=self.ticker,
+            dates=self.dates,
+            n_rows=self.n_rows,
+            n_tickers=self.n_tickers,
+            column=self.column,
+            row=self.row,
+            path=self.path,
+        )
+        if self._has_value:
+            f["value"] = self.value
+        return f
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # rebuilt from its fields (the default would call __init__ with the message alone), so the
+        # error survives pickling, e.g. out of a Ray task
+        return (_rebuild_error, (type(self), self._fields()))
+
+    def located(
+        self, path: str, rows: np.ndarray | None = None, columns: Mapping[str, str] | None = None
+    ) -> DataValidationError:
+        """The same error for a file: ``path`` named, ``row`` mapped to the file's data row through
+        ``rows`` (the file row of each table row; left out where that is unknown), and the column
+        named as the file spells it through ``columns`` (contract name -> file name)."""
+        f = self._fields()
+        f["path"] = path
+        if self.column is not None and columns:
+            f["column"] = columns.get(self.column, self.column)
+        row = self.row
+        f["row"] = None if row is None or rows is None or not 0 <= row < len(rows) else int(rows[row])
+        return type(self)(**f)
+
+
+def _rebuild_error(cls: type[DataValidationError], fields: dict[str, Any]) -> DataValidationError:
+    return cls(**fields)
 
 
 def _fmt_date(d: object) -> str:
+    if isinstance(d, str | int | float | np.number):  # a raw value that is not a date: show it as it is
+        return str(d)
     try:
         return pd.Timestamp(d).strftime("%Y-%m-%d")  # type: ignore[arg-type]
     except (ValueError, TypeError):
         return str(d)
 
 
-def _raise_for_mask(df: pd.DataFrame, mask: np.ndarray | pd.Series, rule: str, detail: str) -> None:
+def _fmt_value(v: object) -> str:
+    if isinstance(v, pd.Timestamp | datetime | np.datetime64):
+        ts = pd.Timestamp(v)
+        return f"{ts:%Y-%m-%d}" if ts.tz is None and ts == ts.normalize() else str(ts)
+    if isinstance(v, np.generic):
+        v = v.item()
+    return repr(v)
+
+
+def _raise_for_mask(
+    df: pd.DataFrame, mask: np.ndarray | pd.Series, rule: str, detail: str, column: str | None = None
+) -> None:
     mask = np.asarray(mask, dtype=bool)
     if not mask.any():
         return
+    first = int(np.argmax(mask))
     bad = df.loc[mask, ["ticker", "date"]]
     first_ticker = bad["ticker"].iloc[0]
     dates = bad.loc[bad["ticker"] == first_ticker, "date"].head(_MAX_DATES_IN_MESSAGE).tolist()
+    extra: dict[str, Any] = {"row": first}
+    if column is not None:
+        extra.update(column=column, value=df[column].iloc[first])
     raise DataValidationError(
         rule,
         detail,
@@ -82,13 +178,99 @@ def _raise_for_mask(df: pd.DataFrame, mask: np.ndarray | pd.Series, rule: str, d
         dates=dates,
         n_rows=int(mask.sum()),
         n_tickers=int(bad["ticker"].nunique(dropna=False)),
+        **extra,
     )
+
+
+def today_date(today: object = None) -> pd.Timestamp:
+    """``today`` as a midnight Timestamp; by default the latest calendar date anywhere on Earth now."""
+    if today is None:
+        return pd.Timestamp(datetime.now(_LATEST_ZONE).date())
+    return pd.Timestamp(today).normalize()  # type: ignore[arg-type]
+
+
+def _date_problem(v: object) -> tuple[Any, tuple[str, str] | None]:
+    """One raw date value as a midnight Timestamp (NaT for a missing one), or (rule, reason)."""
+    if v is None or v is pd.NaT or (isinstance(v, float | np.floating) and np.isnan(v)):
+        return pd.NaT, None
+    if isinstance(v, bool | int | float | np.number):
+        return None, ("date_type", "is a number, not a date (write dates as YYYY-MM-DD)")
+    if isinstance(v, str) and not v.strip():
+        return pd.NaT, None
+    try:
+        ts = pd.Timestamp(v)  # type: ignore[arg-type]
+    except (ValueError, TypeError, OverflowError):
+        return None, ("date_type", "does not parse as a date")
+    if ts is pd.NaT:
+        return pd.NaT, None
+    if ts.tz is not None:
+        return None, ("date_timezone", _TZ_REASON)
+    if ts != ts.normalize():
+        return None, ("date_midnight", "has a time of day: dates must be calendar dates, such as 2024-01-02")
+    if not DATE_MIN <= ts <= DATE_MAX:
+        return None, (
+            "date_out_of_range",
+            f"is out of the supported range {DATE_MIN:%Y-%m-%d}..{DATE_MAX:%Y-%m-%d}",
+        )
+    return ts, None
+
+
+def _parse_dates(df: pd.DataFrame) -> pd.Series:
+    """The 'date' column as datetime64[ns] calendar days, or DataValidationError for the first bad row."""
+    s = df["date"]
+
+    def fail(pos: int, rule: str, reason: str) -> None:
+        value = s.iloc[pos]
+        t = df["ticker"].iloc[pos]
+        raise DataValidationError(
+            rule,
+            f"date value {reason}",
+            ticker=None if pd.isna(t) else str(t),
+            dates=[value],
+            column="date",
+            row=pos,
+            value=value,
+        )
+
+    if isinstance(s.dtype, pd.DatetimeTZDtype) and s.notna().any():
+        fail(int(np.argmax(s.notna().to_numpy())), "date_timezone", _TZ_REASON)
+    if pd.api.types.is_datetime64_dtype(s):
+        ok = s.isna() | ((s == s.dt.normalize()) & (s >= DATE_MIN) & (s <= DATE_MAX))
+        if not ok.all():
+            pos = int(np.argmax(~ok.to_numpy()))
+            problem = _date_problem(s.iloc[pos])[1]
+            assert problem is not None
+            fail(pos, *problem)
+        return s.astype("datetime64[ns]")
+    if pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
+        notna = s.notna().to_numpy()
+        if notna.any():
+            fail(
+                int(np.argmax(notna)),
+                "date_type",
+                f"is a number ({s.dtype}), not a date (write dates as YYYY-MM-DD)",
+            )
+        return pd.Series(pd.NaT, index=s.index, dtype="datetime64[ns]")
+    # text or objects: parse each distinct value once, in order of first appearance
+    codes, uniques = pd.factorize(s, use_na_sentinel=True)
+    parsed: list[pd.Timestamp] = []
+    for i, v in enumerate(uniques):
+        ts, problem = _date_problem(v)
+        if problem is not None:
+            fail(int(np.argmax(codes == i)), *problem)
+        parsed.append(ts)
+    table = pd.DatetimeIndex([*parsed, pd.NaT]).astype("datetime64[ns]")
+    return pd.Series(table.take(np.where(codes < 0, len(parsed), codes)), index=s.index)
 
 
 def coerce(df: pd.DataFrame) -> pd.DataFrame:
     """Bring a raw frame to the contract's dtypes (no rows changed): datetime dates, str tickers, floats.
 
-    Raises DataValidationError('missing_columns' / 'date_type' / 'numeric_type') where it cannot.
+    Dates must be calendar dates: text such as ``2024-01-02``, ``datetime.date`` objects or a
+    datetime64 column at midnight. A number (epoch days or nanoseconds are ambiguous), a time of
+    day, a time zone or UTC offset and a date outside 1677-09-22..2262-04-11 are refused.
+    Raises DataValidationError('missing_columns' / 'date_type' / 'date_timezone' / 'date_midnight' /
+    'date_out_of_range' / 'numeric_type') naming the column, the first bad row and its value.
     """
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
@@ -96,33 +278,56 @@ def coerce(df: pd.DataFrame) -> pd.DataFrame:
             "missing_columns", f"required columns {missing} are absent (have {list(df.columns)})"
         )
     out = df.copy()
-    if not pd.api.types.is_datetime64_any_dtype(out["date"]):
-        parsed = pd.to_datetime(out["date"], errors="coerce")
-        _raise_for_mask(
-            out, parsed.isna() & out["date"].notna(), "date_type", "date values that do not parse as dates"
-        )
-        out["date"] = parsed
-    if getattr(out["date"].dt, "tz", None) is not None:
-        out["date"] = out["date"].dt.tz_convert(None)
-    out["date"] = out["date"].astype("datetime64[ns]")
+    out["date"] = _parse_dates(out)
     out["ticker"] = out["ticker"].astype(object).where(out["ticker"].notna(), None)
     out["ticker"] = out["ticker"].map(lambda t: t if t is None else str(t))
     for c in NUMERIC_COLUMNS:
         if c in out.columns and not pd.api.types.is_float_dtype(out[c]):
             conv = pd.to_numeric(out[c], errors="coerce")
-            _raise_for_mask(out, conv.isna() & out[c].notna(), "numeric_type", f"column {c!r} is not numeric")
+            _raise_for_mask(
+                out, conv.isna() & out[c].notna(), "numeric_type", f"column {c!r} is not numeric", column=c
+            )
             out[c] = conv.astype("float64")
     if "sector" in out.columns:
         out["sector"] = out["sector"].astype(object)
     return out
 
 
-def validate(df: pd.DataFrame) -> pd.DataFrame:
+def _date_values(df: pd.DataFrame) -> np.ndarray:
+    """The 'date' column as datetime64[D] days (after the type rules), for the calendar rules."""
+    s = df["date"]
+    if isinstance(s.dtype, pd.DatetimeTZDtype):
+        _raise_for_mask(df, s.notna(), "date_timezone", "dates must not carry a time zone", column="date")
+    if not pd.api.types.is_datetime64_dtype(s):  # an object column of datetimes
+        tz = s.map(lambda v: getattr(v, "tzinfo", None) is not None).to_numpy(dtype=bool)
+        _raise_for_mask(df, tz, "date_timezone", "dates must not carry a time zone", column="date")
+        s = pd.Series(pd.DatetimeIndex([pd.Timestamp(v) for v in s]), index=s.index)
+    low = (s < DATE_MIN).to_numpy() | (s > DATE_MAX).to_numpy()
+    _raise_for_mask(
+        df,
+        low,
+        "date_out_of_range",
+        f"dates must lie in {DATE_MIN:%Y-%m-%d}..{DATE_MAX:%Y-%m-%d}",
+        column="date",
+    )
+    _raise_for_mask(
+        df,
+        (s != s.dt.normalize()).to_numpy(),
+        "date_midnight",
+        "dates must be calendar days (midnight, no time of day)",
+        column="date",
+    )
+    return s.to_numpy(dtype="datetime64[ns]").astype("datetime64[D]")
+
+
+def validate(df: pd.DataFrame, *, today: date | str | pd.Timestamp | None = None) -> pd.DataFrame:
     """Check every contract rule; return the frame unchanged or raise DataValidationError for the first rule broken.
 
-    Rules, in order: missing_columns, empty, key_null, date_type, numeric_type, duplicate_key,
-    sort_order, missing_value, close_positive, price_positive, low_le_open_close, high_ge_open_close,
-    volume_nonnegative.
+    Rules, in order: missing_columns, empty, key_null, date_type, date_timezone, date_out_of_range,
+    date_midnight, numeric_type, duplicate_key, sort_order, missing_value, finite_value,
+    close_positive, price_positive, low_le_open_close, high_ge_open_close, volume_nonnegative,
+    trading_day (Monday to Friday), future_date (after ``today``, by default the latest calendar
+    date anywhere on Earth now: see :func:`today_date`).
     """
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
@@ -136,11 +341,14 @@ def validate(df: pd.DataFrame) -> pd.DataFrame:
     )
     if not pd.api.types.is_datetime64_any_dtype(df["date"]):
         not_dt = ~df["date"].map(lambda v: isinstance(v, datetime | np.datetime64)).to_numpy(dtype=bool)
-        _raise_type(df, not_dt, "date_type", f"column 'date' must be datetime64, got {df['date'].dtype}")
+        _raise_type(
+            df, not_dt, "date_type", f"column 'date' must be datetime64, got {df['date'].dtype}", "date"
+        )
+    days = _date_values(df)
     for c in NUMERIC_COLUMNS:
         if c in df.columns and not pd.api.types.is_numeric_dtype(df[c]):
             not_num = ~df[c].map(_is_number).to_numpy(dtype=bool)
-            _raise_type(df, not_num, "numeric_type", f"column {c!r} must be numeric, got {df[c].dtype}")
+            _raise_type(df, not_num, "numeric_type", f"column {c!r} must be numeric, got {df[c].dtype}", c)
 
     _raise_for_mask(
         df, df.duplicated(["ticker", "date"], keep="first"), "duplicate_key", "(ticker, date) must be unique"
@@ -154,9 +362,15 @@ def validate(df: pd.DataFrame) -> pd.DataFrame:
     _raise_for_mask(df, out_of_order, "sort_order", "rows must be sorted by (ticker, date)")
 
     for c in ("close", "open", "high", "low", "volume"):
-        _raise_for_mask(df, df[c].isna().to_numpy(), "missing_value", f"column {c!r} must not be NaN")
+        _raise_for_mask(
+            df, df[c].isna().to_numpy(), "missing_value", f"column {c!r} must not be NaN", column=c
+        )
+    for c in FINITE_COLUMNS:
+        if c in df.columns:
+            inf = np.isinf(df[c].to_numpy(dtype=float))
+            _raise_for_mask(df, inf, "finite_value", "prices and volume must be finite (no inf)", column=c)
     o, h, lo, c_ = (df[k].to_numpy(dtype=float) for k in PRICE_COLUMNS)
-    _raise_for_mask(df, ~(c_ > 0), "close_positive", "close must be > 0")
+    _raise_for_mask(df, ~(c_ > 0), "close_positive", "close must be > 0", column="close")
     _raise_for_mask(df, ~((o > 0) & (h > 0) & (lo > 0)), "price_positive", "open, high and low must be > 0")
     _raise_for_mask(
         df, lo > np.minimum(o, c_) * (1 + _OHLC_RTOL), "low_le_open_close", "low must be <= min(open, close)"
@@ -164,7 +378,24 @@ def validate(df: pd.DataFrame) -> pd.DataFrame:
     _raise_for_mask(
         df, h < np.maximum(o, c_) * (1 - _OHLC_RTOL), "high_ge_open_close", "high must be >= max(open, close)"
     )
-    _raise_for_mask(df, df["volume"].to_numpy(dtype=float) < 0, "volume_nonnegative", "volume must be >= 0")
+    _raise_for_mask(
+        df,
+        df["volume"].to_numpy(dtype=float) < 0,
+        "volume_nonnegative",
+        "volume must be >= 0",
+        column="volume",
+    )
+    _raise_for_mask(
+        df, ~np.is_busday(days), "trading_day", "dates must be trading days (Monday to Friday)", column="date"
+    )
+    limit = today_date(today)
+    _raise_for_mask(
+        df,
+        days > limit.to_datetime64().astype("datetime64[D]"),
+        "future_date",
+        f"dates must not be after today ({limit:%Y-%m-%d})",
+        column="date",
+    )
     # fundamentals may be NaN or negative (losses give negative P/E): no rule beyond numeric type
     return df
 
@@ -173,10 +404,10 @@ def _is_number(v: object) -> bool:
     return v is None or (isinstance(v, int | float | np.number) and not isinstance(v, bool | np.bool_))
 
 
-def _raise_type(df: pd.DataFrame, mask: np.ndarray, rule: str, detail: str) -> None:
+def _raise_type(df: pd.DataFrame, mask: np.ndarray, rule: str, detail: str, column: str) -> None:
     """Raise for a dtype rule, naming the first rows whose values have the wrong type where there are any."""
-    _raise_for_mask(df, mask, rule, detail)
-    raise DataValidationError(rule, detail)
+    _raise_for_mask(df, mask, rule, detail, column=column)
+    raise DataValidationError(rule, detail, column=column)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -250,6 +481,7 @@ def clean(
     spike_threshold: float = 0.25,
     jump_threshold: float = 0.40,
     short_history: int = 252,
+    today: date | str | pd.Timestamp | None = None,
 ) -> tuple[pd.DataFrame, CleaningReport]:
     """Make a real-world frame satisfy the contract, saying what was done.
 
@@ -257,7 +489,12 @@ def clean(
     information available on that day or before (a NaN open becomes the previous close; an
     inconsistent high/low is widened to include open and close) and drops the rest (NaN or
     non-positive close, negative volume, duplicate keys: the first row of a duplicate is kept).
-    Repairs never use a later row, so cleaning keeps point-in-time correctness.
+    Both modes drop rows with an infinite price or volume, rows dated on a weekend and rows dated
+    after ``today`` (see :func:`validate`): no value of such a row can be trusted. Repairs never use
+    a later row, so cleaning keeps point-in-time correctness. Dates that are not calendar dates
+    (a time of day, a time zone) are a format problem, not a row problem: :func:`coerce` refuses them.
+    A table with no rows, or none left after cleaning, raises DataValidationError('empty'): an
+    empty table does not satisfy the contract.
 
     Suspicious but valid rows are reported as findings and left as they are: one-day spikes that
     revert the next day (possible bad prints), large jumps (possible unadjusted splits or
@@ -269,6 +506,8 @@ def clean(
         raise ValueError(f"cleaning mode must be 'drop' or 'repair', got {mode!r}")
     report = CleaningReport(mode=mode, rows_in=len(df))
     out = coerce(df)
+    if len(out) == 0:
+        raise DataValidationError("empty", "the table has no rows: nothing to clean")
     bad_key = out["ticker"].isna() | out["date"].isna()
     if bad_key.any():
         for t, d in out.loc[bad_key, ["ticker", "date"]].itertuples(index=False):
@@ -292,6 +531,18 @@ def clean(
             out = out.loc[~mask].reset_index(drop=True)
 
     _drop(out.duplicated(["ticker", "date"], keep="first").to_numpy(), "duplicate_key", "kept the first row")
+    _drop(~np.is_busday(out["date"].to_numpy(dtype="datetime64[D]")), "trading_day", "weekend date")
+    limit = today_date(today)
+    _drop(
+        out["date"].to_numpy(dtype="datetime64[ns]") > limit.to_datetime64(),
+        "future_date",
+        f"date after today ({limit:%Y-%m-%d})",
+    )
+    inf = np.zeros(len(out), dtype=bool)
+    for col in FINITE_COLUMNS:
+        if col in out.columns:
+            inf |= np.isinf(out[col].to_numpy(dtype=float))
+    _drop(inf, "finite_value", "inf in a price or volume column")
     close = out["close"].to_numpy(dtype=float)
     _drop(~(close > 0), "close_positive", "close NaN or <= 0")
     _drop(out["volume"].isna().to_numpy() | (out["volume"].to_numpy(dtype=float) < 0), "volume_nonnegative")
@@ -347,9 +598,17 @@ def clean(
         out["high"] = np.where(bad, np.maximum.reduce([h, o, c]), h)
         out["low"] = np.where(bad, np.minimum.reduce([lo, o, c]), lo)
 
+    if len(out) == 0:
+        dropped = report.actions_frame().groupby("rule").size()
+        raise DataValidationError(
+            "empty",
+            f"all {report.rows_in} rows were dropped by cleaning ("
+            + ", ".join(f"{rule} {n}" for rule, n in dropped.items())
+            + ")",
+        )
     _add_findings(out, report, spike_threshold, jump_threshold, short_history)
     report.rows_out = len(out)
-    validate(out)
+    validate(out, today=limit)
     logger.info(
         "cleaned %d -> %d rows (%d actions, %d findings)",
         report.rows_in,

@@ -4,6 +4,9 @@ Writes validate first, bulk-load with COPY into a temporary staging table and up
 one transaction, so re-ingesting a file changes nothing and a failure leaves the table as it was.
 Into an empty table (checked under a lock that queues concurrent writers) the rows are COPYed
 straight in: validated keys are unique, so no row can conflict and the merge would be pure cost.
+Creating the table and writing take a transaction-scoped advisory lock on the table's name first, so
+two first writers into a table that does not exist yet queue instead of both running CREATE TABLE
+(concurrent ``CREATE TABLE IF NOT EXISTS`` is not safe in PostgreSQL: one fails on a catalog key).
 Reads stream ``COPY (SELECT ...) TO STDOUT`` through pyarrow's CSV reader. All SQL is built with
 ``psycopg2.sql`` (identifiers) and bound parameters (values); no value is ever pasted into SQL text.
 """
@@ -142,8 +145,19 @@ class PriceStore:
     def create_schema(self) -> None:
         """Create the table (primary key (ticker, date)) and its date index if they do not exist."""
         with self._connect() as conn, conn.cursor() as cur:
+            self._lock_name(cur)
             self._create_schema(cur)
         logger.info("schema ready for table %s", self.table)
+
+    def _lock_name(self, cur: PgCursor) -> None:
+        """Queue behind any other transaction creating or writing this table (held until commit).
+
+        The key is the table name qualified by the schema it would be created in; unlike a table
+        lock it exists before the table does."""
+        cur.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(coalesce(current_schema(), '') || '.' || %s, 0))",
+            (self.table,),
+        )
 
     def _create_schema(self, cur: PgCursor) -> None:
         cols = [
@@ -184,6 +198,7 @@ class PriceStore:
         table = self._to_arrow(df, cols)
 
         with self._connect() as conn, conn.cursor() as cur:
+            self._lock_name(cur)  # before the existence check: see the module docstring
             if not self._exists(cur):
                 self._create_schema(cur)
             # writers queue behind each other (readers do not); then an empty table needs no merge.
