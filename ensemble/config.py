@@ -1,21 +1,40 @@
 """Typed settings for the whole platform: every default lives here, once.
 
-Load with :func:`load_settings` (YAML file, then environment overrides). Secrets such as the
-PostgreSQL DSN are never written in YAML: they come from the environment variable named in
-``PostgresConfig.dsn_env``.
+Load with :func:`load_settings` (YAML file, then ``--set KEY=VALUE`` overrides parsed by
+:func:`parse_overrides`). Secrets such as the PostgreSQL DSN are never written in YAML: they come from
+the environment variable named in ``PostgresConfig.dsn_env``.
+
+Everything is checked when the settings are loaded, before any data is read or Ray started: unknown
+keys, values out of range, ensemble weights (finite, non-negative, only for trained models) and the
+hyperparameters under ``models:`` (each model's own parameter names). A problem with the file or an
+override raises :class:`ConfigError`; a value the schema refuses raises pydantic's ``ValidationError``,
+which :func:`describe_validation_error` renders one line per problem.
 """
 
 from __future__ import annotations
 
+import datetime
+import difflib
+import math
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-MODEL_NAMES: tuple[str, ...] = ("lstm", "transformer", "xgboost", "lightgbm", "random_forest", "prophet")
+from ensemble.catalog import MODEL_NAMES
+
 DEFAULT_HORIZONS: tuple[int, ...] = (5, 20, 60)
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be read: a missing or unreadable file, invalid YAML, a bad ``--set``."""
+
+
+class ConfigFileNotFoundError(ConfigError, FileNotFoundError):
+    """The config file does not exist."""
 
 
 class _Strict(BaseModel):
@@ -84,10 +103,25 @@ class TrainingConfig(_Strict):
     # Fraction of the dates (after the training window) held out for validation; the horizon is
     # purged between train and validation.
     valid_fraction: float = Field(0.15, gt=0.0, lt=0.5)
+    # The last date whose information training may use (YYYY-MM-DD; None: the last date of the data).
+    # Later rows may be present: they change nothing (labels realised after it are purged).
+    as_of: str | None = None
+
+    @field_validator("as_of", mode="before")
+    @classmethod
+    def _iso_date(cls, v: Any) -> str | None:
+        if v is None:
+            return None
+        try:  # YAML reads 2020-06-30 as a date already
+            return datetime.date.fromisoformat(str(v)).isoformat()
+        except ValueError:
+            raise ValueError(f"training.as_of must be a date YYYY-MM-DD, got {v!r}") from None
 
     @field_validator("models")
     @classmethod
     def _known(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError(f"training.models must name at least one model of {list(MODEL_NAMES)}")
         unknown = sorted(set(v) - set(MODEL_NAMES))
         if unknown:
             raise ValueError(f"training.models has unknown models {unknown}; known: {list(MODEL_NAMES)}")
@@ -112,6 +146,12 @@ class RayConfig(_Strict):
     prophet_chunk_size: int | None = Field(None, ge=1)
     prophet_task_cpus: float = Field(1.0, gt=0.0)
 
+    @field_validator("use_gpu", mode="before")
+    @classmethod
+    def _yaml_booleans(cls, v: object) -> object:
+        # YAML 1.1 reads a bare yes / no (in a file or a --set value) as a boolean
+        return ("yes" if v else "no") if isinstance(v, bool) else v
+
 
 class EnsembleConfig(_Strict):
     weights: dict[str, float] = Field(
@@ -131,8 +171,9 @@ class EnsembleConfig(_Strict):
         unknown = sorted(set(v) - set(MODEL_NAMES))
         if unknown:
             raise ValueError(f"ensemble.weights has unknown models {unknown}; known: {list(MODEL_NAMES)}")
-        if any(w < 0 for w in v.values()):
-            raise ValueError("ensemble.weights must be non-negative")
+        bad = {k: w for k, w in v.items() if not (math.isfinite(w) and w >= 0)}
+        if bad:
+            raise ValueError(f"ensemble.weights must be finite and non-negative, got {bad}")
         if sum(v.values()) <= 0:
             raise ValueError("ensemble.weights must not all be zero")
         return v
@@ -172,22 +213,58 @@ class Settings(_Strict):
         unknown = sorted(set(v) - set(MODEL_NAMES))
         if unknown:
             raise ValueError(f"models has unknown models {unknown}; known: {list(MODEL_NAMES)}")
+        from ensemble.models import get_model_class  # lazy: ensemble.models imports this module
+
+        for name, params in v.items():
+            known = get_model_class(name).param_names()
+            for key in sorted(set(params) - known):
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ValueError(
+                    f"models.{name}: unknown hyperparameter {key!r}{hint}; known: {sorted(known)}"
+                )
         return v
+
+    @model_validator(mode="after")
+    def _weights_for_trained_models(self) -> Settings:
+        trained = self.training.models
+        if "weights" in self.ensemble.model_fields_set:  # set by the user: must name trained models
+            untrained = sorted(set(self.ensemble.weights) - set(trained))
+            if untrained:
+                raise ValueError(
+                    f"ensemble.weights names {untrained}, which training.models {trained} does not train"
+                )
+        elif set(self.ensemble.weights) - set(trained):  # the defaults: keep the trained models'
+            kept = {k: w for k, w in self.ensemble.weights.items() if k in trained}
+            self.ensemble = self.ensemble.model_copy(update={"weights": kept})
+        return self
 
 
 def load_settings(
     path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None
 ) -> Settings:
-    """Defaults, updated by the YAML file at ``path`` (if any), then by ``overrides`` (nested dict)."""
+    """Defaults, updated by the YAML file at ``path`` (if any), then by ``overrides`` (nested dict).
+
+    Raises :class:`ConfigError` when the file cannot be read as a YAML mapping and pydantic's
+    ``ValidationError`` when a value is refused.
+    """
     raw: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
         try:
-            loaded = yaml.safe_load(p.read_text())
+            text = p.read_text()
         except FileNotFoundError:
-            raise FileNotFoundError(f"config file not found: {p}") from None
+            raise ConfigFileNotFoundError(f"config file not found: {p}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {p} cannot be read: {exc}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {p} is not valid YAML: {_yaml_problem(exc)}") from None
         if loaded is not None and not isinstance(loaded, dict):
-            raise ValueError(f"config file {p} must hold a mapping at top level, got {type(loaded).__name__}")
+            raise ConfigError(
+                f"config file {p} must hold a mapping at top level, got {type(loaded).__name__}"
+            )
         raw = loaded or {}
     if overrides:
         raw = _deep_merge(raw, overrides)
@@ -202,3 +279,97 @@ def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
         else:
             out[k] = v
     return out
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """``["training.tuning_trials=5", "ray.use_gpu=no"]`` -> nested dict (values parsed as YAML).
+
+    A later item wins over an earlier one for the same key; an item that would descend into a key
+    an earlier item set to a plain value (``training=5`` then ``training.seed=1``) is refused.
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise ConfigError(
+                f"--set expects KEY=VALUE with a dotted KEY (e.g. training.tuning_trials=5), got {item!r}"
+            )
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(
+                f"--set {key}: {raw!r} is not a valid YAML value: {_yaml_problem(exc)}"
+            ) from None
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                section = ".".join(parts[: i + 1])
+                raise ConfigError(
+                    f"--set {key}: {section!r} was set to {child!r} by an earlier --set, not a section "
+                    "that can hold keys"
+                )
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def describe_validation_error(exc: ValidationError) -> list[str]:
+    """One line per problem: ``training.tuning_trials: Input should be greater than or equal to 1 (got 0)``.
+
+    Locations are dotted paths from the top of the settings (``synthetic.n_tickers`` also for an
+    error raised by ``SyntheticConfig`` alone); an unknown key lists the keys its section has.
+    """
+    root = _model_by_title(exc.title)
+    section = _SECTIONS.get(exc.title)
+    prefix: tuple[str, ...] = () if root is Settings else (section or exc.title,)
+    lines = []
+    for err in exc.errors():
+        loc = (*prefix, *err["loc"])
+        where = ".".join(str(part) for part in loc)
+        msg = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        if err["type"] == "extra_forbidden":
+            parent = _section_class(root, err["loc"][:-1]) if root is not None else None
+            known = sorted(parent.model_fields) if parent is not None else []
+            close = difflib.get_close_matches(str(err["loc"][-1]), known, n=1)
+            msg = "unknown setting" + (f" (did you mean {close[0]!r}?)" if close else "")
+            msg += f"; known: {known}" if known else ""
+        elif err["type"] not in ("missing", "value_error") and not isinstance(err["input"], dict | BaseModel):
+            shown = repr(err["input"])
+            msg += f" (got {shown[:57] + '...' if len(shown) > 60 else shown})"
+        lines.append(msg if not where or msg.startswith(where) else f"{where}: {msg}")
+    return lines
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error on one line: what is wrong and where (line, column)."""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else problem
+
+
+def _section_class(cls: type[BaseModel], path: Iterable[str | int]) -> type[BaseModel] | None:
+    """The settings class at dotted ``path`` below ``cls`` (None where the path leaves the classes)."""
+    for part in path:
+        field = cls.model_fields.get(str(part))
+        ann = field.annotation if field is not None else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        cls = ann
+    return cls
+
+
+# Section classes by name -> their key in Settings ("SyntheticConfig" -> "synthetic").
+_SECTIONS: dict[str, str] = {
+    f.annotation.__name__: name
+    for name, f in Settings.model_fields.items()
+    if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)
+}
+
+
+def _model_by_title(title: str) -> type[BaseModel] | None:
+    if title == Settings.__name__:
+        return Settings
+    section = _SECTIONS.get(title)
+    return _section_class(Settings, [section]) if section else None

@@ -18,8 +18,8 @@ import time
 import pandas as pd
 from tqdm import tqdm
 
+from ensemble.cli import run_main, user_error
 from ensemble.config import PostgresConfig, SyntheticConfig
-from ensemble.data.schema import DataValidationError
 from ensemble.data.store import PriceStore, check_table_name
 
 log = logging.getLogger("jobs.ingest")
@@ -87,10 +87,9 @@ def main(argv: list[str] | None = None) -> int:
             changed = store.write(df, progress=bar.update)
         secs = time.perf_counter() - t1
         total = store.count()
-    except DataValidationError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 3
-    except (OSError, ValueError, LookupError) as exc:  # missing file, bad file, no connection
+    except (OSError, ValueError, LookupError) as exc:  # missing file, no connection, no table
+        if user_error(exc) is not None and not isinstance(exc, OSError):
+            raise  # a refused setting (2) or data that break the contract / a bad format (3): run_main
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(
@@ -101,4 +100,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -291,6 +291,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--state-dir", default=None)
     a = ap.parse_args(argv)
+    try:
+        return _run(a)
+    except (RuntimeError, TimeoutError) as exc:  # already running, none to join, a node that died
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(a: argparse.Namespace) -> int:
     if a.command == "start":
         st = start(a.num_cpus or 2, a.port, a.dashboard_port, a.auth, a.num_gpus, a.state_dir)
         print(f"Ray head running (pid {st.head_pid}); dashboard/jobs API {st.dashboard_url}")
@@ -312,4 +320,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from ensemble.cli import run_main
+
+    raise SystemExit(run_main(main))

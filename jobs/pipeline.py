@@ -25,7 +25,7 @@ from typing import Any
 
 import pandas as pd
 
-from ensemble.config import Settings, load_settings
+from ensemble.config import Settings, load_settings, parse_overrides
 from ensemble.data.files import load_file
 from ensemble.data.schema import validate
 from ensemble.data.stylized import format_facts, stylized_facts
@@ -115,16 +115,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-train", action="store_true", help="stop after the data stage")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from jobs.train import format_summary, parse_overrides
+    from jobs.train import format_summary
     from jobs.train import run as train
 
-    overrides: dict[str, Any] = parse_overrides(args.set)
-    synthetic = overrides.setdefault("synthetic", {})
-    if args.tickers:
-        synthetic["n_tickers"] = args.tickers
-    if args.days:
-        synthetic["n_days"] = args.days
-    settings = load_settings(args.config, overrides)
+    items = list(args.set)
+    if args.tickers is not None:
+        items.append(f"synthetic.n_tickers={args.tickers}")
+    if args.days is not None:
+        items.append(f"synthetic.n_days={args.days}")
+    overrides: dict[str, Any] = parse_overrides(items)
+    settings = load_settings(args.config, overrides)  # every setting checked before any work
     t0 = time.perf_counter()
     run_data_stage(settings, args.out)
     if not args.no_train:
@@ -136,4 +136,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from ensemble.cli import run_main
+
+    raise SystemExit(run_main(main))

@@ -76,3 +76,163 @@ def test_dsn_comes_from_the_environment(monkeypatch) -> None:
     assert s.postgres.dsn() is None
     monkeypatch.setenv("ENSEMBLE_PG_DSN", "host=127.0.0.1 dbname=x")
     assert s.postgres.dsn() == "host=127.0.0.1 dbname=x"
+
+
+# ---------------------------------------------------------------------------- ensemble weights
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan"])
+def test_a_weight_that_is_not_finite_is_refused(tmp_path, value: str) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text(f"ensemble:\n  weights: {{lstm: {value}, xgboost: 0.5}}\n")
+    with pytest.raises(ValidationError, match=r"ensemble\.weights must be finite and non-negative"):
+        load_settings(p)
+
+
+def test_weights_set_for_a_model_that_is_not_trained_are_refused() -> None:
+    with pytest.raises(ValidationError, match=r"ensemble\.weights names \['lstm'\].*training\.models"):
+        load_settings(
+            overrides={
+                "training": {"models": ["xgboost", "prophet"]},
+                "ensemble": {"weights": {"xgboost": 0.5, "lstm": 0.5}},
+            }
+        )
+
+
+def test_explicit_weights_for_trained_models_are_kept_as_given() -> None:
+    s = load_settings(
+        overrides={"training": {"models": ["xgboost", "prophet"]}, "ensemble": {"weights": {"xgboost": 1.0}}}
+    )
+    assert s.ensemble.weights == {"xgboost": 1.0}
+
+
+def test_default_weights_are_restricted_to_the_trained_models() -> None:
+    s = load_settings(overrides={"training": {"models": ["prophet", "xgboost"]}})
+    assert s.ensemble.weights == {"xgboost": 0.15, "prophet": 0.20}
+    # the restricted settings round-trip (a registry version stores model_dump())
+    assert Settings.model_validate(s.model_dump()) == s
+
+
+def test_training_needs_at_least_one_model() -> None:
+    with pytest.raises(ValidationError, match=r"training\.models must name at least one model"):
+        load_settings(overrides={"training": {"models": []}})
+
+
+# ---------------------------------------------------------------------------- model hyperparameters
+@pytest.mark.parametrize(
+    ("model", "typo", "known"),
+    [
+        ("xgboost", "max_dept", "max_depth"),
+        ("prophet", "regresors", "regressors"),
+        ("lstm", "hiden", "dropout"),
+    ],
+)
+def test_an_unknown_hyperparameter_is_refused_at_load(tmp_path, model: str, typo: str, known: str) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text(f"models:\n  {model}: {{{typo}: 4}}\n")
+    with pytest.raises(ValidationError) as ei:
+        load_settings(p)
+    msg = str(ei.value)
+    assert f"models.{model}: unknown hyperparameter {typo!r}" in msg
+    assert f"'{known}'" in msg  # the known keys are listed
+
+
+def test_known_hyperparameters_are_accepted() -> None:
+    s = load_settings(
+        overrides={"models": {"xgboost": {"max_depth": 4}, "prophet": {"regressors": ["mkt_log_level"]}}}
+    )
+    assert s.models["xgboost"] == {"max_depth": 4}
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_param_names_are_exactly_what_the_model_accepts(name: str) -> None:
+    from ensemble.models import get_model_class
+
+    cls = get_model_class(name)
+    names = cls.param_names()
+    assert names and all(isinstance(n, str) for n in names)
+    defaults = {**getattr(cls, "defaults", {}), **getattr(cls, "model_defaults", {})}
+    accepted = {n: defaults[n] for n in names if n in defaults}
+    cls(**accepted)  # every declared name with its default value is accepted
+    with pytest.raises(TypeError, match="no_such_param"):
+        cls(no_such_param=1)
+
+
+# ---------------------------------------------------------------------------- --set overrides
+def test_parse_overrides_builds_a_nested_dict() -> None:
+    from ensemble.config import parse_overrides
+
+    got = parse_overrides(["training.tuning_trials=5", "training.models=[xgboost]", "ray.address=auto"])
+    assert got == {"training": {"tuning_trials": 5, "models": ["xgboost"]}, "ray": {"address": "auto"}}
+
+
+@pytest.mark.parametrize("value", ["no", "yes", "auto"])
+def test_use_gpu_yes_and_no_survive_yaml_booleans(tmp_path, value: str) -> None:
+    from ensemble.config import parse_overrides
+
+    assert load_settings(overrides=parse_overrides([f"ray.use_gpu={value}"])).ray.use_gpu == value
+    p = tmp_path / "c.yaml"
+    p.write_text(f"ray:\n  use_gpu: {value}\n")
+    assert load_settings(p).ray.use_gpu == value
+
+
+@pytest.mark.parametrize(
+    ("items", "match"),
+    [
+        (["training=5", "training.x=1"], r"--set training\.x: 'training' was set to 5"),
+        (["training.x.y=1", "training.x.y.z=2"], r"--set training\.x\.y\.z: 'training\.x\.y' was set to 1"),
+        (["tuning_trials"], "KEY=VALUE"),
+        (["=3"], "KEY=VALUE"),
+        (["training..seed=3"], "KEY=VALUE"),
+        (["training.models=[xgboost"], r"--set training\.models: '\[xgboost' is not a valid YAML value"),
+    ],
+)
+def test_a_bad_override_is_a_clear_config_error(items: list[str], match: str) -> None:
+    from ensemble.config import ConfigError, parse_overrides
+
+    with pytest.raises(ConfigError, match=match):
+        parse_overrides(items)
+
+
+def test_parse_overrides_is_still_importable_from_the_train_job() -> None:
+    from ensemble.config import parse_overrides
+    from jobs.train import parse_overrides as from_jobs
+
+    assert from_jobs is parse_overrides
+
+
+# ---------------------------------------------------------------------------- config file errors
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("training: [1\n", r"c\.yaml is not valid YAML: .*\(line 2, column 1\)"),
+        ("- 1\n- 2\n", r"c\.yaml must hold a mapping at top level, got list"),
+        ("!!python/object:os.system x\n", r"c\.yaml is not valid YAML"),
+    ],
+)
+def test_an_unreadable_config_file_is_a_config_error(tmp_path, text: str, match: str) -> None:
+    from ensemble.config import ConfigError
+
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_settings(p)
+
+
+def test_validation_errors_are_described_one_line_each_with_the_dotted_field() -> None:
+    from ensemble.config import SyntheticConfig, describe_validation_error
+
+    with pytest.raises(ValidationError) as ei:
+        load_settings(overrides={"training": {"tuning_trials": 0, "tuning_trails": 3}, "horizons": [5, 5]})
+    lines = describe_validation_error(ei.value)
+    assert "training.tuning_trials: Input should be greater than or equal to 1 (got 0)" in lines
+    assert any(
+        line.startswith("training.tuning_trails: unknown setting (did you mean 'tuning_trials'?); known: [")
+        for line in lines
+    )
+    assert "horizons must be distinct positive integers, got [5, 5]" in lines
+    assert len(lines) == 3 and all("\n" not in line for line in lines)
+
+    with pytest.raises(ValidationError) as ei:
+        SyntheticConfig(n_tickers=1)
+    assert describe_validation_error(ei.value) == [
+        "synthetic.n_tickers: Input should be greater than or equal to 2 (got 1)"
+    ]

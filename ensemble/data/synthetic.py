@@ -338,4 +338,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # The command line's one way to fail (``error: ...``, exit 2 / 3); only the script imports it,
+    # never the library.
+    from ensemble.cli import run_main
+
+    raise SystemExit(run_main(main))
