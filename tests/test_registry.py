@@ -40,6 +40,7 @@ from ensemble.registry import (
     VersionNotFoundError,
     data_fingerprint,
 )
+from ensemble.registry.store import ArtifactStore
 
 HORIZONS = (5, 20, 60)
 
@@ -321,7 +322,7 @@ def test_crash_while_writing_manifest_leaves_nothing(reg: ModelRegistry, monkeyp
     def boom(self, path: str, data: bytes) -> None:
         raise OSError("connection reset")
 
-    monkeypatch.setattr(ModelRegistry, "_write_manifest", boom)
+    monkeypatch.setattr(ArtifactStore, "_write_manifest", boom)
     with pytest.raises(OSError, match="connection reset"):
         create(reg)
     assert reg.list_versions() == [] and staged(reg) == []
@@ -333,9 +334,9 @@ def test_crash_while_writing_manifest_leaves_nothing(reg: ModelRegistry, monkeyp
 
 def test_hard_kill_leftovers_stay_invisible(reg: ModelRegistry, monkeypatch) -> None:
     """A killed writer cannot clean up: its staging dir remains but is never listed or resolvable."""
-    monkeypatch.setattr(ModelRegistry, "_discard", lambda self, d: None)
+    monkeypatch.setattr(ArtifactStore, "_discard", lambda self, d: None)
     monkeypatch.setattr(
-        ModelRegistry, "_write_marker", lambda self, p, d: (_ for _ in ()).throw(OSError("kill"))
+        ArtifactStore, "_write_marker", lambda self, p, d: (_ for _ in ()).throw(OSError("kill"))
     )
     calls = []
     real_rename = os.rename
@@ -379,9 +380,9 @@ def test_non_local_filesystem_round_trip_and_crash_before_marker(tmp_path: Path,
     assert reg.promote(vid).promoted and reg.resolve("production") == vid
 
     # crash after every artifact and the manifest were copied, before the marker: invisible
-    monkeypatch.setattr(ModelRegistry, "_discard", lambda self, d: None)
+    monkeypatch.setattr(ArtifactStore, "_discard", lambda self, d: None)
     monkeypatch.setattr(
-        ModelRegistry, "_write_marker", lambda self, p, d: (_ for _ in ()).throw(OSError("kill"))
+        ArtifactStore, "_write_marker", lambda self, p, d: (_ for _ in ()).throw(OSError("kill"))
     )
     with pytest.raises(OSError, match="kill"):
         reg.create_version({"tiny": fitted(4.0)}, data_fingerprint="x")
@@ -495,7 +496,7 @@ def test_lock_is_exclusive_and_stale_locks_are_broken(tmp_path: Path) -> None:
     a = ModelRegistry(tmp_path / "r", model_resolver=resolve_class)
     b = ModelRegistry(tmp_path / "r", model_resolver=resolve_class, lock_timeout_s=0.2)
     vid = create(a)
-    with a._alias_lock():
+    with a.alias_book.lock():
         with pytest.raises(RegistryError, match="timed out"):
             b.set_alias("production", vid)
     b.set_alias("production", vid)
