@@ -27,11 +27,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ensemble.backtest.metrics import ic_frame, ic_summary
 from ensemble.config import FeatureConfig, SyntheticConfig
 from ensemble.data.synthetic import generate_market
 from ensemble.features import Preprocessor, build_features, catalogue, feature_columns
 from ensemble.features.catalog import CONTRACT_COLUMNS
-from ensemble.features.preprocess import ic_table, rank_ic_by_date
 
 SP500 = Path(__file__).resolve().parents[2] / "shared" / "data" / "sp500_daily.parquet"
 PURGE = 5
@@ -134,10 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     fit_s = time.perf_counter() - t
     out = pre.transform(frame)
     test = (out["date"] >= test_start).to_numpy()
-    ic = ic_table(rank_ic_by_date(out, pre.selected_, "target_h5", rows=test))
+    ic = ic_summary(ic_frame(out, pre.selected_, "target_h5", rows=test))
     rep = pre.report()
     oracle = frame[["date", "ticker", "target_h5"]].assign(oracle_h5=market.oracle["oracle_h5"].to_numpy())
-    o_ic = ic_table(rank_ic_by_date(oracle, ["oracle_h5"], "target_h5", rows=test)).iloc[0]
+    o_ic = ic_summary(ic_frame(oracle, ["oracle_h5"], "target_h5", rows=test)).iloc[0]
     fams = rep.loc[pre.selected_, "family"].value_counts()
     print(
         f"\nselection: top {len(pre.selected_)} of {n_feat} by |train Rank IC| with target_h5, fitted in {fit_s:.1f}s "

@@ -121,7 +121,7 @@ def score(pred: pd.DataFrame, truth: pd.DataFrame) -> dict[str, float]:
     out: dict[str, float] = {}
     for h in HORIZONS:
         s = ic_summary(rank_ic_by_date(df, f"pred_h{h}", f"target_h{h}"))
-        out[f"ic_h{h}"], out[f"icir_h{h}"], out[f"n_h{h}"] = s["mean"], s["icir"], s["n"]
+        out[f"ic_h{h}"], out[f"icir_h{h}"], out[f"n_h{h}"] = s["ic_mean"], s["icir"], s["ic_dates"]
     return out
 
 

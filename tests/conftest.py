@@ -1,4 +1,5 @@
-"""Shared fixtures. PostgreSQL: one throwaway server per session, a fresh schema per test."""
+"""Shared fixtures. PostgreSQL: one throwaway server per session, a fresh schema per test. Ray: one
+local cluster per test module."""
 
 from __future__ import annotations
 
@@ -48,3 +49,30 @@ def store(pg_dsn: str):
     s = PriceStore(pg_dsn, table="prices", chunk_rows=37)
     s.create_schema()
     return s
+
+
+@pytest.fixture(scope="module")
+def ray_auth_disabled() -> Iterator[None]:
+    """``RAY_AUTH_MODE=disabled`` set explicitly for one test module (a test cluster on this machine),
+    the previous value restored after it."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_AUTH_MODE", "disabled")
+        yield
+
+
+@pytest.fixture(scope="module")
+def ray_local(ray_auth_disabled: None) -> Iterator[None]:
+    """One local Ray per test module, as DESIGN.md says: 2 CPUs, no dashboard, auth mode set
+    explicitly; shut down (and the environment restored) after the module.
+
+    ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S=0.5``: Ray Train's controller polls its workers every 2 s by
+    default, and tiny test epochs would wait on it."""
+    import ray
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+        ray.init(address="local", num_cpus=2, include_dashboard=False)
+        try:
+            yield
+        finally:
+            ray.shutdown()

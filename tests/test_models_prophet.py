@@ -202,9 +202,9 @@ def test_market_log_level_is_the_cumulative_equal_weighted_return_and_point_in_t
     )
     level = market_log_level(prices)
     assert list(level.columns) == ["date", MARKET_LEVEL]
-    # day 2: mean(+10%, 0%) ; day 3: only A has a return (B has no close) ; day 4: A -10%, B's close
-    # has no previous close (NaN on day 3) so it adds nothing
-    daily = np.log1p([0.0, 0.05, 0.0, -0.1])
+    # day 2: mean(+10%, 0%) ; day 3: only A has a return (B has no close) ; day 4: A -10%, B +10%:
+    # B's NaN close is left out as if absent (the feature panel's rule), so B returns against day 2
+    daily = np.log1p([0.0, 0.05, 0.0, 0.0])
     assert np.allclose(level[MARKET_LEVEL].to_numpy(), np.cumsum(daily))
     poisoned = prices.copy()
     late = poisoned["date"] > dates[1]

@@ -7,7 +7,6 @@ so the two nodes are used side by side.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,12 +22,10 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[dict[str, str]]:
+def cluster(ray_auth_disabled: None) -> Iterator[dict[str, str]]:
     import ray
     from ray.cluster_utils import Cluster
 
-    old = os.environ.get("RAY_AUTH_MODE")
-    os.environ["RAY_AUTH_MODE"] = "disabled"
     c = Cluster(
         initialize_head=True,
         head_node_args={"num_cpus": 0, "include_dashboard": False, "object_store_memory": 150 * 2**20},
@@ -42,10 +39,6 @@ def cluster() -> Iterator[dict[str, str]]:
     finally:
         ray.shutdown()
         c.shutdown()
-        if old is None:
-            os.environ.pop("RAY_AUTH_MODE", None)
-        else:
-            os.environ["RAY_AUTH_MODE"] = old
 
 
 def test_cluster_has_a_head_and_two_workers(cluster: dict[str, str]) -> None:

@@ -4,7 +4,6 @@ reported per ticker and per chunk, never a crashed job."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,21 +24,6 @@ from jobs.ray_prophet import (
 )
 
 PRED_COLS = [f"pred_h{h}" for h in DEFAULT_HORIZONS]
-
-
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[None]:
-    old = os.environ.get("RAY_AUTH_MODE")
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
-        if old is None:
-            os.environ.pop("RAY_AUTH_MODE", None)
-        else:
-            os.environ["RAY_AUTH_MODE"] = old
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +67,7 @@ def test_split_chunks_keeps_rows_and_only_fit_columns(market: pd.DataFrame) -> N
 
 @pytest.mark.ray
 def test_fanout_matches_local_fit_and_reports_broken_tickers(
-    ray_cluster: None, market: pd.DataFrame, local: ProphetForecaster
+    ray_local: None, market: pd.DataFrame, local: ProphetForecaster
 ) -> None:
     nan_t, short_t = market.attrs["broken"]
     r = fit_prophet_fanout(market, horizons=DEFAULT_HORIZONS, params={}, chunk_size=None, progress=False)
@@ -106,7 +90,7 @@ def test_fanout_matches_local_fit_and_reports_broken_tickers(
 
 
 @pytest.mark.ray
-def test_fanout_passes_params_and_refuses_bad_input(ray_cluster: None, market: pd.DataFrame) -> None:
+def test_fanout_passes_params_and_refuses_bad_input(ray_local: None, market: pd.DataFrame) -> None:
     sub = market[market["ticker"].isin(sorted(market["ticker"].unique())[:2])]
     r = fit_prophet_fanout(
         sub, horizons=(5,), params={"n_changepoints": 5}, chunk_size=1, task_cpus=0.5, progress=True
@@ -121,7 +105,7 @@ def test_fanout_passes_params_and_refuses_bad_input(ray_cluster: None, market: p
 
 
 @pytest.mark.ray
-def test_fanout_carries_the_extra_regressor_columns(ray_cluster: None, market: pd.DataFrame) -> None:
+def test_fanout_carries_the_extra_regressor_columns(ray_local: None, market: pd.DataFrame) -> None:
     from ensemble.models.prophet_model import MARKET_LEVEL, market_log_level
 
     ok = [t for t in sorted(market["ticker"].unique()) if t not in market.attrs["broken"]][:3]
@@ -141,7 +125,7 @@ def test_fanout_carries_the_extra_regressor_columns(ray_cluster: None, market: p
 
 @pytest.mark.ray
 def test_dead_chunk_is_retried_then_reported_not_raised(
-    ray_cluster: None, market: pd.DataFrame, tmp_path: Path
+    ray_local: None, market: pd.DataFrame, tmp_path: Path
 ) -> None:
     """Chunk 0's worker dies once (Ray retries it: it fits); chunk 1's worker always dies and chunk 2
     raises (both reported as failures of their tickers); the other chunks fit."""
@@ -181,7 +165,7 @@ def test_dead_chunk_is_retried_then_reported_not_raised(
 
 @pytest.mark.ray
 def test_every_chunk_failing_gives_an_empty_model_not_an_exception(
-    ray_cluster: None, market: pd.DataFrame
+    ray_local: None, market: pd.DataFrame
 ) -> None:
     @ray.remote
     def always_raises(chunk: pd.DataFrame, horizons, params) -> ChunkResult:

@@ -64,7 +64,7 @@ def stylized_facts(
                 continue
             merged[f"fwd_{h}"] = forward_log_return(merged, h)
             s = ic_summary(rank_ic_by_date(merged, col, f"fwd_{h}"))
-            facts[f"oracle_rank_ic_h{h}"] = s["mean"]
+            facts[f"oracle_rank_ic_h{h}"] = s["ic_mean"]
             facts[f"oracle_icir_h{h}"] = s["icir"]
     return facts
 

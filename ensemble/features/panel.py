@@ -29,6 +29,70 @@ logger = logging.getLogger(__name__)
 FloatArray = np.ndarray
 
 
+def valid_price_rows(prices: pd.DataFrame) -> np.ndarray:
+    """The rows whose prices can be used (bool per row): ``close`` and, where the frame has them,
+    ``open``, ``high`` and ``low`` finite and > 0, and ``volume`` finite and >= 0. The feature panel
+    leaves every other row out (its features are NaN)."""
+
+    def col(name: str) -> FloatArray:
+        return prices[name].to_numpy(dtype=np.float64, na_value=np.nan)
+
+    with np.errstate(invalid="ignore"):
+        ok = np.ones(len(prices), dtype=bool)
+        for name in ("open", "high", "low", "close"):
+            if name == "close" or name in prices.columns:
+                x = col(name)
+                ok &= np.isfinite(x) & (x > 0)
+        if "volume" in prices.columns:
+            v = col("volume")
+            ok &= np.isfinite(v) & (v >= 0)
+    return ok
+
+
+def market_log_return(prices: pd.DataFrame) -> pd.Series:
+    """The equal-weighted market's daily log return: per date, the log of the mean simple return of
+    the tickers that have one at that date (a Series ``mkt_r1`` indexed by every date of the frame,
+    ascending; NaN at a date where no ticker has a return, such as the first).
+
+    Input: a long frame with ``date``, ``ticker`` and ``close`` (any row order; other price columns
+    are used for validity when present). Invalid rows (:func:`valid_price_rows`: a NaN or
+    non-positive close, or an invalid open/high/low/volume where given) are left out as if absent,
+    exactly as the feature panel leaves them out: a ticker's return at a valid row is the log of its
+    close over its previous valid close, however many rows lie between; its first valid row has no
+    return. Point in time: the value at a date uses closes dated at or before it only.
+    """
+    missing = [c for c in ("date", "ticker", "close") if c not in prices.columns]
+    if missing:
+        raise ValueError(f"market_log_return: the frame lacks column(s) {missing}")
+    d_codes, d_uniques = pd.factorize(prices["date"], sort=True)
+    t_codes, t_uniques = pd.factorize(prices["ticker"], sort=False)
+    n_dates = len(d_uniques)
+    key = t_codes.astype(np.int64) * n_dates + d_codes  # (ticker, date) as one sortable number
+    order = np.argsort(key, kind="stable")  # by ticker, then date: the identity on a sorted frame
+    key = key[order]
+    again = key[1:][key[1:] == key[:-1]]
+    if len(again):
+        first = int(again[0])
+        raise ValueError(
+            f"market_log_return: (ticker, date) must be unique; ticker {t_uniques[first // n_dates]!r} has "
+            f"two rows dated {pd.Timestamp(d_uniques[first % n_dates]).date()}"
+        )
+    t, d = key // n_dates, key % n_dates
+    valid = valid_price_rows(prices)[order]
+    d, t = d[valid], t[valid]
+    close = prices["close"].to_numpy(dtype=np.float64, na_value=np.nan)[order][valid]
+    prev = np.full_like(close, np.nan)
+    prev[1:] = close[:-1]
+    prev[1:][t[1:] != t[:-1]] = np.nan  # a ticker's first valid row has no previous close
+    simple = np.expm1(log_ratio(close, prev))
+    ok = np.isfinite(simple)
+    s = np.bincount(d[ok], weights=simple[ok], minlength=n_dates)  # summed in (ticker, date) order
+    cnt = np.bincount(d[ok], minlength=n_dates)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(cnt > 0, s / np.maximum(cnt, 1), np.nan)
+    return pd.Series(np.log1p(mean), index=pd.Index(d_uniques, name="date"), name="mkt_r1")
+
+
 class Panel:
     """Index arrays for one contract table, converters between layouts, and a cache of shared series."""
 
@@ -53,10 +117,7 @@ class Panel:
         self._raw: dict[str, FloatArray] = {}
         for col in ("open", "high", "low", "close", "volume"):
             self._raw[col] = num(col)
-        o, h, lo, c, v = (self._raw[k] for k in ("open", "high", "low", "close", "volume"))
-        with np.errstate(invalid="ignore"):
-            valid = np.isfinite(o) & np.isfinite(h) & np.isfinite(lo) & np.isfinite(c) & np.isfinite(v)
-            valid &= (o > 0) & (h > 0) & (lo > 0) & (c > 0) & (v >= 0)
+        valid = valid_price_rows(prices)
         self.valid = valid
         self.n_invalid = int(n - valid.sum())
         vt = self.tidx[valid]
@@ -165,11 +226,13 @@ class Panel:
         return mean.reshape(self.n_dates, n_groups)
 
     def market_r1(self) -> FloatArray:
-        """Equal-weighted universe daily log return per date (D,): log of the mean simple return."""
+        """Equal-weighted universe daily log return per date (D,): :func:`market_log_return` of the
+        valid rows (so it is the market Prophet's ``mkt_log_level`` regressor cumulates)."""
 
         def make() -> FloatArray:
-            simple = np.expm1(self.r1())
-            return np.log1p(self.group_mean_by_date(simple, None, 1)[:, 0])
+            close = np.where(self.valid, self._raw["close"], np.nan)
+            rows = pd.DataFrame({"date": self.dates[self.didx], "ticker": self.tidx, "close": close})
+            return market_log_return(rows).to_numpy()
 
         return self.cached("market_r1", make)
 

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
+from ensemble.backtest.metrics import ic_frame, ic_summary
 from ensemble.features.catalog import CONTRACT_COLUMNS, catalogue
 from ensemble.features.panel import row_ranks
 from ensemble.features.pipeline import feature_columns
@@ -39,84 +40,13 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Method = Literal["rank_ic", "lgbm"]
+MIN_DATE_TICKERS = 3  # a training date counts in a feature's Rank IC from 3 tickers (the mean absorbs noise)
 
 
 def _default_k() -> int:
     from ensemble.config import FeatureConfig
 
     return int(FeatureConfig().selection_k)
-
-
-def _row_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pearson correlation per row over the positions where both are finite (NaN if < 3 pairs)."""
-    ok = np.isfinite(a) & np.isfinite(b)
-    n = ok.sum(axis=1)
-    a0 = np.where(ok, a, 0.0)
-    b0 = np.where(ok, b, 0.0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ma = a0.sum(axis=1) / n
-        mb = b0.sum(axis=1) / n
-        da = np.where(ok, a - ma[:, None], 0.0)
-        db = np.where(ok, b - mb[:, None], 0.0)
-        cov = (da * db).sum(axis=1)
-        r = cov / np.sqrt((da * da).sum(axis=1) * (db * db).sum(axis=1))
-    r[(n < 3) | ~np.isfinite(r)] = np.nan
-    return np.asarray(r)
-
-
-def rank_ic_by_date(
-    frame: pd.DataFrame, features: list[str], target: np.ndarray | str, rows: np.ndarray | None = None
-) -> pd.DataFrame:
-    """Per-date Spearman correlation of each feature with the target: a (dates x features) table.
-
-    Computed on ``rows`` (a boolean mask; default all rows) and, per date, on the tickers where
-    both the feature and the target are finite.
-    """
-    rows = np.ones(len(frame), dtype=bool) if rows is None else np.asarray(rows, dtype=bool)
-    y_all = (
-        frame[target].to_numpy(dtype=np.float64)
-        if isinstance(target, str)
-        else np.asarray(target, np.float64)
-    )
-    sub = frame.loc[rows]
-    y = y_all[rows]
-    d_codes, d_uniques = pd.factorize(sub["date"], sort=True)
-    t_codes, t_uniques = pd.factorize(sub["ticker"], sort=False)
-    shape = (len(d_uniques), len(t_uniques))
-    ym = np.full(shape, np.nan)
-    ym[d_codes, t_codes] = y
-    y_ok = np.isfinite(ym)
-    y_rank = row_ranks(ym)
-    out = np.full((shape[0], len(features)), np.nan)
-    for j, f in enumerate(features):
-        fm = np.full(shape, np.nan)
-        fm[d_codes, t_codes] = sub[f].to_numpy(dtype=np.float64)
-        f_ok = np.isfinite(fm)
-        both = f_ok & y_ok
-        if not both.any():
-            continue
-        f_rank = row_ranks(np.where(both, fm, np.nan))
-        yr = y_rank
-        redo = (y_ok & ~f_ok).any(axis=1)  # dates where the target's own ranks include extra tickers
-        if redo.any():
-            yr = y_rank.copy()
-            yr[redo] = row_ranks(np.where(both[redo], ym[redo], np.nan))
-        out[:, j] = _row_pearson(f_rank, yr)
-    return pd.DataFrame(out, index=pd.DatetimeIndex(d_uniques, name="date"), columns=features)
-
-
-def ic_table(ic: pd.DataFrame) -> pd.DataFrame:
-    """Mean, std, IR and t-statistic of per-date ICs, per feature."""
-    x = ic.to_numpy(dtype=np.float64)
-    n = np.isfinite(x).sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.nansum(x, axis=0) / n
-        dev = np.where(np.isfinite(x), x - mean, 0.0)
-        std = np.sqrt((dev * dev).sum(axis=0) / np.maximum(n - 1, 1))
-        ir = mean / std
-    return pd.DataFrame(
-        {"ic_mean": mean, "ic_std": std, "icir": ir, "ic_t": ir * np.sqrt(n), "ic_dates": n}, index=ic.columns
-    )
 
 
 class Preprocessor:
@@ -181,8 +111,7 @@ class Preprocessor:
 
         x_train = frame.loc[mask, features].to_numpy(dtype=np.float64)
         coverage = np.isfinite(x_train).mean(axis=0)
-        ic = rank_ic_by_date(frame, features, y, rows=label_rows)
-        table = ic_table(ic)
+        table = ic_summary(ic_frame(frame, features, y, rows=label_rows, min_obs=MIN_DATE_TICKERS))
         table.insert(0, "coverage", coverage)
         if self.method == "lgbm":
             table.insert(0, "score", self._lgbm_gain(frame, features, y, label_rows))
@@ -323,7 +252,7 @@ class Preprocessor:
 
     def report(self, top: int | None = None) -> pd.DataFrame:
         """The importance table (every candidate feature, best first): family, score, coverage,
-        Rank IC mean / std / IR / t-statistic on the training dates, selected, rank."""
+        the Rank IC summary on the training dates (``ic_summary``'s keys), selected, rank."""
         self._check_fitted()
         return self.scores_.head(top) if top else self.scores_.copy()
 
