@@ -1,16 +1,19 @@
-"""The full training job (jobs.train.run) on the default config: wall time per stage, cost, peak memory.
+"""The full training job (jobs.train.run) on the default config: wall time and core use per stage, cost,
+peak memory, validation Rank IC, and the previous bottleneck re-measured beside its fix.
 
 Default: cluster/train.yaml (the synthetic market, 500 tickers x 1,260 days, every model, 30 tuning
 trials per tree model, the cost limit of the config) on a private local Ray with every core.
 
 Prints, from one run:
-* wall seconds per stage (data + features, and per model: fit + validation), also in units of one
-  ``groupby('ticker').rolling(20).mean()`` pass over the same panel timed in the same run (this machine
-  is shared and noisy: the ratio travels better than the seconds);
-* the cost report (CPU- and GPU-seconds and $ per stage, the limit, why tuning stopped early if it did);
-* peak memory: the driver's peak RSS and the peak of the summed RSS of the driver and every process it
-  started (the local Ray: raylet, GCS, workers), sampled every 0.5 s from /proc;
-* the validation Rank IC of each model and of the ensemble beside the oracle's.
+* per stage: wall seconds, billed CPU-seconds and $, and the core utilisation while it ran (busy
+  CPU-seconds of the driver and every process it started, from /proc, / (wall x cores)): an idle core
+  shows as a ratio below 1;
+* the cost report (why tuning stopped early if it did) and peak memory (driver; driver + Ray);
+* the validation Rank IC of each model and of the ensemble beside the oracle's;
+* the previous bottleneck, Random Forest tuning, in the same run: one trial as it was (the model's
+  defaults, 100 trees) against one trial as it is now (``trial_overrides``: a third of the trees) on
+  the same frames and thread count, alternated and repeated (median of ``--repeat``): the ratio is the
+  gain per trial.
 
 Usage: ``.venv/bin/python bench/train.py [--config cluster/train.yaml] [--set training.tuning_trials=5]``
 """
@@ -32,23 +35,31 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import numpy as np  # noqa: E402
+
 from ensemble.config import load_settings  # noqa: E402
-from ensemble.data.sources import load_prices  # noqa: E402
-from jobs.train import format_summary, parse_overrides, run  # noqa: E402
+from ensemble.cost import CostMeter  # noqa: E402
+from jobs.train import format_summary, parse_overrides, prepare_data, run  # noqa: E402
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-def _tree_rss(root: int) -> int:
-    """Summed RSS (bytes) of ``root`` and all its descendants, from /proc."""
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def _tree_usage(root: int) -> tuple[int, float]:
+    """(summed RSS in bytes, summed CPU seconds incl. reaped children) of ``root`` and its descendants."""
     parent: dict[int, int] = {}
+    cpu: dict[int, float] = {}
     for d in os.listdir("/proc"):
         if not d.isdigit():
             continue
         try:
             with open(f"/proc/{d}/stat") as fh:
-                stat = fh.read()
-            parent[int(d)] = int(stat.rsplit(")", 1)[1].split()[1])
+                fields = fh.read().rsplit(")", 1)[1].split()
+            parent[int(d)] = int(fields[1])
+            # utime, stime, cutime, cstime (fields 14-17 of stat; here shifted by the 2 before ')')
+            cpu[int(d)] = sum(int(x) for x in fields[11:15]) / CLK
         except (OSError, ValueError, IndexError):
             continue
     members, frontier = {root}, [root]
@@ -58,25 +69,37 @@ def _tree_rss(root: int) -> int:
             if pp == p and c not in members:
                 members.add(c)
                 frontier.append(c)
-    total = 0
+    rss = 0
     for pid in members:
         try:
             with open(f"/proc/{pid}/statm") as fh:
-                total += int(fh.read().split()[1]) * PAGE
+                rss += int(fh.read().split()[1]) * PAGE
         except (OSError, ValueError, IndexError):
             continue
-    return total
+    return rss, sum(cpu.get(pid, 0.0) for pid in members)
 
 
-class PeakSampler(threading.Thread):
+class Sampler(threading.Thread):
+    """Samples the process tree every ``interval`` s: peak RSS and a (time, CPU-seconds) series.
+
+    The CPU series never decreases: a process that exits takes its CPU time with it (unless reaped
+    by a member), so each sample keeps the running maximum plus what disappeared."""
+
     def __init__(self, interval: float = 0.5) -> None:
         super().__init__(daemon=True)
         self.interval, self.peak, self._done = interval, 0, threading.Event()
+        self.series: list[tuple[float, float]] = []
 
     def run(self) -> None:
         me = os.getpid()
+        lost, last = 0.0, 0.0
         while not self._done.is_set():
-            self.peak = max(self.peak, _tree_rss(me))
+            rss, cpu = _tree_usage(me)
+            if cpu < last:  # members exited: keep what they had used
+                lost += last - cpu
+            last = cpu
+            self.peak = max(self.peak, rss)
+            self.series.append((time.time(), cpu + lost))
             self._done.wait(self.interval)
 
     def stop(self) -> int:
@@ -84,15 +107,32 @@ class PeakSampler(threading.Thread):
         self.join()
         return self.peak
 
+    def busy(self, start: float, end: float) -> float:
+        """CPU-seconds used between ``start`` and ``end`` (linear between samples)."""
+        if len(self.series) < 2:
+            return float("nan")
+        t = np.array([x[0] for x in self.series])
+        c = np.array([x[1] for x in self.series])
+        return float(np.interp(end, t, c) - np.interp(start, t, c))
 
-def rolling_baseline(settings) -> float:  # type: ignore[no-untyped-def]
-    prices, _ = load_prices(settings)
-    times = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        prices.groupby("ticker", sort=False)["close"].rolling(20).mean()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[1]
+
+def rf_trial_seconds(prep, settings, repeat: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """Median wall seconds of one Random Forest tuning trial as it was and as it is, alternated."""
+    from ensemble.models import get_model_class
+
+    cls = get_model_class("random_forest")
+    h = 5 if 5 in settings.horizons else min(settings.horizons)
+    n_jobs = max(1, round(settings.ray.trial_cpus))
+    before = {"random_state": settings.training.seed, "n_jobs": n_jobs}
+    after = {**cls.trial_overrides, **before}
+    times: dict[str, list[float]] = {"before": [], "after": []}
+    for _ in range(repeat):
+        for label, params in (("before", before), ("after", after)):
+            t0 = time.perf_counter()
+            m = cls(horizons=(h,), **params).fit(prep.train, prep.valid)
+            m.predict(prep.valid)
+            times[label].append(time.perf_counter() - t0)
+    return {k: float(np.median(v)) for k, v in times.items()}
 
 
 def main() -> int:
@@ -100,30 +140,42 @@ def main() -> int:
     ap.add_argument("--config", default=str(REPO / "cluster" / "train.yaml"))
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--json", help="write the whole summary here")
+    ap.add_argument("--repeat", type=int, default=2, help="repeats of the before/after trial timing")
     args = ap.parse_args()
     settings = load_settings(args.config, parse_overrides(args.set))
-    base = rolling_baseline(settings)
-    sampler = PeakSampler()
+    cores = os.cpu_count() or 1
+    sampler = Sampler()
     sampler.start()
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
-        summary = run(settings, registry_root=str(Path(tmp) / "registry"), progress=False)
+        meter = CostMeter.from_config(settings.training)
+        prep = prepare_data(settings, meter)
+        summary = run(settings, registry_root=str(Path(tmp) / "registry"), progress=False, prepared=prep)
     tree_peak = sampler.stop()
     driver_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    timeline = meter.report()["timeline"] + summary["cost"]["timeline"]
     if args.json:  # first: whatever the printing below does, the figures are kept
         Path(args.json).write_text(json.dumps(summary, indent=2, default=str))
 
     syn = settings.synthetic
     print(f"\n== bench/train.py: {settings.data.source} ({syn.n_tickers} x {syn.n_days} when synthetic), "
-          f"{os.cpu_count()} CPUs, models {settings.training.models}")  # fmt: skip
-    print(f"baseline groupby('ticker').rolling(20).mean() over close: {base:.3f} s")
+          f"{cores} CPUs, models {settings.training.models}")  # fmt: skip
     print(format_summary(summary))
-    print("\nstage wall times:")
-    cost = summary["cost"]
-    for name, st in cost["stages"].items():
-        print(f"  {name:<24}{st['wall_s']:>9.1f} s  = {st['wall_s'] / base:>8.0f}x baseline   "
-              f"{st['cpu_s']:>9.0f} CPU-s  ${st['usd']:.4f}")  # fmt: skip
+    print(f"\nstages ({cores} cores; util = busy CPU-s of driver + Ray / (wall x cores)):")
+    print(f"  {'stage':<26}{'wall s':>9}{'busy CPU-s':>12}{'util':>7}{'billed CPU-s':>14}{'$':>9}")
+    spans: dict[str, list[tuple[float, float]]] = {}
+    for t in timeline:
+        spans.setdefault(t["stage"], []).append((t["start"], t["end"]))
+    stages = {**meter.report()["stages"], **summary["cost"]["stages"]}
+    for name, st in stages.items():
+        busy = sum(sampler.busy(a, b) for a, b in spans.get(name, []))
+        wall = sum(b - a for a, b in spans.get(name, [])) or st["wall_s"]
+        util = busy / (wall * cores) if wall > 0 and spans.get(name) else float("nan")
+        print(f"  {name:<26}{wall:>9.1f}{busy:>12.0f}{util:>7.2f}{st['cpu_s']:>14.0f}{st['usd']:>9.4f}")
     total = summary["wall_s"]["total"]
-    print(f"  {'total':<24}{total:>9.1f} s  = {total / base:>8.0f}x baseline")
+    t0, t1 = min(t["start"] for t in timeline), max(t["end"] for t in timeline)
+    print(f"  {'total (job)':<26}{total:>9.1f}{sampler.busy(t0, t1):>12.0f}"
+          f"{sampler.busy(t0, t1) / ((t1 - t0) * cores):>7.2f}")  # fmt: skip
+    cost = summary["cost"]
     print(f"cost estimate: ${cost['total_usd']:.4f} (limit ${cost['limit_usd']:.2f})")
     for why in cost.get("stopped", []):
         print(f"  budget: {why}")
@@ -133,6 +185,12 @@ def main() -> int:
     print(
         f"peak memory: driver {driver_peak / 2**20:.0f} MiB; driver + Ray processes {tree_peak / 2**20:.0f} MiB"
     )
+    if "random_forest" in settings.training.models and args.repeat > 0:
+        rf = rf_trial_seconds(prep, settings, args.repeat)
+        print(
+            f"previous bottleneck, one random_forest tuning trial (median of {args.repeat}, alternated): "
+            f"before {rf['before']:.1f} s, now {rf['after']:.1f} s: {rf['before'] / rf['after']:.2f}x faster"
+        )
     return 0
 
 

@@ -66,6 +66,7 @@ class CostMeter:
         self._open: dict[int, _Open] = {}
         self._next_id = 0
         self._stopped: list[str] = []
+        self._timeline: list[dict[str, Any]] = []  # closed stage blocks: name, start, end (epoch s)
         self._lock = threading.Lock()
 
     @classmethod
@@ -85,12 +86,14 @@ class CostMeter:
             self._next_id += 1
             self._stages.setdefault(name, _Usage())
             self._open[key] = _Open(name, cpus, gpus, time.perf_counter())
+        start = time.time()
         try:
             yield
         finally:
             with self._lock:
                 o = self._open.pop(key)
                 wall = time.perf_counter() - o.t0
+                self._timeline.append({"stage": name, "start": start, "end": start + wall})
                 u = self._stages[name]
                 u.wall_s += wall
                 u.cpu_s += wall * o.cpus
@@ -156,10 +159,12 @@ class CostMeter:
     # -- report ---------------------------------------------------------------------------------------
     def report(self) -> dict[str, Any]:
         """A JSON-ready summary: per stage ``cpu_s``, ``gpu_s``, ``wall_s``, ``usd``; totals; the limit
-        and the prices; ``stopped`` (the reasons given to :meth:`note_stop`, in order)."""
+        and the prices; ``stopped`` (the reasons given to :meth:`note_stop`, in order); ``timeline``
+        (every closed ``stage`` block: its name, start and end in seconds since the epoch)."""
         with self._lock:
             usage = self._usage()
             stopped = list(self._stopped)
+            timeline = [dict(t) for t in self._timeline]
         stages = {
             name: {
                 "cpu_s": u.cpu_s,
@@ -181,4 +186,5 @@ class CostMeter:
             "cpu_hour_usd": self.cpu_hour_usd,
             "gpu_hour_usd": self.gpu_hour_usd,
             "stopped": stopped,
+            "timeline": timeline,
         }

@@ -1,6 +1,6 @@
 """Training the sequence models (LSTM, Transformer) with Ray Train's ``TorchTrainer``.
 
-:func:`train_sequence_model` runs the library's training (``ensemble.models._torch_common``) on Ray
+:func:`train_sequence_model` runs the library's training (``ensemble.models.sequence``) on Ray
 Train workers, with what a long run on a cluster needs:
 
 * ``ScalingConfig(num_workers, use_gpu, resources_per_worker={"CPU": cpus_per_worker})`` from
@@ -13,12 +13,13 @@ Train workers, with what a long run on a cluster needs:
 * early stopping on the validation loss (``patience`` / ``min_delta`` of the model's parameters) and
   at most ``max_epochs`` epochs (``settings.training.max_epochs`` unless the model's settings pin it).
 
-Nothing of the network or the loss is re-implemented: the worker builds the module with the model's
-own ``_build_module``, windows with ``SequenceData``, the loss with ``masked_loss_terms`` /
-``combine_loss``, validates with the model's ``_evaluate`` and runs under ``torch_runtime`` (the same
-seeding and deterministic settings). With one worker the epochs draw the same samples in the same
-order as ``SequenceForecaster.fit``: the result equals a local ``fit`` with the same parameters, and
-a run resumed from a checkpoint equals an uninterrupted one (the RNG states are checkpointed).
+Nothing of the training is re-implemented here: every worker calls the model's own
+``SequenceForecaster.fit`` with a :class:`RayTrainHooks` callback (``ensemble.models.sequence.
+SequenceTrainingHooks``), as Ray's ``lightgbm_quickstart`` and darts' Ray test do. The callback resumes
+from ``ray.train.get_checkpoint()``, wraps the module for DDP, shards the batches, and after every
+epoch saves the state the library hands it (``it.state()``) as a checkpoint with ``ray.train.report``.
+With one worker the result equals a local ``fit`` with the same parameters, and a run resumed from a
+checkpoint equals an uninterrupted one (the RNG states are checkpointed).
 
 With ``num_workers > 1`` the module is wrapped for data parallelism with
 ``ray.train.torch.prepare_model`` (DDP) and each epoch's sampled rows are sharded over the workers
@@ -41,11 +42,11 @@ import math
 import tempfile
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -53,15 +54,8 @@ from torch import nn
 from ensemble.config import Settings
 from ensemble.cost import CostMeter
 from ensemble.models import get_model_class
-from ensemble.models._torch_common import (
-    SequenceData,
-    SequenceForecaster,
-    combine_loss,
-    fit_scaler,
-    masked_loss_terms,
-    torch_runtime,
-)
-from ensemble.models.base import feature_columns, target_col
+from ensemble.models.base import Forecaster, Iteration
+from ensemble.models.sequence import SequenceForecaster, SequenceTrainingHooks
 
 logger = logging.getLogger(__name__)
 
@@ -96,222 +90,85 @@ class TrainOutcome:
 
 
 # --------------------------------------------------------------------------------------------------
-# data preparation (the same steps as SequenceForecaster.fit)
+# the training function (runs on every Ray Train worker): the library's fit + a Ray callback
 # --------------------------------------------------------------------------------------------------
-def _prepare(
-    model: SequenceForecaster, train: pd.DataFrame, valid: pd.DataFrame | None, device: torch.device
-) -> tuple[SequenceData, np.ndarray, SequenceData, np.ndarray]:
-    """Fit the model's scalers on ``train`` (fitted state set on ``model``) and build the windows.
+class RayTrainHooks(SequenceTrainingHooks):
+    """Ray Train around ``SequenceForecaster.fit``: resume, DDP, sharding, a checkpoint per epoch."""
 
-    Returns (train data, training rows, validation data, validation rows) as ``fit`` builds them."""
-    model._check_targets(train)
-    if valid is not None:
-        model._check_targets(valid)
-    p = model.resolved_params()
-    names = feature_columns(train)
-    if not names:
-        raise ValueError(f"{model.name}: training frame has no feature columns")
-    raw = train[names].to_numpy(dtype=np.float64, na_value=np.nan)
-    center, scale = fit_scaler(raw, p["scaler"], names)
-    del raw
-    y = train[[target_col(h) for h in model.horizons]].to_numpy(dtype=np.float64, na_value=np.nan)
-    t_mean = np.zeros(len(model.horizons))
-    t_std = np.ones(len(model.horizons))
-    for j, h in enumerate(model.horizons):
-        col = y[:, j][np.isfinite(y[:, j])]
-        if col.size == 0:
-            raise ValueError(
-                f"{model.name}: target {target_col(h)} has no finite value in the training frame"
-            )
-        t_mean[j] = col.mean()
-        sd = col.std()
-        t_std[j] = sd if np.isfinite(sd) and sd > 1e-12 else 1.0
-    common: dict[str, Any] = dict(
-        feature_names=names,
-        center=center,
-        scale=scale,
-        seq_len=p["seq_len"],
-        clip=p["clip_features"],
-        horizons=model.horizons,
-        target_mean=t_mean,
-        target_std=t_std,
-        device=device,
-    )
-    tr = SequenceData(train, **common)
-    rows = tr.labelled_rows()
-    if valid is not None:
-        history = train.groupby("ticker", sort=False, observed=True).tail(int(p["seq_len"]) - 1)
-        both = pd.concat([history.assign(_valid=False), valid.assign(_valid=True)], ignore_index=True)
-        both = both.drop_duplicates(subset=["ticker", "date"], keep="last")
-        va = SequenceData(both, **common)
-        is_valid = both["_valid"].to_numpy(dtype=bool)[va.order]
-        v_rows = np.intersect1d(va.labelled_rows(), np.flatnonzero(is_valid))
-        train_rows = rows
-    else:
-        va = tr
-        train_rows, v_rows = model._internal_split(tr, rows, float(p["valid_fraction"]))
-    model.feature_names_ = names
-    model.scaler_center_ = center
-    model.scaler_scale_ = scale
-    model.target_mean_ = t_mean
-    model.target_std_ = t_std
-    model.device_ = device
-    return tr, train_rows, va, v_rows
+    def __init__(self, rank: int, world: int, fail_at_epoch: int | None, marker: Path) -> None:
+        self.rank, self.world = rank, world
+        self.fail_at_epoch, self.marker = fail_at_epoch, marker
+        self.restarts: list[int] = []
+        self.last_state: dict[str, Any] | None = None  # rank 0: the latest epoch's checkpointed state
+
+    def resume_state(self) -> dict[str, Any] | None:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return None
+        with checkpoint.as_directory() as d:
+            st: dict[str, Any] = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+        self.restarts = [*st.get("restarts", []), int(st["epoch"])]
+        self.last_state = {**st, "restarts": self.restarts}
+        return st
+
+    def wrap_module(self, module: nn.Module) -> nn.Module:
+        import ray.train.torch as rtt
+
+        return rtt.prepare_model(module) if self.world > 1 else module
+
+    def batches(self, perm: torch.Tensor, batch_size: int) -> Iterable[torch.Tensor]:
+        if self.world == 1:  # exactly the library's batches
+            return super().batches(perm, batch_size)
+        import ray.train.torch as rtt
+        from torch.utils.data import DataLoader, TensorDataset
+
+        loader = DataLoader(TensorDataset(perm), batch_size=batch_size, shuffle=False)
+        return (b[0] for b in rtt.prepare_data_loader(loader, move_to_device=False))
+
+    def on_iteration(self, model: Forecaster, it: Iteration) -> bool:
+        import ray.train
+
+        assert it.state is not None
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = None
+            if self.rank == 0:
+                self.last_state = {**it.state(), "restarts": self.restarts}
+                torch.save(self.last_state, Path(tmp) / STATE_FILE)
+                ckpt = ray.train.Checkpoint.from_directory(tmp)
+            metrics = {"epoch": it.iteration, **it.metrics, "restarts": len(self.restarts)}
+            ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"epoch_{it.iteration:04d}")
+        nxt = it.iteration + 1  # fault injection (tests): fail once, at the start of epoch k
+        if self.fail_at_epoch == nxt and self.rank == 0 and not self.marker.exists():
+            self.marker.parent.mkdir(parents=True, exist_ok=True)
+            self.marker.write_text(f"failure injected at the start of epoch {nxt}\n")
+            raise RuntimeError(f"injected failure at epoch {nxt} (fail_at_epoch)")
+        return False
 
 
-# --------------------------------------------------------------------------------------------------
-# the training function (runs on every Ray Train worker)
-# --------------------------------------------------------------------------------------------------
 def _train_worker(config: dict[str, Any]) -> None:
     import ray
     import ray.train
     import ray.train.torch as rtt
-    from torch.utils.data import DataLoader, TensorDataset
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = rtt.get_device()
     train = ray.get(config["train_ref"])
     valid = ray.get(config["valid_ref"]) if config["valid_ref"] is not None else None
     model = get_model_class(config["name"])(horizons=config["horizons"], **config["params"])
     assert isinstance(model, SequenceForecaster)
-    p = model.resolved_params()
-    tr, train_rows, va, v_rows = _prepare(model, train, valid, device)
-    if len(train_rows) == 0:
-        raise ValueError(f"{model.name}: no training row with a finite target")
-    fail_at: int | None = config["fail_at_epoch"]
-    marker = Path(config["marker"])
-
-    with torch_runtime(device, p["seed"], p["num_threads"]):
-        module = model._build_module(len(model.feature_names_)).to(device)
-        model.module_ = module  # _evaluate and save use it; DDP (below) wraps it for training only
-        # the library's sampling stream: validation subset first, then one permutation per epoch
-        gen = torch.Generator().manual_seed(int(p["seed"]))
-        if p["max_valid_samples"] is not None and len(v_rows) > int(p["max_valid_samples"]):
-            pick = torch.randperm(len(v_rows), generator=gen)[: int(p["max_valid_samples"])].numpy()
-            v_rows = np.sort(v_rows[pick])
-        t_rows = torch.from_numpy(train_rows.astype(np.int64))
-        v_idx = torch.from_numpy(v_rows.astype(np.int64)).to(device)
-        opt = torch.optim.AdamW(module.parameters(), lr=float(p["lr"]), weight_decay=float(p["weight_decay"]))
-        bs = int(p["batch_size"])
-        per_epoch = (
-            len(t_rows)
-            if p["max_samples_per_epoch"] is None
-            else min(len(t_rows), int(p["max_samples_per_epoch"]))
-        )
-        use_valid = len(v_rows) > 0
-        best_loss, best_epoch, bad, start = math.inf, 0, 0, 0
-        best_state: dict[str, torch.Tensor] | None = None
-        history: list[dict[str, float]] = []
-        restarts: list[int] = []
-        seconds_before = 0.0
-
-        checkpoint = ray.train.get_checkpoint()
-        if checkpoint is not None:
-            with checkpoint.as_directory() as d:
-                st = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
-            module.load_state_dict(st["model"])
-            opt.load_state_dict(st["optimizer"])
-            start, best_loss, best_epoch, bad = (
-                int(st["epoch"]),
-                float(st["best_val_loss"]),
-                int(st["best_epoch"]),
-                int(st["bad"]),
-            )
-            best_state = st["best_state"]
-            history = list(st["history"])
-            restarts = [*st["restarts"], start]
-            seconds_before = float(st["seconds"])
-            gen.set_state(st["gen_state"])
-            torch.set_rng_state(st["rng_state"])
-            logger.info("%s: rank %d resumed from the checkpoint of epoch %d", model.name, rank, start)
-
-        net: nn.Module = rtt.prepare_model(module) if world > 1 else module
-        t0 = time.perf_counter()
-        assert tr.y is not None
-        for epoch in range(start + 1, int(p["max_epochs"]) + 1):
-            if fail_at == epoch and rank == 0 and not marker.exists():
-                marker.parent.mkdir(parents=True, exist_ok=True)
-                marker.write_text(f"failure injected at the start of epoch {epoch}\n")
-                raise RuntimeError(f"injected failure at epoch {epoch} (fail_at_epoch)")
-            net.train()
-            perm = t_rows[torch.randperm(len(t_rows), generator=gen)[:per_epoch]]
-            batches: Any
-            if world > 1:  # this worker's shard of the epoch's rows
-                loader = DataLoader(TensorDataset(perm), batch_size=bs, shuffle=False)
-                batches = (b[0] for b in rtt.prepare_data_loader(loader, move_to_device=False))
-            else:  # exactly the library's batches
-                batches = (perm[b : b + bs] for b in range(0, per_epoch, bs))
-            tot, nb = 0.0, 0
-            for idx in batches:
-                idx = idx.to(device)
-                x, pad = tr.windows(idx)
-                sums, counts = masked_loss_terms(net(x, pad), tr.y[idx], p["loss"], float(p["huber_delta"]))
-                loss = combine_loss(sums, counts)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if p["grad_clip"]:
-                    nn.utils.clip_grad_norm_(net.parameters(), float(p["grad_clip"]))
-                opt.step()
-                tot += float(loss.detach())
-                nb += 1
-            seconds = seconds_before + time.perf_counter() - t0
-            rec = {"epoch": float(epoch), "train_loss": tot / max(nb, 1), "seconds": seconds}
-            stop = epoch == int(p["max_epochs"])
-            if use_valid:
-                rec["valid_loss"] = model._evaluate(va, v_idx, p)
-                if rec["valid_loss"] < best_loss - float(p["min_delta"]):
-                    best_loss, best_epoch, bad = rec["valid_loss"], epoch, 0
-                    best_state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-                else:
-                    bad += 1
-                    stop = stop or bad >= int(p["patience"])
-            history.append(rec)
-            if p["time_budget_s"] is not None and seconds > float(p["time_budget_s"]):
-                stop = True
-            metrics = {
-                "epoch": epoch,
-                "train_loss": rec["train_loss"],
-                "valid_loss": rec.get("valid_loss", float("nan")),
-                "best_valid_loss": best_loss if use_valid else float("nan"),
-                "best_epoch": best_epoch,
-                "restarts": len(restarts),
-            }
-            with tempfile.TemporaryDirectory() as tmp:
-                ckpt = None
-                if rank == 0:
-                    torch.save(
-                        {
-                            "model": {k: v.detach().cpu() for k, v in module.state_dict().items()},
-                            "optimizer": opt.state_dict(),
-                            "epoch": epoch,
-                            "best_val_loss": best_loss,
-                            "best_epoch": best_epoch,
-                            "bad": bad,
-                            "best_state": best_state,
-                            "history": history,
-                            "restarts": restarts,
-                            "seconds": seconds,
-                            "gen_state": gen.get_state(),
-                            "rng_state": torch.get_rng_state(),
-                        },
-                        Path(tmp) / STATE_FILE,
-                    )
-                    if stop:  # the finished model, saved by the library, best weights loaded
-                        if best_state is not None:
-                            module.load_state_dict(best_state)
-                        else:
-                            best_epoch = len(history)
-                        model.history_ = history
-                        model.n_epochs_ = len(history)
-                        model.best_epoch_ = best_epoch
-                        model.best_valid_loss_ = best_loss if use_valid else None
-                        module.eval()
-                        model.save(Path(tmp) / MODEL_DIR)
-                    ckpt = ray.train.Checkpoint.from_directory(tmp)
-                ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"epoch_{epoch:04d}")
-            if stop:
-                break
+    hooks = RayTrainHooks(rank, world, config["fail_at_epoch"], Path(config["marker"]))
+    model.fit(train, valid, callbacks=[hooks], device=rtt.get_device())
+    # the finished model (best weights), saved by the library, in one last checkpoint
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = None
+        if rank == 0:
+            assert hooks.last_state is not None
+            torch.save(hooks.last_state, Path(tmp) / STATE_FILE)
+            model.save(Path(tmp) / MODEL_DIR)
+            ckpt = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report({"finished": 1}, checkpoint=ckpt, checkpoint_dir_name="final")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -358,7 +215,7 @@ def train_sequence_model(
     params.setdefault("max_epochs", settings.training.max_epochs)
     params.setdefault("seed", settings.training.seed)
     horizons = tuple(settings.horizons)
-    cls(horizons=horizons, **params)._check_targets(train)  # unknown parameters / missing targets: now
+    cls(horizons=horizons, **params).check_targets(train)  # unknown parameters / missing targets: now
     if not ray.is_initialized():
         ray.init()
     rc = settings.ray

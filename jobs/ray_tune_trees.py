@@ -1,10 +1,12 @@
-"""Hyperparameter search for the tree models (XGBoost, LightGBM, Random Forest) with Ray Tune.
+"""Hyperparameter search for the tunable models (XGBoost, LightGBM, Random Forest) with Ray Tune.
 
-:func:`tune_tree_model` runs Ray Tune with the Optuna searcher (TPE, seeded) and, for the boosters,
-ASHA early stopping, then refits the best configuration on all horizons and returns the fitted
-library Forecaster. The model math stays in ``ensemble.models``: a trial builds the booster
-parameters with the model class's own mapping and trains the same library call as ``fit`` does,
-adding only Ray Tune's reporting callback.
+:func:`tune_tree_model` runs Ray Tune with the Optuna searcher (TPE, seeded) and, for the models that
+fit in rounds (``Forecaster.iterative``), ASHA early stopping, then refits the best configuration on all
+horizons and returns the fitted library Forecaster. The model math stays in ``ensemble.models``: a
+trial is the model's own ``fit`` with a :class:`TuneReport` callback (as in Ray's
+``lightgbm_quickstart``), and the search space is the one declared beside the model's defaults
+(``Forecaster.search_space``). A trial uses the model's ``trial_overrides`` (the forest grows a third
+of its trees) unless the settings pin those keys; the refit uses the full model.
 
 What a trial optimises
     A trial fits one model for the tuning horizon (5 days, else the shortest horizon) on ``train``.
@@ -22,7 +24,7 @@ What a trial optimises
       it is the Rank IC of exactly the model the refit builds for that horizon (same data, same
       early stopping on the validation RMSE).
 
-    The Random Forest has no rounds: a trial reports once (both metrics) and runs under a FIFO
+    A model without rounds (the Random Forest) reports once (both metrics) and runs under a FIFO
     scheduler. Keys pinned in ``settings.models[name]`` are fixed, not searched; the first trial is
     the model's defaults, so the search never does worse than them on the validation metric.
 
@@ -60,55 +62,49 @@ import numpy as np
 import pandas as pd
 from ray.tune.search import Searcher
 
-from ensemble.backtest.metrics import rank_ic_by_date
+from ensemble.backtest.metrics import rank_ic
 from ensemble.config import Settings
 from ensemble.cost import CostMeter
 from ensemble.models import get_model_class
-from ensemble.models.base import KEY_COLUMNS, Forecaster, feature_columns, target_col
-from ensemble.models.explain import TreeForecaster, feature_matrix
+from ensemble.models.base import (
+    KEY_COLUMNS,
+    FitCallback,
+    Forecaster,
+    Iteration,
+    feature_columns,
+    pred_col,
+    target_col,
+)
 
 logger = logging.getLogger(__name__)
 
-TREE_MODELS: tuple[str, ...] = ("xgboost", "lightgbm", "random_forest")
-BOOSTERS: tuple[str, ...] = ("xgboost", "lightgbm")
 OBJECTIVE = "rank_ic"  # maximised by Optuna; the best trial has the highest final value
 ASHA_METRIC = "valid_rmse"  # minimised by ASHA, per boosting round
 ASHA_REDUCTION_FACTOR = 3
 
 
 # --------------------------------------------------------------------------------------------------
-# search spaces (around each model's DEFAULTS)
+# search spaces: declared beside each model's DEFAULTS (Forecaster.search_space), turned into Tune's
 # --------------------------------------------------------------------------------------------------
+_KINDS = {"uniform": "uniform", "loguniform": "loguniform", "randint": "randint", "lograndint": "lograndint"}
+
+
 def search_space(name: str) -> dict[str, Any]:
-    """The Ray Tune search space of tree model ``name``; every range holds the model's default."""
+    """The Ray Tune search space of tunable model ``name`` (its class's ``search_space``)."""
     from ray import tune
 
-    if name == "xgboost":  # defaults: lr 0.05, depth 6, mcw 20, subsample 0.8, colsample 0.8, lambda 1
-        return {
-            "learning_rate": tune.loguniform(0.01, 0.2),
-            "max_depth": tune.randint(3, 10),  # 3..9
-            "min_child_weight": tune.loguniform(2.0, 200.0),
-            "subsample": tune.uniform(0.5, 1.0),
-            "colsample": tune.uniform(0.3, 1.0),
-            "reg_lambda": tune.loguniform(0.1, 30.0),
-        }
-    if name == "lightgbm":  # defaults: lr 0.05, leaves 31, min_child_samples 100, 0.8, 0.8, lambda 1
-        return {
-            "learning_rate": tune.loguniform(0.01, 0.2),
-            "num_leaves": tune.lograndint(8, 256),
-            "min_child_samples": tune.lograndint(10, 1000),
-            "subsample": tune.uniform(0.5, 1.0),
-            "colsample": tune.uniform(0.3, 1.0),
-            "reg_lambda": tune.loguniform(0.1, 30.0),
-        }
-    if name == "random_forest":  # defaults: depth 10, leaf 100, max_samples 0.1, max_features 0.2
-        return {
-            "max_depth": tune.randint(4, 15),  # 4..14
-            "min_samples_leaf": tune.lograndint(20, 1000),
-            "max_samples": tune.uniform(0.02, 0.3),  # the cost of a trial grows with it and the depth
-            "max_features": tune.uniform(0.05, 0.5),
-        }
-    raise ValueError(f"no search space for {name!r}; tree models: {list(TREE_MODELS)}")
+    cls = get_model_class(name)
+    if not cls.tunable():
+        raise ValueError(f"{name!r} declares no search space: it is not tuned")
+    out: dict[str, Any] = {}
+    for key, (kind, lo, hi) in cls.search_space.items():
+        if kind not in _KINDS:
+            raise ValueError(f"{name}.search_space[{key!r}]: unknown kind {kind!r}; known: {sorted(_KINDS)}")
+        if kind in ("randint", "lograndint"):
+            out[key] = getattr(tune, kind)(int(lo), int(hi))
+        else:
+            out[key] = getattr(tune, kind)(float(lo), float(hi))
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -142,19 +138,12 @@ class TuneOutcome:
 
 
 # --------------------------------------------------------------------------------------------------
-# the metric
+# the trial (runs in a Ray Tune worker): the library's fit + a Ray callback
 # --------------------------------------------------------------------------------------------------
-def rank_ic(dates: np.ndarray, pred: np.ndarray, target: np.ndarray) -> float:
-    """Mean over dates of the per-date Spearman correlation (0.0 when no date has enough tickers)."""
-    df = pd.DataFrame({"date": dates, "pred": pred, "target": target})
-    ic = rank_ic_by_date(df, "pred", "target")
-    return float(ic.mean()) if len(ic) else 0.0
-
-
-class _RoundTracker:
-    """Per boosting round: the best validation RMSE so far, and the Rank IC of the model cut at it.
-
-    ``predict_at(k)`` returns the validation predictions of the first ``k`` rounds."""
+class TuneReport(FitCallback):
+    """Reports every boosting round to Ray Tune: the round's validation RMSE (ASHA prunes on it) and
+    the Rank IC of the model cut at its best-RMSE round so far (refreshed every ``every`` rounds while
+    the best round moves; the objective Optuna maximises)."""
 
     def __init__(self, dates: np.ndarray, target: np.ndarray, every: int, node_id: str) -> None:
         self.dates, self.target = dates, target
@@ -165,7 +154,7 @@ class _RoundTracker:
         self.ic: float | None = None
         self._ic_round = 0
 
-    def update(self, rmse: float, n_rounds: int, predict_at: Callable[[int], np.ndarray]) -> dict[str, Any]:
+    def metrics(self, rmse: float, n_rounds: int, predict_at: Callable[[int], np.ndarray]) -> dict[str, Any]:
         if rmse < self.best_rmse:
             self.best_rmse, self.best_round = rmse, n_rounds
         due = self.ic is None or (n_rounds % self.every == 0 and self._ic_round != self.best_round)
@@ -181,180 +170,42 @@ class _RoundTracker:
             "node_id": self.node_id,
         }
 
+    def on_iteration(self, model: Forecaster, it: Iteration) -> bool:
+        from ray import tune
 
-# --------------------------------------------------------------------------------------------------
-# the trial (runs in a Ray Tune worker)
-# --------------------------------------------------------------------------------------------------
+        if ASHA_METRIC in it.metrics and it.predict_valid is not None:
+            tune.report(self.metrics(it.metrics[ASHA_METRIC], it.iteration, it.predict_valid))
+        return False
+
+
 def _tree_trial(config: dict[str, Any], payload: dict[str, Any] | None = None) -> None:
     import ray
     from ray import tune
 
     assert payload is not None
-    name: str = payload["name"]
     h: int = payload["horizon"]
     train: pd.DataFrame = payload["train"]
     valid: pd.DataFrame = payload["valid"]
-    cls = get_model_class(name)
-    params = {**payload["fixed"], **config, "n_jobs": payload["n_jobs"]}
-    model = cls(horizons=(h,), **params)
-    assert isinstance(model, TreeForecaster)
+    cls = get_model_class(payload["name"])
+    model = cls(horizons=(h,), **{**payload["fixed"], **config, "n_jobs": payload["n_jobs"]})
     node_id = ray.get_runtime_context().get_node_id()
-    tcol = target_col(h)
-    yv_all = valid[tcol].to_numpy(dtype=np.float64, na_value=np.nan)
+    yv_all = valid[target_col(h)].to_numpy(dtype=np.float64, na_value=np.nan)
     okv = np.isfinite(yv_all)
-    dates_v = valid["date"].to_numpy()[okv]
-    yv = yv_all[okv]
-
-    if name == "random_forest":  # no rounds: the library fit, one report
-        model.fit(train)
-        pred = model.predict(valid.loc[okv])[f"pred_h{h}"].to_numpy(dtype=np.float64)
-        tune.report(
-            {
-                ASHA_METRIC: float(np.sqrt(np.mean((pred - yv) ** 2))),
-                OBJECTIVE: rank_ic(dates_v, pred, yv),
-                "best_round": 1,
-                "completed": 1,
-                "node_id": node_id,
-            }
-        )
-        return
-
-    p = model.resolved_params()
-    names = feature_columns(train)
-    y_all = train[tcol].to_numpy(dtype=np.float64, na_value=np.nan)
-    ok = np.isfinite(y_all)
-    x, y = feature_matrix(train, names)[ok], y_all[ok]
-    xv = feature_matrix(valid, names)[okv]
-    tracker = _RoundTracker(dates_v, yv, payload["ic_every"], node_id)
-    es = int(p["early_stopping_rounds"] or 0)
-    fit = _xgboost_trial if name == "xgboost" else _lightgbm_trial
-    best_round, rmse, pred = fit(cls, p, x, y, xv, yv, es, tracker)
+    dates_v, yv = valid["date"].to_numpy()[okv], yv_all[okv]
+    model.fit(train, valid, callbacks=[TuneReport(dates_v, yv, payload["ic_every"], node_id)])
+    pred = model.predict(valid.loc[okv])[pred_col(h)].to_numpy(dtype=np.float64)
+    rmse = float(np.sqrt(np.mean((pred - yv) ** 2)))
+    rounds = getattr(model, "fit_info_", {}).get(h, {}).get("n_rounds", 1)
     tune.report(
         {
             ASHA_METRIC: rmse,
             "best_valid_rmse": rmse,
             OBJECTIVE: rank_ic(dates_v, pred, yv),
-            "best_round": best_round,
+            "best_round": int(rounds),
             "completed": 1,
             "node_id": node_id,
         }
     )
-
-
-def _xgboost_trial(
-    cls: Any,
-    p: dict[str, Any],
-    x: np.ndarray,
-    y: np.ndarray,
-    xv: np.ndarray,
-    yv: np.ndarray,
-    es: int,
-    tracker: _RoundTracker,
-) -> tuple[int, float, np.ndarray]:
-    """The library's XGBoost fit for one horizon + Ray Tune's per-round report; (rounds, rmse, pred)."""
-    import xgboost as xgb
-    from ray.tune.integration.xgboost import TuneReportCheckpointCallback
-
-    nthread = int(p["n_jobs"])
-    dtrain = xgb.DMatrix(x, label=y, missing=np.nan, nthread=nthread)
-    dvalid = xgb.DMatrix(xv, label=yv, missing=np.nan, nthread=nthread)
-
-    class Report(TuneReportCheckpointCallback):  # type: ignore[misc]
-        """Ray's callback (reports ``valid-rmse`` each round), extended with the tracked Rank IC."""
-
-        booster: Any = None
-
-        def after_iteration(self, model: Any, epoch: int, evals_log: Any) -> bool:
-            self.booster = model
-            super().after_iteration(model, epoch, evals_log)
-            return False
-
-    def extend(d: dict[str, Any]) -> dict[str, Any]:
-        booster = report.booster
-        return tracker.update(
-            float(d[ASHA_METRIC]),
-            booster.num_boosted_rounds(),
-            lambda k: booster.predict(dvalid, iteration_range=(0, k)),
-        )
-
-    report = Report(
-        metrics={ASHA_METRIC: "valid-rmse"},
-        frequency=0,
-        checkpoint_at_end=False,
-        results_postprocessing_fn=extend,
-    )
-    booster = xgb.train(
-        cls._booster_params(p),
-        dtrain,
-        num_boost_round=int(p["n_estimators"]),
-        evals=[(dvalid, "valid")],
-        early_stopping_rounds=es or None,
-        verbose_eval=False,
-        callbacks=[report],
-    )
-    n = int(booster.best_iteration) + 1 if es else booster.num_boosted_rounds()
-    pred = np.asarray(booster.predict(dvalid, iteration_range=(0, n)), dtype=np.float64)
-    return n, float(np.sqrt(np.mean((pred - yv) ** 2))), pred
-
-
-def _lightgbm_trial(
-    cls: Any,
-    p: dict[str, Any],
-    x: np.ndarray,
-    y: np.ndarray,
-    xv: np.ndarray,
-    yv: np.ndarray,
-    es: int,
-    tracker: _RoundTracker,
-) -> tuple[int, float, np.ndarray]:
-    """The library's LightGBM fit for one horizon + Ray Tune's per-round report; (rounds, rmse, pred)."""
-    import lightgbm as lgb
-    from ray.tune.integration.lightgbm import TuneReportCheckpointCallback
-
-    params = cls._booster_params(p)
-    nthread = int(p["n_jobs"])
-    dtrain = lgb.Dataset(
-        x, label=y, params={"max_bin": params["max_bin"], "verbosity": -1}, free_raw_data=True
-    )
-    dvalid = lgb.Dataset(xv, label=yv, reference=dtrain)
-
-    class Report(TuneReportCheckpointCallback):  # type: ignore[misc]
-        """Ray's callback (reports ``valid-l2`` each round), extended with RMSE and the Rank IC."""
-
-        booster: Any = None
-
-        def __call__(self, env: Any) -> None:
-            self.booster = env.model
-            super().__call__(env)
-
-    def extend(d: dict[str, Any]) -> dict[str, Any]:
-        booster = report.booster
-        return tracker.update(
-            math.sqrt(float(d["valid_l2"])),
-            booster.current_iteration(),
-            lambda k: booster.predict(xv, num_iteration=k, num_threads=nthread),
-        )
-
-    report = Report(
-        metrics={"valid_l2": "valid-l2"},
-        frequency=0,
-        checkpoint_at_end=False,
-        results_postprocessing_fn=extend,
-    )
-    callbacks: list[Any] = [report]
-    if es:
-        callbacks.append(lgb.early_stopping(es, first_metric_only=True, verbose=False))
-    booster = lgb.train(
-        params,
-        dtrain,
-        num_boost_round=int(p["n_estimators"]),
-        valid_sets=[dvalid],
-        valid_names=["valid"],
-        callbacks=callbacks,
-    )
-    n = int(booster.best_iteration) if es and booster.best_iteration > 0 else booster.current_iteration()
-    pred = np.asarray(booster.predict(xv, num_iteration=n, num_threads=nthread), dtype=np.float64)
-    return n, float(np.sqrt(np.mean((pred - yv) ** 2))), pred
 
 
 # --------------------------------------------------------------------------------------------------
@@ -514,8 +365,9 @@ def tune_tree_model(
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    if name not in TREE_MODELS:
-        raise ValueError(f"tune_tree_model: {name!r} is not a tree model; tree models: {list(TREE_MODELS)}")
+    cls = get_model_class(name)
+    if not cls.tunable():
+        raise ValueError(f"tune_tree_model: {name!r} declares no search space (Forecaster.search_space)")
     h = _tuning_horizon(settings)
     horizons = tuple(settings.horizons)
     for frame, what in ((train, "train"), (valid, "valid")):
@@ -526,14 +378,12 @@ def tune_tree_model(
     requested = int(num_samples if num_samples is not None else tc.tuning_trials)
     if requested < 1:
         raise ValueError(f"num_samples must be >= 1, got {requested}")
-    cls = get_model_class(name)
-    assert issubclass(cls, TreeForecaster)
     fixed: dict[str, Any] = dict(settings.models.get(name, {}))
     fixed.setdefault("random_state", tc.seed)
-    cls(horizons=horizons, **fixed)  # refuses unknown parameter names now, not in every trial
+    resolved = cls(horizons=horizons, **fixed).resolved_params()  # refuses unknown parameters now
     space = {k: v for k, v in search_space(name).items() if k not in fixed}
-    defaults_point = {k: cls.defaults[k] for k in space}
-    resolved = {**cls.defaults, **fixed}
+    defaults_point = {k: resolved[k] for k in space}
+    trial_fixed = {**{k: v for k, v in cls.trial_overrides.items() if k not in fixed}, **fixed}
     stage, refit_stage = f"{name}.tune", f"{name}.refit"
     spent0 = meter.spent_usd
 
@@ -562,7 +412,7 @@ def tune_tree_model(
         payload = {
             "name": name,
             "horizon": h,
-            "fixed": fixed,
+            "fixed": trial_fixed,
             "n_jobs": max(1, round(rc.trial_cpus)),
             "train": _slim(train, h),
             "valid": _slim(valid, h),
@@ -571,7 +421,7 @@ def tune_tree_model(
         trainable = tune.with_resources(
             tune.with_parameters(_tree_trial, payload=payload), {"cpu": rc.trial_cpus}
         )
-        if name in BOOSTERS:
+        if cls.iterative:  # reports every round: ASHA prunes on it
             max_t = int(resolved["n_estimators"]) + 1  # + the final report of a completed trial
             scheduler: Any = ASHAScheduler(
                 time_attr="training_iteration",
@@ -696,4 +546,4 @@ def tune_tree_model(
     return outcome
 
 
-__all__ = ["BOOSTERS", "TREE_MODELS", "TuneOutcome", "rank_ic", "search_space", "tune_tree_model"]
+__all__ = ["TuneOutcome", "TuneReport", "search_space", "tune_tree_model"]

@@ -32,43 +32,37 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from ensemble.backtest.metrics import forecast_metrics
 from ensemble.backtest.splits import train_valid_split, window
 from ensemble.combine import weighted_mean
-from ensemble.config import Settings, load_settings
+from ensemble.config import MODEL_NAMES, Settings, load_settings, parse_overrides
 from ensemble.cost import CostMeter
 from ensemble.data.sources import load_prices
 from ensemble.features import Preprocessor, build_features
+from ensemble.models import get_model_class
 from ensemble.models.base import Forecaster
 from ensemble.registry import ModelRegistry, data_fingerprint
 
 logger = logging.getLogger("jobs.train")
 
-TREES = ("xgboost", "lightgbm", "random_forest")
-NEURAL = ("lstm", "transformer")
-# Fixed-cost fits first; hyperparameter search then spends what is left of the budget.
-STAGE_ORDER = ("prophet", "lstm", "transformer", "xgboost", "lightgbm", "random_forest")
 
-
-def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """``["training.tuning_trials=5", "ray.use_gpu=no"]`` -> nested dict (values parsed as YAML)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set expects KEY=VALUE (e.g. training.tuning_trials=5), got {item!r}")
-        node = out
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = yaml.safe_load(raw)
-    return out
+def stage_groups(names: Sequence[str]) -> list[list[str]]:
+    """The training stages, by capability: fixed-cost fits first (per-ticker, then the sequence models,
+    which train side by side), then the tuned models one after the other (each runs its trials
+    concurrently), so that hyperparameter search spends what is left of the budget."""
+    classes = {n: get_model_class(n) for n in names}
+    per_ticker = [n for n in names if classes[n].per_ticker]
+    sequences = [n for n in names if classes[n].uses_sequences and n not in per_ticker]
+    rest = [n for n in names if n not in per_ticker and n not in sequences]
+    rest.sort(key=lambda n: classes[n].tunable())  # untuned fits before the tuned ones
+    return [[n] for n in per_ticker] + ([sequences] if sequences else []) + [[n] for n in rest]
 
 
 def connect_ray(settings: Settings) -> str:
@@ -93,20 +87,32 @@ def connect_ray(settings: Settings) -> str:
 def _fit_model(
     name: str, train: pd.DataFrame, valid: pd.DataFrame, settings: Settings, meter: CostMeter, progress: bool
 ) -> tuple[Forecaster, dict[str, Any]]:
-    if name in TREES:
-        from jobs.ray_tune_trees import tune_tree_model
+    """Fit model ``name`` on Ray, chosen by its capabilities: per ticker -> the Prophet fan-out of Ray
+    tasks; sequences -> Ray Train; tunable -> Ray Tune; otherwise a plain fit, metered."""
+    cls = get_model_class(name)
+    if cls.per_ticker:
+        from jobs.ray_prophet import fit_prophet_fanout
 
-        t = tune_tree_model(name, train, valid, settings, meter)
-        info = {
-            "best_params": t.best_params,
-            "best_score": t.best_score,
-            "trials_requested": t.trials_requested,
-            "trials_run": t.trials_run,
-            "stop_reason": t.stop_reason,
-            "trial_nodes": len(set(t.trial_nodes.values())),
+        with meter.stage(f"{name}.driver", cpus=0.0):
+            r = fit_prophet_fanout(
+                train,
+                horizons=settings.horizons,
+                params=settings.models.get(name, {}),
+                chunk_size=settings.ray.prophet_chunk_size,
+                task_cpus=settings.ray.prophet_task_cpus,
+                progress=progress,
+            )
+        meter.record(name, cpu_s=r.task_cpu_s)
+        if not r.model.tickers_:
+            raise RuntimeError(f"{name}: no ticker could be fitted ({len(r.failures)} failures)")
+        return r.model, {
+            "tickers_fitted": len(r.model.tickers_),
+            "failures": r.failures,
+            "chunks": r.n_chunks,
+            "nodes": len(r.tickers_per_node),
+            "wall_s": r.wall_s,
         }
-        return t.model, info
-    if name in NEURAL:
+    if cls.uses_sequences:
         from jobs.ray_train_torch import train_sequence_model
 
         n = train_sequence_model(name, train, valid, settings, meter)
@@ -115,29 +121,20 @@ def _fit_model(
             "val_loss": n.val_loss,
             "restarts": n.resumed_from_epoch,
         }
-    if name == "prophet":
-        from jobs.ray_prophet import fit_prophet_fanout
+    if cls.tunable():
+        from jobs.ray_tune_trees import tune_tree_model
 
-        with meter.stage("prophet.driver", cpus=0.0):
-            r = fit_prophet_fanout(
-                train,
-                horizons=settings.horizons,
-                params=settings.models.get("prophet", {}),
-                chunk_size=settings.ray.prophet_chunk_size,
-                task_cpus=settings.ray.prophet_task_cpus,
-                progress=progress,
-            )
-        meter.record("prophet", cpu_s=r.task_cpu_s)
-        if not r.model.tickers_:
-            raise RuntimeError(f"prophet: no ticker could be fitted ({len(r.failures)} failures)")
-        return r.model, {
-            "tickers_fitted": len(r.model.tickers_),
-            "failures": r.failures,
-            "chunks": r.n_chunks,
-            "nodes": len(r.tickers_per_node),
-            "wall_s": r.wall_s,
+        t = tune_tree_model(name, train, valid, settings, meter)
+        return t.model, {
+            "best_params": t.best_params,
+            "best_score": t.best_score,
+            "trials_requested": t.trials_requested,
+            "trials_run": t.trials_run,
+            "stop_reason": t.stop_reason,
+            "trial_nodes": len(set(t.trial_nodes.values())),
         }
-    raise KeyError(f"unknown model {name!r}")
+    with meter.stage(name, cpus=1):
+        return cls(horizons=settings.horizons, **settings.models.get(name, {})).fit(train, valid), {}
 
 
 def add_prophet_regressors(
@@ -164,21 +161,30 @@ def add_prophet_regressors(
     return frame
 
 
-def run(
-    settings: Settings,
-    *,
-    registry_root: str | None = None,
-    promote: bool = True,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Train every configured model, store the version, try to promote it; return the summary."""
-    t_start = time.perf_counter()
+@dataclass
+class Prepared:
+    """The data stage's output: what every model trains and validates on."""
+
+    prices: pd.DataFrame
+    oracle: pd.DataFrame | None
+    fingerprint: str
+    preprocessor: Preprocessor
+    split: Any
+    train: pd.DataFrame
+    valid: pd.DataFrame
+    eval_frame: pd.DataFrame  # the validation dates plus enough history for the sequence windows
+
+
+def prepare_data(settings: Settings, meter: CostMeter, prices: pd.DataFrame | None = None) -> Prepared:
+    """Load the prices (or take ``prices``, a contract table), build the features, fit the
+    preprocessor on the training dates only, split (up to ``training.as_of`` when set)."""
     horizons = list(settings.horizons)
     tr = settings.training
-    meter = CostMeter(tr.cpu_hour_usd, tr.gpu_hour_usd, tr.cost_limit_usd)
-
     with meter.stage("data", cpus=1):
-        prices, oracle = load_prices(settings)
+        if prices is None:
+            prices, oracle = load_prices(settings)
+        else:
+            oracle = None
         fingerprint = data_fingerprint(prices)
     n_tickers = prices["ticker"].nunique()
     logger.info("data: %d rows, %d tickers, %s", len(prices), n_tickers, settings.data.source)
@@ -186,24 +192,43 @@ def run(
     with meter.stage("features", cpus=min(2, os.cpu_count() or 1)):
         feats = build_features(prices, horizons, n_jobs=None)
         split = train_valid_split(
-            feats["date"], training_days=tr.training_days, valid_fraction=tr.valid_fraction
+            feats["date"], training_days=tr.training_days, valid_fraction=tr.valid_fraction, as_of=tr.as_of
         )
         pre = Preprocessor(k=settings.features.selection_k, target=f"target_h{horizons[0]}")
         pre.fit(feats, split.train_end)
         frame = pre.transform(feats).merge(
             prices[["date", "ticker", "close"]], on=["date", "ticker"], how="left"
         )
-        if "prophet" in tr.models:
+        if any(get_model_class(m).per_ticker for m in tr.models):
             frame = add_prophet_regressors(frame, settings, prices, feats)
         del feats
         train = window(frame, split.train_start, split.train_end)
         valid = window(frame, split.valid_start, split.valid_end)
-        # prediction input for validation: the validation dates plus enough history for the windows
         dates = pd.DatetimeIndex(sorted(frame["date"].unique()))
         lead = settings.features.sequence_length + 5
         first = dates[max(0, dates.get_loc(split.valid_start) - lead)]
         eval_frame = frame[frame["date"] >= first].reset_index(drop=True)
     logger.info("split: %s; %d features selected", split.as_dict(), len(pre.selected_))
+    return Prepared(prices, oracle, fingerprint, pre, split, train, valid, eval_frame)
+
+
+def run(
+    settings: Settings,
+    *,
+    registry_root: str | None = None,
+    promote: bool = True,
+    progress: bool = True,
+    prepared: Prepared | None = None,
+) -> dict[str, Any]:
+    """Train every configured model, store the version, try to promote it; return the summary.
+    ``prepared``: the data stage's output when the caller already ran :func:`prepare_data`."""
+    t_start = time.perf_counter()
+    horizons = list(settings.horizons)
+    tr = settings.training
+    meter = CostMeter(tr.cpu_hour_usd, tr.gpu_hour_usd, tr.cost_limit_usd)
+    prep = prepared or prepare_data(settings, meter)
+    oracle, fingerprint, pre, split = prep.oracle, prep.fingerprint, prep.preprocessor, prep.split
+    train, valid, eval_frame = prep.train, prep.valid, prep.eval_frame
 
     connect_ray(settings)
     models: dict[str, Forecaster] = {}
@@ -212,23 +237,34 @@ def run(
     preds: dict[str, pd.DataFrame] = {}
     degraded: dict[str, str] = {}
     wall: dict[str, float] = {}
-    for name in [m for m in STAGE_ORDER if m in tr.models]:
+
+    def fit_and_validate(name: str) -> tuple[Forecaster, dict[str, Any], pd.DataFrame, float]:
         t0 = time.perf_counter()
-        try:
-            model, info = _fit_model(name, train, valid, settings, meter, progress)
-            with meter.stage(f"{name}.validate", cpus=1):
-                p = model.predict(eval_frame)
-                p = p[p["date"] >= split.valid_start].reset_index(drop=True)
-        except Exception as exc:  # one failing model is reported, never replaced
-            logger.exception("model %s failed: excluded from this version", name)
-            degraded[name] = f"{type(exc).__name__}: {exc}"
-            wall[name] = time.perf_counter() - t0
-            continue
-        wall[name] = time.perf_counter() - t0
-        models[name], details[name], preds[name] = model, info, p
-        metrics[name] = forecast_metrics(p, valid, horizons, prefix="valid_")
-        logger.info("%s: %.1f s, valid Rank IC h%d %.4f", name, wall[name], horizons[0],
-                    metrics[name].get(f"valid_rank_ic_h{horizons[0]}", float("nan")))  # fmt: skip
+        model, info = _fit_model(name, train, valid, settings, meter, progress)
+        with meter.stage(f"{name}.validate", cpus=1):
+            p = model.predict(eval_frame)
+            p = p[p["date"] >= split.valid_start].reset_index(drop=True)
+        return model, info, p, time.perf_counter() - t0
+
+    for group in stage_groups([m for m in MODEL_NAMES if m in tr.models]):
+        t_group = time.perf_counter()
+        # models of one group train side by side (each reserves its own Ray resources)
+        with ThreadPoolExecutor(max_workers=len(group), thread_name_prefix="train") as pool:
+            futures = {name: pool.submit(fit_and_validate, name) for name in group}
+        for name, fut in futures.items():
+            try:
+                model, info, p, wall[name] = fut.result()
+            except Exception as exc:  # one failing model is reported, never replaced
+                logger.error("model %s failed: excluded from this version", name, exc_info=exc)
+                degraded[name] = f"{type(exc).__name__}: {exc}"
+                wall[name] = time.perf_counter() - t_group
+                continue
+            models[name], details[name], preds[name] = model, info, p
+            metrics[name] = forecast_metrics(p, valid, horizons, prefix="valid_")
+            logger.info("%s: %.1f s, valid Rank IC h%d %.4f", name, wall[name], horizons[0],
+                        metrics[name].get(f"valid_rank_ic_h{horizons[0]}", float("nan")))  # fmt: skip
+        if len(group) > 1:
+            wall[" + ".join(group)] = time.perf_counter() - t_group
     if not models:
         raise RuntimeError(f"every model failed: {degraded}")
 
@@ -329,4 +365,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ensemble.cli import run_main
+
+    sys.exit(run_main(main))

@@ -17,8 +17,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _frames import make_feature_frame  # noqa: E402
 
 from ensemble.models import create_model, get_model_class  # noqa: E402
-from ensemble.models._torch_common import SequenceData  # noqa: E402
 from ensemble.models.base import ModelNotFittedError, UnsafeArtifactError  # noqa: E402
+from ensemble.models.sequence import SequenceData  # noqa: E402
 
 HORIZONS = (5, 20, 60)
 PRED_COLS = [f"pred_h{h}" for h in HORIZONS]

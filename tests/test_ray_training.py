@@ -4,9 +4,7 @@ jobs.ray_train_torch), on one local 2-CPU Ray cluster for the module."""
 from __future__ import annotations
 
 import math
-import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,26 +34,6 @@ SEQ_PARAMS: dict[str, Any] = {
     "hidden": 8,
     "attn_dim": 8,
 }
-
-
-@pytest.fixture(scope="module")
-def ray_local() -> Iterator[None]:
-    import ray
-
-    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S")}
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    # Ray Train's controller polls the workers every 2 s by default; tiny test epochs would wait on it
-    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.5"
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @pytest.fixture(scope="module")

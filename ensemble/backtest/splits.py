@@ -32,10 +32,18 @@ class TrainValidSplit:
         }
 
 
-def train_valid_split(dates: Any, *, training_days: int, valid_fraction: float) -> TrainValidSplit:
+def train_valid_split(
+    dates: Any, *, training_days: int, valid_fraction: float, as_of: pd.Timestamp | str | None = None
+) -> TrainValidSplit:
     """The most recent ``valid_fraction`` of the trading dates for validation, and the ``training_days``
-    dates right before them for training (fewer if the data is shorter)."""
+    dates right before them for training (fewer if the data is shorter).
+
+    ``as_of``: the last date whose information may be used (a walk-forward fold's cut-off, or a
+    retraining date): only dates up to it are split, and :func:`window` then purges every label
+    realised after it, so rows dated after ``as_of`` can be present in the data and change nothing."""
     udates = pd.DatetimeIndex(pd.unique(pd.to_datetime(np.asarray(dates)))).sort_values()
+    if as_of is not None:
+        udates = udates[udates <= pd.Timestamp(as_of)]
     n = len(udates)
     n_valid = max(1, int(round(n * valid_fraction)))
     n_train = min(int(training_days), n - n_valid)

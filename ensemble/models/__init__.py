@@ -5,26 +5,18 @@ from __future__ import annotations
 
 import importlib
 
+from ensemble.catalog import MODELS
 from ensemble.models.base import Forecaster
-
-_MODULES: dict[str, tuple[str, str]] = {
-    "lstm": ("ensemble.models.lstm", "LSTMForecaster"),
-    "transformer": ("ensemble.models.transformer", "TransformerForecaster"),
-    "xgboost": ("ensemble.models.xgboost_model", "XGBoostForecaster"),
-    "lightgbm": ("ensemble.models.lightgbm_model", "LightGBMForecaster"),
-    "random_forest": ("ensemble.models.random_forest", "RandomForestForecaster"),
-    "prophet": ("ensemble.models.prophet_model", "ProphetForecaster"),
-}
 
 
 def model_names() -> list[str]:
-    return list(_MODULES)
+    return list(MODELS)
 
 
 def get_model_class(name: str) -> type[Forecaster]:
     """The Forecaster class registered as ``name`` (one of model_names())."""
     try:
-        module, cls = _MODULES[name]
+        module, cls = MODELS[name]
     except KeyError:
         raise KeyError(f"unknown model {name!r}; known: {model_names()}") from None
     klass: type[Forecaster] = getattr(importlib.import_module(module), cls)

@@ -18,7 +18,8 @@ from __future__ import annotations
 import json
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -81,7 +82,12 @@ def refuse_pickles(directory: str | Path) -> None:
     d = Path(directory)
     if not d.is_dir():
         raise FileNotFoundError(f"model directory not found: {d}")
+    inside = d.resolve()
     for f in sorted(d.rglob("*")):
+        if f.is_symlink() and not f.resolve().is_relative_to(inside):
+            raise UnsafeArtifactError(
+                f"refusing to load {f}: a symbolic link leading outside {d} (to {f.resolve()})"
+            )
         if not f.is_file():
             continue
         if f.suffix.lower() in _PICKLE_SUFFIXES or _looks_like_pickle(f):
@@ -101,7 +107,12 @@ def read_meta(directory: str | Path, expected_name: str) -> dict[str, Any]:
     p = Path(directory) / META_FILE
     if not p.exists():
         raise FileNotFoundError(f"{p} missing: not a saved model directory")
-    meta: dict[str, Any] = json.loads(p.read_text())
+    try:
+        meta = json.loads(p.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{p}: not valid JSON ({exc}); a damaged model directory") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{p}: expected a JSON object, found {type(meta).__name__}")
     if meta.get("model") != expected_name:
         raise ValueError(f"{directory} holds model {meta.get('model')!r}, not {expected_name!r}")
     return meta
@@ -119,6 +130,55 @@ def _json_default(o: object) -> object:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+@dataclass
+class Iteration:
+    """What an iterative fit reports after each boosting round or epoch (see :class:`FitCallback`).
+
+    ``horizon``: the horizon being fitted (tree models fit one model per horizon), None when one
+    model fits every horizon (the sequence models). ``iteration``: 1-based round / epoch.
+    ``metrics``: what the model measured this iteration (e.g. ``valid_rmse`` for the boosters,
+    ``train_loss`` / ``valid_loss`` for the sequence models). ``predict_valid(k)``: the validation
+    predictions of the model cut at ``k`` iterations (boosters only; None elsewhere). ``state()``:
+    everything needed to resume the fit from this iteration (sequence models only; see
+    ``ensemble.models.sequence.SequenceForecaster``).
+    """
+
+    model: str
+    horizon: int | None
+    iteration: int
+    metrics: dict[str, float]
+    predict_valid: Callable[[int], Any] | None = None
+    state: Callable[[], dict[str, Any]] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class FitCallback:
+    """Hooks into a Forecaster's own ``fit`` (the one training path: Ray Tune trials and Ray Train
+    workers pass a callback instead of copying the training loop). Every hook is optional.
+
+    ``on_iteration`` is called after each boosting round / epoch; returning True ends the fit after
+    that iteration, as early stopping would (the model keeps its best validated iteration so far
+    where it tracks one: the sequence models, LightGBM, XGBoost with early stopping).
+    """
+
+    def on_fit_start(self, model: Forecaster) -> None:
+        """Called once, before the first iteration."""
+
+    def on_iteration(self, model: Forecaster, it: Iteration) -> bool:
+        return False
+
+    def on_fit_end(self, model: Forecaster) -> None:
+        """Called once, after the fitted state is set."""
+
+
+def notify(callbacks: Sequence[FitCallback], model: Forecaster, it: Iteration) -> bool:
+    """Call every callback's ``on_iteration``; True when any asks to stop."""
+    stop = False
+    for cb in callbacks:
+        stop = bool(cb.on_iteration(model, it)) or stop
+    return stop
+
+
 class Forecaster(ABC):
     """One interface for all six models."""
 
@@ -126,6 +186,15 @@ class Forecaster(ABC):
     per_ticker: ClassVar[bool] = False
     uses_sequences: ClassVar[bool] = False
     supports_gpu: ClassVar[bool] = False
+    # Fits in rounds / epochs that it reports to FitCallback.on_iteration (a tuner may prune on them)
+    iterative: ClassVar[bool] = False
+    # The hyperparameter search space, beside the model's defaults, in plain terms (no Ray here):
+    # name -> (kind, low, high), kind one of 'uniform', 'loguniform' (floats), 'randint',
+    # 'lograndint' (integers, high exclusive). Empty: the model is not tuned.
+    search_space: ClassVar[dict[str, tuple[str, float, float]]] = {}
+    # Parameters a tuning *trial* uses unless pinned in the settings (e.g. fewer trees): cheaper
+    # trials that rank configurations the same way; the refit of the best one uses the full model.
+    trial_overrides: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, horizons: Sequence[int] = DEFAULT_HORIZONS, **params: Any) -> None:
         self.horizons = tuple(int(h) for h in horizons)
@@ -133,7 +202,13 @@ class Forecaster(ABC):
 
     # -- the protocol ---------------------------------------------------------------------------
     @abstractmethod
-    def fit(self, train: pd.DataFrame, valid: pd.DataFrame | None = None) -> Self: ...
+    def fit(
+        self,
+        train: pd.DataFrame,
+        valid: pd.DataFrame | None = None,
+        *,
+        callbacks: Sequence[FitCallback] = (),
+    ) -> Self: ...
 
     @abstractmethod
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame: ...
@@ -146,13 +221,25 @@ class Forecaster(ABC):
     def load(cls, directory: str | Path) -> Self: ...
 
     # -- shared helpers ---------------------------------------------------------------------------
+    @classmethod
+    def tunable(cls) -> bool:
+        return bool(cls.search_space)
+
     @property
     def capabilities(self) -> dict[str, bool]:
         return {
             "per_ticker": self.per_ticker,
             "uses_sequences": self.uses_sequences,
             "supports_gpu": self.supports_gpu,
+            "iterative": self.iterative,
+            "tunable": self.tunable(),
         }
+
+    @classmethod
+    def param_names(cls) -> frozenset[str]:
+        """The hyperparameter names ``__init__`` accepts besides ``horizons`` (any other is refused);
+        the settings check ``models:`` against it when they are loaded."""
+        raise NotImplementedError(f"{cls.__name__} does not declare its parameter names")
 
     def get_params(self) -> dict[str, Any]:
         return {"horizons": list(self.horizons), **self.params}
@@ -161,7 +248,8 @@ class Forecaster(ABC):
         if not hasattr(self, attr):
             raise ModelNotFittedError(f"{self.name}: call fit() before predict() or save()")
 
-    def _check_targets(self, frame: pd.DataFrame) -> None:
+    def check_targets(self, frame: pd.DataFrame) -> None:
+        """Raise ValueError unless ``frame`` has a target column for every horizon of the model."""
         missing = [target_col(h) for h in self.horizons if target_col(h) not in frame.columns]
         if missing:
             raise ValueError(f"{self.name}: training frame lacks target columns {missing}")

@@ -45,6 +45,7 @@ import pandas as pd
 from ensemble.config import DEFAULT_HORIZONS
 from ensemble.models.base import (
     KEY_COLUMNS,
+    FitCallback,
     Forecaster,
     UnsafeArtifactError,
     feature_columns,
@@ -163,8 +164,12 @@ class TreeForecaster(Forecaster):
     artifact_suffix: ClassVar[str] = ""
     artifact_magic: ClassVar[tuple[bytes, ...]] = ()
 
+    @classmethod
+    def param_names(cls) -> frozenset[str]:
+        return frozenset(cls.defaults)
+
     def __init__(self, horizons: Sequence[int] = DEFAULT_HORIZONS, **params: Any) -> None:
-        unknown = sorted(set(params) - set(self.defaults))
+        unknown = sorted(set(params) - self.param_names())
         if unknown:
             raise TypeError(
                 f"{type(self).__name__}: unknown parameters {unknown}; known: {sorted(self.defaults)}"
@@ -191,8 +196,10 @@ class TreeForecaster(Forecaster):
         xv: np.ndarray | None,
         yv: np.ndarray | None,
         p: dict[str, Any],
+        callbacks: Sequence[FitCallback] = (),
     ) -> tuple[Any, dict[str, Any]]:
-        """Fit the model of horizon ``h``; return (model, info for meta.json)."""
+        """Fit the model of horizon ``h``; return (model, info for meta.json). Iterative models
+        report each round to ``callbacks`` (:class:`ensemble.models.base.Iteration`)."""
 
     @abstractmethod
     def _predict_one(self, model: Any, x: np.ndarray) -> np.ndarray: ...
@@ -214,10 +221,16 @@ class TreeForecaster(Forecaster):
         """Restore fitted state saved by :meth:`_extra_meta`."""
 
     # -- fit / predict --------------------------------------------------------------------------------
-    def fit(self, train: pd.DataFrame, valid: pd.DataFrame | None = None) -> Self:
-        self._check_targets(train)
+    def fit(
+        self,
+        train: pd.DataFrame,
+        valid: pd.DataFrame | None = None,
+        *,
+        callbacks: Sequence[FitCallback] = (),
+    ) -> Self:
+        self.check_targets(train)
         if valid is not None:
-            self._check_targets(valid)
+            self.check_targets(valid)
         p = self.resolved_params()
         names = feature_columns(train)
         if not names:
@@ -227,6 +240,8 @@ class TreeForecaster(Forecaster):
         self._prepare(x)
         x = self._transform(x)
         xv = self._transform(feature_matrix(valid, names)) if valid is not None else None
+        for cb in callbacks:
+            cb.on_fit_start(self)
         models: dict[int, Any] = {}
         info: dict[int, dict[str, Any]] = {}
         for h in self.horizons:
@@ -249,7 +264,7 @@ class TreeForecaster(Forecaster):
                         target_col(h),
                     )
             t0 = time.perf_counter()
-            models[h], extra = self._fit_one(h, x[ok], y[ok], xv_h, yv_h, p)
+            models[h], extra = self._fit_one(h, x[ok], y[ok], xv_h, yv_h, p, callbacks)
             seconds = time.perf_counter() - t0
             info[h] = {
                 "n_train_rows": int(ok.sum()),
@@ -268,6 +283,8 @@ class TreeForecaster(Forecaster):
             )
         self.models_ = models
         self.fit_info_ = info
+        for cb in callbacks:
+            cb.on_fit_end(self)
         return self
 
     def _x_for(self, frame: pd.DataFrame) -> np.ndarray:

@@ -15,12 +15,15 @@ Shared behaviour (features, point in time, explanations, artifacts) is described
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from ensemble.config import TrainingConfig
+from ensemble.models.base import FitCallback, Iteration, notify
 from ensemble.models.explain import TreeForecaster
 
 DEFAULTS: dict[str, Any] = {
@@ -41,6 +44,51 @@ DEFAULTS: dict[str, Any] = {
     "n_jobs": 2,
 }
 
+# Searched by the tuner around DEFAULTS (each range holds the default); see Forecaster.search_space.
+SEARCH_SPACE: dict[str, tuple[str, float, float]] = {
+    "learning_rate": ("loguniform", 0.01, 0.2),
+    "num_leaves": ("lograndint", 8, 256),
+    "min_child_samples": ("lograndint", 10, 1000),
+    "subsample": ("uniform", 0.5, 1.0),
+    "colsample": ("uniform", 0.3, 1.0),
+    "reg_lambda": ("loguniform", 0.1, 30.0),
+}
+
+
+class _RoundCallback:
+    """A LightGBM callback that reports each round to the Forecaster's callbacks; when one asks to
+    stop, training ends keeping the best validation round so far (all rounds without validation)."""
+
+    order = 20  # before lgb.early_stopping (30): the round that triggers early stopping is reported
+
+    def __init__(
+        self, owner: TreeForecaster, h: int, callbacks: Sequence[FitCallback], xv: Any, nthread: int
+    ):
+        self.owner, self.h, self.callbacks, self.xv, self.nthread = owner, h, callbacks, xv, nthread
+        self.best = (math.inf, 0)
+
+    def __call__(self, env: Any) -> None:
+        import lightgbm as lgb
+
+        metrics: dict[str, float] = {}
+        for data_name, metric, value, _ in env.evaluation_result_list or []:
+            if data_name == "valid_0" and metric == "l2":
+                metrics["valid_rmse"] = math.sqrt(float(value))
+        n = env.iteration + 1
+        if "valid_rmse" in metrics and metrics["valid_rmse"] < self.best[0]:
+            self.best = (metrics["valid_rmse"], n)
+        booster, xv, nthread = env.model, self.xv, self.nthread
+        predict = None
+        if xv is not None:
+
+            def predict(k: int) -> np.ndarray:
+                return np.asarray(booster.predict(xv, num_iteration=k, num_threads=nthread), dtype=np.float64)
+
+        it = Iteration(self.owner.name, self.h, n, metrics, predict_valid=predict)
+        if notify(self.callbacks, self.owner, it):
+            keep = self.best[1] if self.best[1] else n
+            raise lgb.callback.EarlyStopException(keep - 1, env.evaluation_result_list or [])
+
 
 class LightGBMForecaster(TreeForecaster):
     """LightGBM regressor per horizon. Parameters: see ``DEFAULTS`` (sklearn-style names)."""
@@ -49,6 +97,8 @@ class LightGBMForecaster(TreeForecaster):
     defaults: ClassVar[dict[str, Any]] = DEFAULTS
     artifact_suffix: ClassVar[str] = ".txt"
     artifact_magic: ClassVar[tuple[bytes, ...]] = (b"tree\n", b"tree\r\n")
+    search_space: ClassVar[dict[str, tuple[str, float, float]]] = SEARCH_SPACE
+    iterative: ClassVar[bool] = True
 
     @staticmethod
     def _booster_params(p: dict[str, Any]) -> dict[str, Any]:
@@ -85,6 +135,7 @@ class LightGBMForecaster(TreeForecaster):
         xv: np.ndarray | None,
         yv: np.ndarray | None,
         p: dict[str, Any],
+        callbacks: Sequence[FitCallback] = (),
     ) -> tuple[Any, dict[str, Any]]:
         import lightgbm as lgb
 
@@ -93,21 +144,24 @@ class LightGBMForecaster(TreeForecaster):
             x, label=y, params={"max_bin": params["max_bin"], "verbosity": -1}, free_raw_data=True
         )
         valid_sets: list[Any] = []
-        callbacks: list[Any] = []
-        if xv is not None and yv is not None and p["early_stopping_rounds"]:
+        hooks: list[Any] = []
+        if xv is not None and yv is not None and (p["early_stopping_rounds"] or callbacks):
             valid_sets = [lgb.Dataset(xv, label=yv, reference=dtrain)]
-            callbacks = [
+        early = bool(valid_sets and p["early_stopping_rounds"])
+        if early:
+            hooks.append(
                 lgb.early_stopping(int(p["early_stopping_rounds"]), first_metric_only=True, verbose=False)
-            ]
+            )
+        if callbacks:
+            hooks.append(_RoundCallback(self, h, callbacks, xv if valid_sets else None, int(p["n_jobs"])))
         booster = lgb.train(
-            params, dtrain, num_boost_round=int(p["n_estimators"]), valid_sets=valid_sets, callbacks=callbacks
+            params, dtrain, num_boost_round=int(p["n_estimators"]), valid_sets=valid_sets, callbacks=hooks
         )
         info: dict[str, Any] = {"n_rounds": booster.current_iteration()}
-        num_iteration = -1
-        if callbacks:
-            best = int(booster.best_iteration)
+        best = int(booster.best_iteration)  # > 0 after early stopping or a callback's stop
+        num_iteration = best if best > 0 else -1
+        if early:
             info.update(best_iteration=best, best_valid_l2=float(booster.best_score["valid_0"]["l2"]))
-            num_iteration = best if best > 0 else -1
         # Rebuild from the text model: the in-memory booster is then the saved one, bit for bit.
         text = booster.model_to_string(num_iteration=num_iteration)
         final = lgb.Booster(model_str=text)
@@ -130,4 +184,8 @@ class LightGBMForecaster(TreeForecaster):
     def _load_one(self, path: Path) -> Any:
         import lightgbm as lgb
 
-        return lgb.Booster(model_file=str(path))
+        from ensemble.models.native_check import read_lightgbm_model
+
+        # checked first (structure, then a parse in a child process): a damaged file raises, never
+        # crashes or hangs this process; the checked text itself is what LightGBM parses here
+        return lgb.Booster(model_str=read_lightgbm_model(path))

@@ -1,7 +1,7 @@
 """Bidirectional LSTM with additive attention pooling over the time steps, one head per horizon.
 
 Point in time: the LSTM runs over the window of the ticker's last ``seq_len`` rows *ending at t*
-(see :mod:`ensemble.models._torch_common`). Its backward direction reads that window from t back to
+(see :mod:`ensemble.models.sequence`). Its backward direction reads that window from t back to
 t-L+1; it never sees a row after t, because the window holds none. "Bidirectional" is about the
 direction of reading inside the past window, not about looking into the future.
 
@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ensemble.models._torch_common import SequenceForecaster
+from ensemble.models.sequence import SequenceForecaster
 
 
 class AttentionLSTM(nn.Module):
@@ -65,7 +65,7 @@ class AttentionLSTM(nn.Module):
 class LSTMForecaster(SequenceForecaster):
     """Bidirectional LSTM + attention over a point-in-time window (see the module docstring).
 
-    Parameters (besides the shared ones in ``_torch_common.COMMON_DEFAULTS``): ``hidden`` (units per
+    Parameters (besides the shared ones in ``sequence.COMMON_DEFAULTS``): ``hidden`` (units per
     direction), ``layers``, ``attn_dim``.
     """
 

@@ -55,7 +55,7 @@ import numpy as np
 import pandas as pd
 
 from ensemble.config import DEFAULT_HORIZONS
-from ensemble.models.base import KEY_COLUMNS, Forecaster, read_meta, write_meta
+from ensemble.models.base import KEY_COLUMNS, FitCallback, Forecaster, read_meta, write_meta
 from ensemble.models.explain import check_magic
 
 logger = logging.getLogger(__name__)
@@ -84,25 +84,14 @@ MARKET_LEVEL = "mkt_log_level"
 def market_log_level(prices: pd.DataFrame) -> pd.DataFrame:
     """(date, ``mkt_log_level``): the cumulative log return of the equal-weighted universe.
 
-    The daily market return at t is the log of the mean simple return of the tickers with a close
-    at t and at their previous row; the level is its running sum. Point in time: the value at t uses
-    closes dated <= t only. An extra regressor for Prophet (``regressors: [mkt_log_level]``)."""
-    missing = [c for c in ("date", "ticker", "close") if c not in prices.columns]
-    if missing:
-        raise ValueError(f"market_log_level: frame lacks column(s) {missing}")
-    f = prices[["date", "ticker", "close"]].sort_values(["ticker", "date"], kind="stable")
-    close = f["close"].to_numpy(dtype=np.float64, na_value=np.nan)
-    prev = (
-        f.groupby("ticker", sort=False, observed=True)["close"]
-        .shift(1)
-        .to_numpy(dtype=np.float64, na_value=np.nan)
-    )
-    simple = pd.Series(close / prev - 1.0, index=f["date"].to_numpy())
-    simple = simple[np.isfinite(simple.to_numpy())]
-    daily = np.log1p(simple.groupby(level=0).mean())
-    dates = pd.Index(np.sort(f["date"].unique()))
-    level = daily.reindex(dates).fillna(0.0).cumsum()
-    return pd.DataFrame({"date": dates, MARKET_LEVEL: level.to_numpy()})
+    The daily return is :func:`ensemble.features.panel.market_log_return` (the market of the
+    cross-sectional features, with its rule for invalid closes); the level is its running sum, 0 where
+    a date has no return. Point in time: the value at t uses closes dated <= t only. An extra
+    regressor for Prophet (``regressors: [mkt_log_level]``)."""
+    from ensemble.features.panel import market_log_return  # lazy: the feature package loads TA-Lib
+
+    daily = market_log_return(prices)
+    return pd.DataFrame({"date": daily.index, MARKET_LEVEL: daily.fillna(0.0).cumsum().to_numpy()})
 
 
 def _import_prophet() -> Any:
@@ -138,8 +127,12 @@ class ProphetForecaster(Forecaster):
     per_ticker: ClassVar[bool] = True
     defaults: ClassVar[dict[str, Any]] = DEFAULTS
 
+    @classmethod
+    def param_names(cls) -> frozenset[str]:
+        return frozenset(DEFAULTS)
+
     def __init__(self, horizons: Sequence[int] = DEFAULT_HORIZONS, **params: Any) -> None:
-        unknown = sorted(set(params) - set(DEFAULTS))
+        unknown = sorted(set(params) - self.param_names())
         if unknown:
             raise TypeError(f"ProphetForecaster: unknown parameters {unknown}; known: {sorted(DEFAULTS)}")
         regs = params.get("regressors", [])
@@ -185,7 +178,17 @@ class ProphetForecaster(Forecaster):
         self._check_fitted("models_")
         return sorted(self.models_)
 
-    def fit(self, train: pd.DataFrame, valid: pd.DataFrame | None = None) -> Self:
+    def fit(
+        self,
+        train: pd.DataFrame,
+        valid: pd.DataFrame | None = None,
+        *,
+        callbacks: Sequence[FitCallback] = (),
+    ) -> Self:
+        """One Prophet per ticker on its close history (``valid`` is not used). ``callbacks`` see
+        the start and the end of the fit (Prophet's optimiser has no iterations to report)."""
+        for cb in callbacks:
+            cb.on_fit_start(self)
         missing = [c for c in ("date", "ticker", "close") if c not in train.columns]
         if missing:
             raise ValueError(
@@ -249,6 +252,8 @@ class ProphetForecaster(Forecaster):
             self.name, len(models), len(failed), time.perf_counter() - t_all,
             float(np.mean(list(seconds.values()))) if seconds else float("nan"),
         )  # fmt: skip
+        for cb in callbacks:
+            cb.on_fit_end(self)
         return self
 
     @classmethod

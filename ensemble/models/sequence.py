@@ -52,12 +52,13 @@ loaded strictly.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
 import time
 from abc import abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -71,8 +72,11 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ensemble.config import DEFAULT_HORIZONS, FeatureConfig, TrainingConfig
 from ensemble.models.base import (
+    FitCallback,
     Forecaster,
+    Iteration,
     feature_columns,
+    notify,
     read_meta,
     refuse_pickles,
     target_col,
@@ -323,6 +327,29 @@ class SinusoidalPositionalEncoding(nn.Module):
 # --------------------------------------------------------------------------------------------------
 # the shared Forecaster
 # --------------------------------------------------------------------------------------------------
+class SequenceTrainingHooks(FitCallback):
+    """A :class:`FitCallback` that may also steer *how* a sequence model trains, for a distributed
+    runner (Ray Train) around the model's own ``fit``. The defaults train exactly as a plain ``fit``.
+
+    * :meth:`resume_state`: a state saved from an earlier :class:`Iteration` (``it.state()``) to
+      continue from (e.g. the latest checkpoint after a worker failure), or None to start afresh;
+    * :meth:`wrap_module`: the module the optimiser steps through (e.g. DDP); the model keeps the
+      unwrapped one;
+    * :meth:`batches`: the mini-batches of one epoch's sampled rows (e.g. this worker's shard).
+
+    ``fit`` uses the first callback of this type it is given.
+    """
+
+    def resume_state(self) -> dict[str, Any] | None:
+        return None
+
+    def wrap_module(self, module: nn.Module) -> nn.Module:
+        return module
+
+    def batches(self, perm: torch.Tensor, batch_size: int) -> Iterable[torch.Tensor]:
+        return (perm[b : b + batch_size] for b in range(0, len(perm), batch_size))
+
+
 class SequenceForecaster(Forecaster):
     """Fit / predict / save / load for a torch module mapping (x (B,L,F), pad_mask (B,L)) -> (B, H).
 
@@ -331,10 +358,15 @@ class SequenceForecaster(Forecaster):
 
     uses_sequences: ClassVar[bool] = True
     supports_gpu: ClassVar[bool] = True
+    iterative: ClassVar[bool] = True
     model_defaults: ClassVar[dict[str, Any]] = {}
 
+    @classmethod
+    def param_names(cls) -> frozenset[str]:
+        return frozenset(COMMON_DEFAULTS) | frozenset(cls.model_defaults)
+
     def __init__(self, horizons: Sequence[int] = DEFAULT_HORIZONS, **params: Any) -> None:
-        known = set(COMMON_DEFAULTS) | set(self.model_defaults)
+        known = self.param_names()
         unknown = sorted(set(params) - known)
         if unknown:
             raise TypeError(f"{type(self).__name__}: unknown parameters {unknown}; known: {sorted(known)}")
@@ -348,12 +380,24 @@ class SequenceForecaster(Forecaster):
     def _build_module(self, n_features: int) -> nn.Module: ...
 
     # -- fit ----------------------------------------------------------------------------------------
-    def fit(self, train: pd.DataFrame, valid: pd.DataFrame | None = None) -> Self:
-        self._check_targets(train)
+    def fit(
+        self,
+        train: pd.DataFrame,
+        valid: pd.DataFrame | None = None,
+        *,
+        callbacks: Sequence[FitCallback] = (),
+        device: str | torch.device | None = None,
+    ) -> Self:
+        """Fit on ``train`` (early stopping on ``valid``, else on an internal split; see the module
+        docstring). ``callbacks`` see every epoch (:class:`ensemble.models.base.Iteration`, with a
+        ``state()`` to checkpoint); a :class:`SequenceTrainingHooks` among them may resume, wrap the
+        module and shard the batches. ``device`` overrides the ``device`` parameter (e.g. the device
+        a distributed runner assigns to this worker)."""
+        self.check_targets(train)
         if valid is not None:
-            self._check_targets(valid)
+            self.check_targets(valid)
         p = self.resolved_params()
-        device = resolve_device(p["device"])
+        dev = device if isinstance(device, torch.device) else resolve_device(device or p["device"])
         names = feature_columns(train)
         if not names:
             raise ValueError(f"{self.name}: training frame has no feature columns")
@@ -383,7 +427,7 @@ class SequenceForecaster(Forecaster):
             horizons=self.horizons,
             target_mean=t_mean,
             target_std=t_std,
-            device=device,
+            device=dev,
         )
         tr = SequenceData(train, **common)
         rows = tr.labelled_rows()
@@ -404,11 +448,15 @@ class SequenceForecaster(Forecaster):
         self.scaler_scale_ = scale
         self.target_mean_ = t_mean
         self.target_std_ = t_std
-        self.device_ = device
-        with torch_runtime(device, p["seed"], p["num_threads"]):
-            self.module_ = self._build_module(len(names)).to(device)
-            self._train_loop(tr, train_rows, va, v_rows, p)
+        self.device_ = dev
+        for cb in callbacks:
+            cb.on_fit_start(self)
+        with torch_runtime(dev, p["seed"], p["num_threads"]):
+            self.module_ = self._build_module(len(names)).to(dev)
+            self._train_loop(tr, train_rows, va, v_rows, p, callbacks)
         self.module_.eval()
+        for cb in callbacks:
+            cb.on_fit_end(self)
         return self
 
     def _internal_split(
@@ -441,9 +489,11 @@ class SequenceForecaster(Forecaster):
         va: SequenceData,
         v_rows: np.ndarray,
         p: dict[str, Any],
+        callbacks: Sequence[FitCallback] = (),
     ) -> None:
         if len(train_rows) == 0:
             raise ValueError(f"{self.name}: no training row with a finite target")
+        hooks = next((c for c in callbacks if isinstance(c, SequenceTrainingHooks)), SequenceTrainingHooks())
         device = self.device_
         gen = torch.Generator().manual_seed(int(p["seed"]))
         if p["max_valid_samples"] is not None and len(v_rows) > int(p["max_valid_samples"]):
@@ -468,37 +518,48 @@ class SequenceForecaster(Forecaster):
             )
         best_loss = math.inf
         best_state: dict[str, torch.Tensor] | None = None
-        best_epoch = 0
-        bad = 0
+        best_epoch, bad, start = 0, 0, 0
         history: list[dict[str, float]] = []
+        seconds_before = 0.0
+        resume = hooks.resume_state()
+        if resume is not None:  # continue a fit from the state an earlier epoch reported
+            module.load_state_dict(resume["model"])
+            opt.load_state_dict(resume["optimizer"])
+            start, best_epoch, bad = int(resume["epoch"]), int(resume["best_epoch"]), int(resume["bad"])
+            best_loss = float(resume["best_val_loss"])
+            best_state = resume["best_state"]
+            history = list(resume["history"])
+            seconds_before = float(resume["seconds"])
+            gen.set_state(resume["gen_state"])
+            torch.set_rng_state(resume["rng_state"])
+            logger.info("%s: resumed after epoch %d", self.name, start)
+        net = hooks.wrap_module(module)
         t0 = time.perf_counter()
         assert tr.y is not None
-        for epoch in range(1, int(p["max_epochs"]) + 1):
-            module.train()
-            perm = t_rows[torch.randperm(len(t_rows), generator=gen)[:per_epoch]].to(device)
+        for epoch in range(start + 1, int(p["max_epochs"]) + 1):
+            net.train()
+            perm = t_rows[torch.randperm(len(t_rows), generator=gen)[:per_epoch]]
             tot, nb = 0.0, 0
-            for b in range(0, per_epoch, bs):
-                idx = perm[b : b + bs]
+            for idx in hooks.batches(perm, bs):
+                idx = idx.to(device)
                 x, pad = tr.windows(idx)
-                pred = module(x, pad)
-                sums, counts = masked_loss_terms(pred, tr.y[idx], p["loss"], float(p["huber_delta"]))
+                sums, counts = masked_loss_terms(net(x, pad), tr.y[idx], p["loss"], float(p["huber_delta"]))
                 loss = combine_loss(sums, counts)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if p["grad_clip"]:
-                    nn.utils.clip_grad_norm_(module.parameters(), float(p["grad_clip"]))
+                    nn.utils.clip_grad_norm_(net.parameters(), float(p["grad_clip"]))
                 opt.step()
                 tot += float(loss.detach())
                 nb += 1
-            rec = {"epoch": float(epoch), "train_loss": tot / max(nb, 1), "seconds": time.perf_counter() - t0}
+            seconds = seconds_before + time.perf_counter() - t0
+            rec = {"epoch": float(epoch), "train_loss": tot / max(nb, 1), "seconds": seconds}
+            stop = False
             if use_valid:
                 rec["valid_loss"] = self._evaluate(va, v_idx, p)
-            history.append(rec)
-            logger.debug("%s epoch %d: %s", self.name, epoch, rec)
-            if use_valid:
                 if rec["valid_loss"] < best_loss - float(p["min_delta"]):
                     best_loss, best_epoch, bad = rec["valid_loss"], epoch, 0
-                    best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+                    best_state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
                 else:
                     bad += 1
                     if bad >= int(p["patience"]):
@@ -509,11 +570,46 @@ class SequenceForecaster(Forecaster):
                             best_epoch,
                             best_loss,
                         )
-                        break
-            if p["time_budget_s"] is not None and time.perf_counter() - t0 > float(p["time_budget_s"]):
+                        stop = True
+            history.append(rec)
+            logger.debug("%s epoch %d: %s", self.name, epoch, rec)
+            if p["time_budget_s"] is not None and seconds > float(p["time_budget_s"]):
                 logger.info(
                     "%s: time budget %.0f s spent after epoch %d", self.name, p["time_budget_s"], epoch
                 )
+                stop = True
+
+            snapshot = {
+                "epoch": epoch,
+                "best_val_loss": best_loss,
+                "best_epoch": best_epoch,
+                "bad": bad,
+                "best_state": best_state,
+                "history": list(history),
+                "seconds": seconds,
+            }
+
+            def state(snapshot: dict[str, Any] = snapshot) -> dict[str, Any]:
+                """Everything to resume after this epoch (call it before the next epoch starts)."""
+                return {
+                    **snapshot,
+                    # copies: the fit goes on (or loads its best weights) after this returns
+                    "model": {k: v.detach().cpu().clone() for k, v in module.state_dict().items()},
+                    "optimizer": copy.deepcopy(opt.state_dict()),
+                    "gen_state": gen.get_state(),
+                    "rng_state": torch.get_rng_state(),
+                }
+
+            metrics = {
+                "train_loss": rec["train_loss"],
+                "valid_loss": rec.get("valid_loss", math.nan),
+                "best_valid_loss": best_loss if use_valid else math.nan,
+                "best_epoch": float(best_epoch),
+            }
+            it = Iteration(self.name, None, epoch, metrics, state=state, extra={"last": stop})
+            if notify(callbacks, self, it):
+                stop = True
+            if stop or epoch == int(p["max_epochs"]):
                 break
         if best_state is not None:
             module.load_state_dict(best_state)
@@ -528,7 +624,7 @@ class SequenceForecaster(Forecaster):
             self.name,
             self.n_epochs_,
             best_epoch,
-            time.perf_counter() - t0,
+            seconds_before + time.perf_counter() - t0,
             device,
         )
 

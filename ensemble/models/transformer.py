@@ -11,7 +11,7 @@ date t, which attends to the whole window: the natural read-out for a forecast m
 ``'mean'`` averages the outputs of the real (unpadded) steps.
 
 Point in time: the window holds only the ticker's rows dated <= t (see
-:mod:`ensemble.models._torch_common`), so unmasked self-attention inside it cannot see the future.
+:mod:`ensemble.models.sequence`), so unmasked self-attention inside it cannot see the future.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ensemble.models._torch_common import SequenceForecaster, SinusoidalPositionalEncoding
+from ensemble.models.sequence import SequenceForecaster, SinusoidalPositionalEncoding
 
 
 class WindowTransformer(nn.Module):
@@ -72,7 +72,7 @@ class WindowTransformer(nn.Module):
 class TransformerForecaster(SequenceForecaster):
     """Transformer encoder with sinusoidal positions over a point-in-time window (see module doc).
 
-    Parameters (besides the shared ones in ``_torch_common.COMMON_DEFAULTS``): ``d_model``,
+    Parameters (besides the shared ones in ``sequence.COMMON_DEFAULTS``): ``d_model``,
     ``nhead``, ``layers``, ``dim_feedforward``, ``pooling`` ('last' or 'mean').
     """
 

@@ -17,12 +17,14 @@ Shared behaviour (features, point in time, explanations, artifacts) is described
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from ensemble.config import TrainingConfig
+from ensemble.models.base import FitCallback, Iteration, notify
 from ensemble.models.explain import TreeForecaster
 
 DEFAULTS: dict[str, Any] = {
@@ -43,6 +45,37 @@ DEFAULTS: dict[str, Any] = {
     "device": "cpu",  # 'cpu' or 'cuda' / 'cuda:N'
 }
 
+# Searched by the tuner around DEFAULTS (each range holds the default); see Forecaster.search_space.
+SEARCH_SPACE: dict[str, tuple[str, float, float]] = {
+    "learning_rate": ("loguniform", 0.01, 0.2),
+    "max_depth": ("randint", 3, 10),  # 3..9
+    "min_child_weight": ("loguniform", 2.0, 200.0),
+    "subsample": ("uniform", 0.5, 1.0),
+    "colsample": ("uniform", 0.3, 1.0),
+    "reg_lambda": ("loguniform", 0.1, 30.0),
+}
+
+
+def _round_callback(owner: TreeForecaster, h: int, callbacks: Sequence[FitCallback], dvalid: Any) -> Any:
+    """An XGBoost TrainingCallback that reports each round to the Forecaster's callbacks."""
+    import xgboost as xgb
+
+    class Forward(xgb.callback.TrainingCallback):
+        def after_iteration(self, model: Any, epoch: int, evals_log: Any) -> bool:
+            metrics: dict[str, float] = {}
+            if "valid" in evals_log and evals_log["valid"].get("rmse"):
+                metrics["valid_rmse"] = float(evals_log["valid"]["rmse"][-1])
+            predict = None
+            if dvalid is not None:
+
+                def predict(k: int) -> np.ndarray:
+                    return np.asarray(model.predict(dvalid, iteration_range=(0, k)), dtype=np.float64)
+
+            it = Iteration(owner.name, h, epoch + 1, metrics, predict_valid=predict)
+            return notify(callbacks, owner, it)
+
+    return Forward()
+
 
 class XGBoostForecaster(TreeForecaster):
     """XGBoost regressor per horizon. Parameters: see ``DEFAULTS`` (sklearn-style names)."""
@@ -52,6 +85,8 @@ class XGBoostForecaster(TreeForecaster):
     defaults: ClassVar[dict[str, Any]] = DEFAULTS
     artifact_suffix: ClassVar[str] = ".ubj"
     artifact_magic: ClassVar[tuple[bytes, ...]] = (b"{",)  # UBJSON object
+    search_space: ClassVar[dict[str, tuple[str, float, float]]] = SEARCH_SPACE
+    iterative: ClassVar[bool] = True
 
     @staticmethod
     def _booster_params(p: dict[str, Any]) -> dict[str, Any]:
@@ -85,6 +120,7 @@ class XGBoostForecaster(TreeForecaster):
         xv: np.ndarray | None,
         yv: np.ndarray | None,
         p: dict[str, Any],
+        callbacks: Sequence[FitCallback] = (),
     ) -> tuple[Any, dict[str, Any]]:
         import xgboost as xgb
 
@@ -92,14 +128,21 @@ class XGBoostForecaster(TreeForecaster):
         dtrain = xgb.DMatrix(x, label=y, missing=np.nan, nthread=nthread)
         rounds = int(p["n_estimators"])
         kwargs: dict[str, Any] = {}
-        if xv is not None and yv is not None and p["early_stopping_rounds"]:
+        dvalid = None
+        has_valid = xv is not None and yv is not None
+        if has_valid and (p["early_stopping_rounds"] or callbacks):
             dvalid = xgb.DMatrix(xv, label=yv, missing=np.nan, nthread=nthread)
-            kwargs = {"evals": [(dvalid, "valid")], "early_stopping_rounds": int(p["early_stopping_rounds"])}
+            kwargs["evals"] = [(dvalid, "valid")]
+        early = bool(dvalid is not None and p["early_stopping_rounds"])
+        if early:
+            kwargs["early_stopping_rounds"] = int(p["early_stopping_rounds"])
+        if callbacks:
+            kwargs["callbacks"] = [_round_callback(self, h, callbacks, dvalid)]
         booster = xgb.train(
             self._booster_params(p), dtrain, num_boost_round=rounds, verbose_eval=False, **kwargs
         )
         info: dict[str, Any] = {"n_rounds": booster.num_boosted_rounds()}
-        if kwargs:
+        if early:
             best = int(booster.best_iteration)
             info.update(best_iteration=best, best_valid_rmse=float(booster.best_score))
             booster = booster[: best + 1]  # keep the best trees only: memory == saved == loaded
@@ -124,6 +167,10 @@ class XGBoostForecaster(TreeForecaster):
     def _load_one(self, path: Path) -> Any:
         import xgboost as xgb
 
+        from ensemble.models.native_check import read_xgboost_model
+
         booster = xgb.Booster(params={"nthread": self._nthread()})
-        booster.load_model(str(path))
+        # parsed in a child process first: a damaged file raises, never crashes this process; the
+        # checked bytes themselves are what XGBoost parses here
+        booster.load_model(read_xgboost_model(path))
         return booster
