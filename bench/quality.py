@@ -53,12 +53,20 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ensemble.backtest.metrics import ic_summary, rank_ic_by_date  # noqa: E402
+from ensemble.backtest.metrics import ic_summary, interval_coverage, rank_ic_by_date  # noqa: E402
 from ensemble.backtest.splits import window  # noqa: E402
-from ensemble.combine import weighted_mean  # noqa: E402
-from ensemble.config import DEFAULT_HORIZONS, MODEL_NAMES, EnsembleConfig, SyntheticConfig  # noqa: E402
+from ensemble.config import (  # noqa: E402
+    DEFAULT_HORIZONS,
+    MODEL_NAMES,
+    EnsembleConfig,
+    FeatureConfig,
+    SyntheticConfig,
+    TrainingConfig,
+)
 from ensemble.features import Preprocessor, build_features  # noqa: E402
+from ensemble.features.normalize import KINDS, cross_sectional_targets  # noqa: E402
 from ensemble.models import create_model  # noqa: E402
+from ensemble.models.ensemble import VOL_COLUMN, EnsembleForecaster, trailing_volatility  # noqa: E402
 from ensemble.models.prophet_model import ProphetForecaster  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
@@ -178,42 +186,59 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     feats = build_features(prices, HORIZONS, n_jobs=None)
     dates = pd.DatetimeIndex(np.sort(feats["date"].unique()))
     sp = split_dates(dates, args.source)
-    pre = Preprocessor(k=args.k).fit(feats, sp["train_end"])
+    pre = Preprocessor(k=args.k, cs_norm=args.cs_norm).fit(feats, sp["train_end"])
     close = prices[["date", "ticker", "close"]]
-    frame = pre.transform(feats).merge(close, on=["date", "ticker"], how="left")
-    truth = feats[["date", "ticker", *[f"target_h{h}" for h in HORIZONS]]]
-    truth = truth[truth["date"] >= sp["test_start"]]
+    frame = (
+        pre.transform(feats)
+        .merge(close, on=["date", "ticker"], how="left")
+        .merge(trailing_volatility(prices), on=["date", "ticker"], how="left")
+    )
+    tcols = [f"target_h{h}" for h in HORIZONS]
+    truth_all = frame[["date", "ticker", *tcols, VOL_COLUMN]]
+    truth = truth_all[truth_all["date"] >= sp["test_start"]].reset_index(drop=True)
     del feats
     train = window(frame, sp["train_start"], sp["train_end"])
     valid = window(frame, sp["valid_start"], sp["valid_end"])
-    lead = dates[max(0, dates.get_loc(sp["test_start"]) - 70)]  # history for the sequence windows
+    vtruth = valid[["date", "ticker", *tcols, VOL_COLUMN]]
+    train_fit = cross_sectional_targets(train, args.target)
+    valid_fit = cross_sectional_targets(valid, args.target)
+    lead_v = dates[max(0, dates.get_loc(sp["valid_start"]) - 70)]  # history for the sequence windows
+    valid_in = frame[(frame["date"] >= lead_v) & (frame["date"] <= sp["valid_end"])].reset_index(drop=True)
+    lead = dates[max(0, dates.get_loc(sp["test_start"]) - 70)]
     test_in = frame[frame["date"] >= lead].reset_index(drop=True)
     prep_s = time.perf_counter() - t0
     print(
         f"\n== bench/quality.py --source {args.source}: {prices['ticker'].nunique()} tickers x {len(dates)} days, "
-        f"{len(pre.selected_)} features selected (train-only); prep {prep_s:.0f} s",
+        f"{len(pre.selected_)} features selected (train-only), target {args.target}, cs_norm {args.cs_norm}; "
+        f"prep {prep_s:.0f} s",
         flush=True,
     )
     print("split: " + ", ".join(f"{k} {v.date()}" for k, v in sp.items()), flush=True)
 
     rows: dict[str, dict[str, Any]] = {}
+    vrows: dict[str, dict[str, Any]] = {}
     preds: dict[str, pd.DataFrame] = {}
+    vpreds: dict[str, pd.DataFrame] = {}
     for name in args.models:
         t = time.perf_counter()
         try:
             if name == "prophet":
                 model: Any = fit_prophet(train, args.prophet_procs)
             else:
-                model = create_model(name, horizons=HORIZONS).fit(train, valid)
+                params = json.loads(args.params).get(name, {}) if args.params else {}
+                model = create_model(name, horizons=HORIZONS, **params).fit(train_fit, valid_fit)
             fit_s = time.perf_counter() - t
             p = model.predict(test_in)
+            pv = model.predict(valid_in)
         except Exception as exc:  # reported, never replaced
             logger.exception("%s failed", name)
             rows[name] = {"error": f"{type(exc).__name__}: {exc}"}
             continue
         p = p[p["date"] >= sp["test_start"]].reset_index(drop=True)
-        preds[name] = p
+        pv = pv[pv["date"] >= sp["valid_start"]].reset_index(drop=True)
+        preds[name], vpreds[name] = p, pv
         rows[name] = {**score(p, truth), "fit_s": fit_s, "predict_s": time.perf_counter() - t - fit_s}
+        vrows[name] = score(pv, vtruth)
         if name == "prophet":
             secs = list(model.fit_seconds_.values())
             rows[name].update(
@@ -226,8 +251,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         elif hasattr(model, "fit_info_"):
             rows[name]["rounds"] = {h: model.fit_info_[h].get("n_rounds") for h in HORIZONS}
         print(
-            f"  {name:<14} fit {fit_s:7.1f} s   test Rank IC h5 {rows[name]['ic_h5']:+.4f}  "
-            f"h20 {rows[name]['ic_h20']:+.4f}  h60 {rows[name]['ic_h60']:+.4f}",
+            f"  {name:<14} fit {fit_s:7.1f} s   valid Rank IC h5 {vrows[name]['ic_h5']:+.4f} "
+            f"h20 {vrows[name]['ic_h20']:+.4f} h60 {vrows[name]['ic_h60']:+.4f}   "
+            f"test h5 {rows[name]['ic_h5']:+.4f} h20 {rows[name]['ic_h20']:+.4f} h60 {rows[name]['ic_h60']:+.4f}",
             flush=True,
         )
     if "prophet" in args.models and args.prophet_refit_every > 0:
@@ -240,23 +266,40 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"  {name:<14} fit {rows[name]['fit_s']:7.1f} s   test Rank IC h5 {rows[name]['ic_h5']:+.4f}",
             flush=True,
         )
+    coverage: dict[str, float] = {}
     if preds:
-        ens = weighted_mean(preds, EnsembleConfig().weights, HORIZONS)
-        rows["ensemble"] = score(ens, truth)
+        weights = EnsembleConfig().weights
+        levels = EnsembleConfig().interval_levels
+        for mode in ("learned", "fixed"):
+            ens = EnsembleForecaster(weights, HORIZONS, mode=mode, levels=levels).fit(vpreds, vtruth)
+            p = ens.predict(preds, truth)
+            name = "ensemble" if mode == "learned" else "ensemble_fixed"
+            rows[name] = score(p, truth)
+            vrows[name] = score(ens.cross_fit_predict(vpreds, vtruth), vtruth)
+            if mode == "learned":
+                coverage = interval_coverage(p, truth, HORIZONS, levels)
+                rows[name]["weights"] = {h: ens.weights(h) for h in HORIZONS}
     ref: dict[str, dict[str, Any]] = {}
+    vref: dict[str, dict[str, Any]] = {}
     if oracle is not None:
         o = oracle.rename(columns={f"oracle_h{h}": f"pred_h{h}" for h in HORIZONS})
         ref["oracle"] = score(o[o["date"] >= sp["test_start"]], truth)
+        vref["oracle"] = score(o[(o["date"] >= sp["valid_start"]) & (o["date"] <= sp["valid_end"])], vtruth)
     for name, b in baselines(prices).items():
         ref[name] = score(b[b["date"] >= sp["test_start"]], truth)
+        vref[name] = score(b[(b["date"] >= sp["valid_start"]) & (b["date"] <= sp["valid_end"])], vtruth)
     return {
         "source": args.source,
+        "target": args.target,
+        "cs_norm": args.cs_norm,
         "split": {k: str(v.date()) for k, v in sp.items()},
         "n_tickers": int(prices["ticker"].nunique()),
         "n_days": len(dates),
         "k": len(pre.selected_),
         "models": rows,
+        "valid": {**vrows, **vref},
         "reference": ref,
+        "coverage": coverage,
         "prep_s": prep_s,
         "total_s": time.perf_counter() - t0,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -291,7 +334,9 @@ def table(res: dict[str, Any]) -> str:
         )
         lines.append(line(name, res["models"][name], note))
     if "ensemble" in res["models"]:
-        lines.append(line("ensemble", res["models"]["ensemble"], "weighted mean, default weights"))
+        lines.append(line("ensemble", res["models"]["ensemble"], "learned weights (validation), calibrated"))
+    if "ensemble_fixed" in res["models"]:
+        lines.append(line("ensemble_fixed", res["models"]["ensemble_fixed"], "the default weights"))
     for name, r in res["reference"].items():
         lines.append(line(name, r, "ceiling" if name == "oracle" else "baseline"))
     ok = {n: r for n, r in res["models"].items() if "error" not in r and n in MODEL_NAMES}
@@ -299,6 +344,14 @@ def table(res: dict[str, Any]) -> str:
         best = max(ok, key=lambda n: ok[n]["ic_h5"])
         share = ok[best]["ic_h5"] / res["reference"]["oracle"]["ic_h5"]
         lines.append(f"best model at 5 days: {best}, {share:.0%} of the oracle's Rank IC")
+    if res.get("coverage"):
+        lines.append("interval coverage on the test dates: " + ", ".join(
+            f"{k} {v:.1%}" for k, v in res["coverage"].items()))  # fmt: skip
+    lines.append("validation dates (what defaults are chosen by; the ensembles scored out of fold):")
+    for name, r in res.get("valid", {}).items():
+        lines.append(
+            f"  {name:<14}" + "".join(f"{r[f'ic_h{h}']:>+10.4f}{r[f'icir_h{h}']:>8.2f}" for h in HORIZONS)
+        )
     lines.append(f"total {res['total_s']:.0f} s, peak RSS {res['peak_rss_mib']:.0f} MiB")
     return "\n".join(lines)
 
@@ -317,6 +370,11 @@ def main() -> int:
         type=int,
         default=0,
         help="also score Prophet refitted walk-forward every N test dates (0: off; not in the ensemble)",
+    )
+    ap.add_argument("--target", choices=list(KINDS), default=TrainingConfig().target)
+    ap.add_argument("--cs-norm", choices=list(KINDS), default=FeatureConfig().cs_norm)
+    ap.add_argument(
+        "--params", help='per-model parameters as JSON, e.g. {"xgboost": {"eval_metric": "rmse"}}'
     )
     ap.add_argument("--json", help="write the results here (default artifacts/bench/quality_<source>.json)")
     args = ap.parse_args()

@@ -84,9 +84,14 @@ class PostgresConfig(_Strict):
         return os.environ.get(self.dsn_env)
 
 
+CrossSection = Literal["none", "demean", "zscore", "rank", "rank_gauss"]  # ensemble.features.normalize
+
+
 class FeatureConfig(_Strict):
     selection_k: int = Field(100, ge=1)  # feature_selection_k
     sequence_length: int = Field(60, ge=5)  # window length L for the sequence models
+    # Per-date normalisation of the selected features ('none': train-fitted robust scaling)
+    cs_norm: CrossSection = "none"
 
 
 class TrainingConfig(_Strict):
@@ -106,6 +111,10 @@ class TrainingConfig(_Strict):
     # The last date whose information training may use (YYYY-MM-DD; None: the last date of the data).
     # Later rows may be present: they change nothing (labels realised after it are purged).
     as_of: str | None = None
+    # What the models learn: the forward return normalised per date (ensemble.features.normalize;
+    # 'none': the raw return). The default stays the raw return until validation evidence across
+    # data sets says otherwise (see bench/quality.py --target).
+    target: CrossSection = "none"
 
     @field_validator("as_of", mode="before")
     @classmethod
@@ -164,6 +173,17 @@ class EnsembleConfig(_Strict):
             "prophet": 0.20,
         }
     )
+    # learned: weights fitted on the members' validation forecasts, shrunk toward `weights` (the
+    # prior); fixed: `weights` as given (ensemble/models/ensemble.py)
+    mode: Literal["learned", "fixed"] = "learned"
+    interval_levels: list[float] = Field(default_factory=lambda: [0.8, 0.95])
+
+    @field_validator("interval_levels")
+    @classmethod
+    def _levels(cls, v: list[float]) -> list[float]:
+        if not v or any(not (0.0 < a < 1.0) for a in v) or len(set(v)) != len(v):
+            raise ValueError(f"ensemble.interval_levels must be distinct numbers in (0, 1), got {v}")
+        return sorted(v)
 
     @field_validator("weights")
     @classmethod
@@ -177,6 +197,34 @@ class EnsembleConfig(_Strict):
         if sum(v.values()) <= 0:
             raise ValueError("ensemble.weights must not all be zero")
         return v
+
+
+class BacktestConfig(_Strict):
+    """The walk-forward backtest (``python -m jobs.backtest``; ensemble/backtest/walkforward.py)."""
+
+    mode: Literal["expanding", "rolling"] = "expanding"  # rolling: the last training.training_days
+    every: int = Field(63, ge=1)  # retrain every N trading dates (one fold per test window)
+    embargo: int = Field(5, ge=0)  # trading dates between a fold's cut-off and its first test date
+    first_test: str | None = None  # first test date (YYYY-MM-DD); None: the last `test_days` dates
+    test_days: int = Field(504, ge=1)  # about two years of trading dates
+    seeds: int = Field(3, ge=1)  # sequence members averaged over seeds training.seed + 0..seeds-1
+    cost_bps: float = Field(10.0, ge=0.0)  # transaction cost per unit of turnover, basis points
+    quantile: float = Field(0.1, gt=0.0, le=0.5)  # long the top, short the bottom quantile
+    top_k: int | None = Field(None, ge=1)  # or the top / bottom k tickers
+    hold: int = Field(1, ge=1)  # rebalance every `hold` trading dates
+    fold_cpus: float = Field(1.0, gt=0.0)  # CPUs each fold's Ray task reserves
+    rolling_window: int = Field(63, ge=2)  # dates of the report's rolling Rank IC and coverage
+    out_dir: str = "artifacts/backtest"  # the report goes to <out_dir>/<timestamp>/
+
+    @field_validator("first_test", mode="before")
+    @classmethod
+    def _iso_date(cls, v: Any) -> str | None:
+        if v is None:
+            return None
+        try:
+            return datetime.date.fromisoformat(str(v)).isoformat()
+        except ValueError:
+            raise ValueError(f"backtest.first_test must be a date YYYY-MM-DD, got {v!r}") from None
 
 
 class ServingConfig(_Strict):
@@ -198,6 +246,7 @@ class Settings(_Strict):
     models: dict[str, dict[str, Any]] = Field(default_factory=dict)
     ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
+    backtest: BacktestConfig = Field(default_factory=BacktestConfig)
     registry_root: str = "artifacts/registry"
 
     @field_validator("horizons")

@@ -33,22 +33,19 @@ import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from ensemble.backtest.metrics import forecast_metrics
-from ensemble.backtest.splits import train_valid_split, window
-from ensemble.combine import weighted_mean
+from ensemble.backtest.metrics import forecast_metrics, interval_coverage
 from ensemble.config import MODEL_NAMES, Settings, load_settings, parse_overrides
 from ensemble.cost import CostMeter
-from ensemble.data.sources import load_prices
-from ensemble.features import Preprocessor, build_features
 from ensemble.models import get_model_class
 from ensemble.models.base import Forecaster
-from ensemble.registry import ModelRegistry, data_fingerprint
+from ensemble.models.ensemble import VOL_COLUMN, EnsembleForecaster
+from ensemble.registry import ModelRegistry
+from ensemble.training import Prepared, prepare_data
 
 logger = logging.getLogger("jobs.train")
 
@@ -137,81 +134,6 @@ def _fit_model(
         return cls(horizons=settings.horizons, **settings.models.get(name, {})).fit(train, valid), {}
 
 
-def add_prophet_regressors(
-    frame: pd.DataFrame, settings: Settings, prices: pd.DataFrame, feats: pd.DataFrame
-) -> pd.DataFrame:
-    """``frame`` with the extra regressor columns Prophet is configured with (``models.prophet.
-    regressors``): ``mkt_log_level`` (the market's cumulative log return, computed from ``prices``),
-    or any feature of the pipeline (its raw, unscaled value when the preprocessor did not keep it)."""
-    from ensemble.models.prophet_model import MARKET_LEVEL, market_log_level
-
-    regs = list(settings.models.get("prophet", {}).get("regressors", []))
-    for r in regs:
-        if r in frame.columns:
-            continue
-        if r == MARKET_LEVEL:
-            frame = frame.merge(market_log_level(prices), on="date", how="left")
-        elif r in feats.columns:
-            frame = frame.merge(feats[["date", "ticker", r]], on=["date", "ticker"], how="left")
-        else:
-            raise ValueError(
-                f"models.prophet.regressors: {r!r} is neither {MARKET_LEVEL!r} nor a feature of the "
-                "pipeline (python -m ensemble.features --list)"
-            )
-    return frame
-
-
-@dataclass
-class Prepared:
-    """The data stage's output: what every model trains and validates on."""
-
-    prices: pd.DataFrame
-    oracle: pd.DataFrame | None
-    fingerprint: str
-    preprocessor: Preprocessor
-    split: Any
-    train: pd.DataFrame
-    valid: pd.DataFrame
-    eval_frame: pd.DataFrame  # the validation dates plus enough history for the sequence windows
-
-
-def prepare_data(settings: Settings, meter: CostMeter, prices: pd.DataFrame | None = None) -> Prepared:
-    """Load the prices (or take ``prices``, a contract table), build the features, fit the
-    preprocessor on the training dates only, split (up to ``training.as_of`` when set)."""
-    horizons = list(settings.horizons)
-    tr = settings.training
-    with meter.stage("data", cpus=1):
-        if prices is None:
-            prices, oracle = load_prices(settings)
-        else:
-            oracle = None
-        fingerprint = data_fingerprint(prices)
-    n_tickers = prices["ticker"].nunique()
-    logger.info("data: %d rows, %d tickers, %s", len(prices), n_tickers, settings.data.source)
-
-    with meter.stage("features", cpus=min(2, os.cpu_count() or 1)):
-        feats = build_features(prices, horizons, n_jobs=None)
-        split = train_valid_split(
-            feats["date"], training_days=tr.training_days, valid_fraction=tr.valid_fraction, as_of=tr.as_of
-        )
-        pre = Preprocessor(k=settings.features.selection_k, target=f"target_h{horizons[0]}")
-        pre.fit(feats, split.train_end)
-        frame = pre.transform(feats).merge(
-            prices[["date", "ticker", "close"]], on=["date", "ticker"], how="left"
-        )
-        if any(get_model_class(m).per_ticker for m in tr.models):
-            frame = add_prophet_regressors(frame, settings, prices, feats)
-        del feats
-        train = window(frame, split.train_start, split.train_end)
-        valid = window(frame, split.valid_start, split.valid_end)
-        dates = pd.DatetimeIndex(sorted(frame["date"].unique()))
-        lead = settings.features.sequence_length + 5
-        first = dates[max(0, dates.get_loc(split.valid_start) - lead)]
-        eval_frame = frame[frame["date"] >= first].reset_index(drop=True)
-    logger.info("split: %s; %d features selected", split.as_dict(), len(pre.selected_))
-    return Prepared(prices, oracle, fingerprint, pre, split, train, valid, eval_frame)
-
-
 def run(
     settings: Settings,
     *,
@@ -229,6 +151,7 @@ def run(
     prep = prepared or prepare_data(settings, meter)
     oracle, fingerprint, pre, split = prep.oracle, prep.fingerprint, prep.preprocessor, prep.split
     train, valid, eval_frame = prep.train, prep.valid, prep.eval_frame
+    train_fit, valid_fit = prep.train_fit, prep.valid_fit
 
     connect_ray(settings)
     models: dict[str, Forecaster] = {}
@@ -240,7 +163,7 @@ def run(
 
     def fit_and_validate(name: str) -> tuple[Forecaster, dict[str, Any], pd.DataFrame, float]:
         t0 = time.perf_counter()
-        model, info = _fit_model(name, train, valid, settings, meter, progress)
+        model, info = _fit_model(name, train_fit, valid_fit, settings, meter, progress)
         with meter.stage(f"{name}.validate", cpus=1):
             p = model.predict(eval_frame)
             p = p[p["date"] >= split.valid_start].reset_index(drop=True)
@@ -268,8 +191,18 @@ def run(
     if not models:
         raise RuntimeError(f"every model failed: {degraded}")
 
-    ens = weighted_mean(preds, settings.ensemble.weights, horizons)
-    metrics["ensemble"] = forecast_metrics(ens, valid, horizons, prefix="valid_")
+    ec = settings.ensemble
+    with meter.stage("ensemble", cpus=1):
+        truth = valid[["date", "ticker", *[f"target_h{h}" for h in horizons], VOL_COLUMN]]
+        ensemble = EnsembleForecaster(ec.weights, horizons, mode=ec.mode, levels=ec.interval_levels)
+        ensemble.fit(preds, truth)
+        # scored out of fold: the ensemble learns on the validation dates, so each half of them is
+        # predicted by an ensemble fitted on the other half
+        oof = ensemble.cross_fit_predict(preds, truth)
+    metrics["ensemble"] = {
+        **forecast_metrics(oof, valid, horizons, prefix="valid_"),
+        **interval_coverage(oof, valid, horizons, ec.interval_levels, prefix="valid_"),
+    }
     if oracle is not None:
         o = oracle.rename(columns={f"oracle_h{h}": f"pred_h{h}" for h in horizons})
         o = o[(o["date"] >= split.valid_start) & (o["date"] <= split.valid_end)]
@@ -286,6 +219,7 @@ def run(
         notes=[f"degraded {k}: {v}" for k, v in degraded.items()],
         extras={
             "preprocessor": pre.to_dict(),
+            "ensemble": ensemble.to_dict(),
             "training": {
                 "split": split.as_dict(),
                 "models": details,

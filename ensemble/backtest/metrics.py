@@ -193,3 +193,32 @@ def forecast_metrics(
         out[f"{prefix}icir_h{h}"] = s["icir"]
         out[f"{prefix}ic_dates_h{h}"] = float(s["ic_dates"])
     return out
+
+
+def interval_coverage(
+    preds: pd.DataFrame,
+    targets: pd.DataFrame,
+    horizons: Sequence[int],
+    levels: Sequence[float],
+    prefix: str = "",
+) -> dict[str, float]:
+    """The share of realised forward returns inside the forecast interval, per horizon and level:
+    ``preds`` carries ``lo{L}_h{h}`` / ``hi{L}_h{h}`` (L = level in percent, as the ensemble writes
+    them), ``targets`` the realised ``target_h{h}``; rows with no interval or no target are left out."""
+    keys = ["date", "ticker"]
+    cols = [f"target_h{h}" for h in horizons if f"target_h{h}" in targets.columns]
+    df = preds.merge(targets[keys + cols], on=keys, how="inner")
+    out: dict[str, float] = {}
+    for h in horizons:
+        t = f"target_h{h}"
+        for a in levels:
+            lo, hi = f"lo{round(a * 100):d}_h{h}", f"hi{round(a * 100):d}_h{h}"
+            if t not in df.columns or lo not in df.columns:
+                continue
+            y, low, high = (df[c].to_numpy(dtype=np.float64) for c in (t, lo, hi))
+            ok = np.isfinite(y) & np.isfinite(low) & np.isfinite(high)
+            inside = (y[ok] >= low[ok]) & (y[ok] <= high[ok])
+            out[f"{prefix}coverage{round(a * 100):d}_h{h}"] = (
+                float(inside.mean()) if ok.any() else float("nan")
+            )
+    return out

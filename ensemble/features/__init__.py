@@ -7,9 +7,9 @@ CLI: ``python -m ensemble.features --list [--source synthetic|PATH]``.
 """
 
 from ensemble.features.catalog import FAMILIES, FeatureSpec, catalogue, catalogue_frame
-from ensemble.features.pipeline import build_features, feature_columns
+from ensemble.features.pipeline import build_features
 from ensemble.features.preprocess import Preprocessor
-from ensemble.features.targets import forward_log_returns
+from ensemble.features.targets import feature_columns, forward_log_returns
 
 __all__ = [
     "FAMILIES",

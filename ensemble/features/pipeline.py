@@ -30,6 +30,7 @@ from ensemble.data.schema import REQUIRED_COLUMNS, DataValidationError
 from ensemble.features import technical
 from ensemble.features.catalog import FAMILIES, FeatureSpec, family_module, family_specs, missing_inputs
 from ensemble.features.panel import Panel
+from ensemble.features.targets import feature_columns as feature_columns
 from ensemble.features.targets import forward_log_returns
 
 logger = logging.getLogger(__name__)
@@ -364,12 +365,3 @@ def build_features(
         ", ".join(f"{k} {v:.2f}" for k, v in timings.items()),
     )
     return out
-
-
-def feature_columns(frame: pd.DataFrame) -> list[str]:
-    """The feature columns of a frame from :func:`build_features` (not keys, targets or oracles)."""
-    return [
-        c
-        for c in frame.columns
-        if c not in ("date", "ticker") and not str(c).startswith(("target_", "oracle"))
-    ]

@@ -17,7 +17,10 @@ applies that state unchanged to any later frame.
   and market-relative versions of one return carry the same cross-sectional ranking).
 * Missing values: the training median of each selected feature (after scaling: 0).
 * Scaling: ``sklearn.preprocessing.RobustScaler`` (median, interquartile range) fitted on the
-  training rows, then clipped to +-``clip``.
+  training rows, then clipped to +-``clip``; or, with ``cs_norm`` (``zscore``, ``rank``,
+  ``rank_gauss``: :mod:`ensemble.features.normalize`), each date's values normalised against that
+  date's other tickers (Qlib's CSZScoreNorm / CSRankNorm), missing values then 0 (the date's centre),
+  clipped. Per date needs no fitted state and uses nothing but the date itself.
 """
 
 from __future__ import annotations
@@ -30,9 +33,9 @@ import pandas as pd
 
 from ensemble.backtest.metrics import ic_frame, ic_summary
 from ensemble.features.catalog import CONTRACT_COLUMNS, catalogue
+from ensemble.features.normalize import KINDS, Kind, per_date
 from ensemble.features.panel import row_ranks
-from ensemble.features.pipeline import feature_columns
-from ensemble.features.targets import realisation_dates, target_horizon
+from ensemble.features.targets import feature_columns, realisation_dates, target_horizon
 
 if TYPE_CHECKING:
     from sklearn.preprocessing import RobustScaler
@@ -63,7 +66,11 @@ class Preprocessor:
         max_corr: float | None = 0.95,
         redundancy_rows: int = 20_000,
         lgbm_params: dict[str, Any] | None = None,
+        cs_norm: Kind = "none",
     ) -> None:
+        if cs_norm not in KINDS:
+            raise ValueError(f"cs_norm must be one of {list(KINDS)}, got {cs_norm!r}")
+        self.cs_norm = cs_norm
         self.k = k
         self.max_corr = max_corr
         self.redundancy_rows = redundancy_rows
@@ -228,9 +235,12 @@ class Preprocessor:
         missing = [f for f in self.selected_ if f not in frame.columns]
         if missing:
             raise KeyError(f"frame lacks the selected features {missing[:5]} ({len(missing)} in all)")
-        x = frame[self.selected_].to_numpy(dtype=np.float64)
-        x = np.where(np.isfinite(x), x, self.medians_.to_numpy()[None, :])
-        z = self.scaler_.transform(x)
+        if self.cs_norm != "none":  # per date: nothing fitted is needed, nothing but the date is read
+            z = per_date(frame, self.selected_, self.cs_norm).fillna(0.0).to_numpy()
+        else:
+            x = frame[self.selected_].to_numpy(dtype=np.float64)
+            x = np.where(np.isfinite(x), x, self.medians_.to_numpy()[None, :])
+            z = self.scaler_.transform(x)
         if self.clip is not None:
             z = np.clip(z, -self.clip, self.clip)
         out = pd.DataFrame(z.astype(np.float32), columns=self.selected_, index=frame.index)
@@ -263,7 +273,7 @@ class Preprocessor:
         self._check_fitted()
         return {
             "params": {"k": self.k, "target": self.target, "method": self.method, "clip": self.clip,
-                       "min_coverage": self.min_coverage, "max_corr": self.max_corr},
+                       "min_coverage": self.min_coverage, "max_corr": self.max_corr, "cs_norm": self.cs_norm},
             "train_end": self.train_end_.isoformat(),
             "selected": list(self.selected_),
             "medians": [float(v) for v in self.medians_.to_numpy()],

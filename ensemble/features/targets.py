@@ -13,6 +13,10 @@ import numpy as np
 import pandas as pd
 
 TARGET_PREFIX = "target_h"
+KEY_COLUMNS: tuple[str, str] = ("date", "ticker")
+# carried beside the features (per-ticker models, grouping, interval scaling); never features
+RAW_COLUMNS: tuple[str, ...] = ("close", "sector", "ref_vol")
+NON_FEATURE_PREFIXES: tuple[str, ...] = ("target_", "oracle", "pred_")
 _TARGET_RE = re.compile(r"^target_h(\d+)$")
 
 
@@ -66,3 +70,11 @@ def realisation_dates(frame: pd.DataFrame, h: int) -> np.ndarray:
     j = shifted_rows(frame["ticker"], h)
     d = frame["date"].to_numpy(dtype="datetime64[ns]")
     return np.where(j >= 0, d[np.maximum(j, 0)], np.datetime64("NaT"))
+
+
+def feature_columns(frame: pd.DataFrame) -> list[str]:
+    """The feature columns of a feature frame: everything but the keys, the raw columns, targets,
+    oracle and prediction columns. The one definition (the pipeline, the preprocessor and every
+    model use it)."""
+    skip = set(KEY_COLUMNS) | set(RAW_COLUMNS)
+    return [c for c in frame.columns if c not in skip and not str(c).startswith(NON_FEATURE_PREFIXES)]

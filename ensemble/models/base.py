@@ -27,11 +27,12 @@ import numpy as np
 import pandas as pd
 
 from ensemble.config import DEFAULT_HORIZONS
+from ensemble.features.targets import KEY_COLUMNS as KEY_COLUMNS
+from ensemble.features.targets import RAW_COLUMNS as RAW_COLUMNS
+from ensemble.features.targets import feature_columns as feature_columns
 
 logger = logging.getLogger(__name__)
 
-KEY_COLUMNS: tuple[str, str] = ("date", "ticker")
-RAW_COLUMNS: tuple[str, ...] = ("close", "sector")
 META_FILE = "meta.json"
 _PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib", ".pck", ".dill")
 
@@ -54,16 +55,6 @@ def pred_col(h: int) -> str:
 
 def is_target(col: str) -> bool:
     return col.startswith("target_h")
-
-
-def feature_columns(frame: pd.DataFrame) -> list[str]:
-    """The feature columns of a feature frame: everything but keys, targets, raw and oracle columns."""
-    skip = set(KEY_COLUMNS) | set(RAW_COLUMNS)
-    return [
-        c
-        for c in frame.columns
-        if c not in skip and not is_target(c) and not c.startswith("oracle") and not c.startswith("pred_")
-    ]
 
 
 def _looks_like_pickle(path: Path) -> bool:

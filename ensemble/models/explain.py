@@ -197,9 +197,11 @@ class TreeForecaster(Forecaster):
         yv: np.ndarray | None,
         p: dict[str, Any],
         callbacks: Sequence[FitCallback] = (),
+        valid_dates: np.ndarray | None = None,
     ) -> tuple[Any, dict[str, Any]]:
         """Fit the model of horizon ``h``; return (model, info for meta.json). Iterative models
-        report each round to ``callbacks`` (:class:`ensemble.models.base.Iteration`)."""
+        report each round to ``callbacks`` (:class:`ensemble.models.base.Iteration`); ``valid_dates``
+        (the date of each validation row) lets them early-stop on the validation Rank IC."""
 
     @abstractmethod
     def _predict_one(self, model: Any, x: np.ndarray) -> np.ndarray: ...
@@ -251,12 +253,13 @@ class TreeForecaster(Forecaster):
                 raise ValueError(
                     f"{self.name}: target {target_col(h)} has no finite value in the training frame"
                 )
-            xv_h = yv_h = None
+            xv_h = yv_h = dv_h = None
             if valid is not None and xv is not None:
                 yv_all = valid[target_col(h)].to_numpy(dtype=np.float64, na_value=np.nan)
                 okv = np.isfinite(yv_all)
                 if okv.any():
                     xv_h, yv_h = xv[okv], yv_all[okv]
+                    dv_h = valid["date"].to_numpy()[okv]
                 else:
                     logger.warning(
                         "%s: no finite %s in the validation frame: no early stopping",
@@ -264,7 +267,7 @@ class TreeForecaster(Forecaster):
                         target_col(h),
                     )
             t0 = time.perf_counter()
-            models[h], extra = self._fit_one(h, x[ok], y[ok], xv_h, yv_h, p, callbacks)
+            models[h], extra = self._fit_one(h, x[ok], y[ok], xv_h, yv_h, p, callbacks, dv_h)
             seconds = time.perf_counter() - t0
             info[h] = {
                 "n_train_rows": int(ok.sum()),

@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ensemble.backtest.metrics import rank_ic
 from ensemble.config import TrainingConfig
 from ensemble.models.base import FitCallback, Iteration, notify
 from ensemble.models.explain import TreeForecaster
@@ -40,6 +41,9 @@ DEFAULTS: dict[str, Any] = {
     "max_bin": 255,
     "objective": "regression",  # l2; or 'huber', 'regression_l1'
     "early_stopping_rounds": 50,
+    # what early stopping watches on the validation rows: 'rank_ic' (the mean per-date Spearman
+    # correlation, what the platform is judged on; about 30 ms a round on 100k rows) or 'l2'
+    "eval_metric": "l2",
     "random_state": TrainingConfig().seed,
     "n_jobs": 2,
 }
@@ -136,8 +140,14 @@ class LightGBMForecaster(TreeForecaster):
         yv: np.ndarray | None,
         p: dict[str, Any],
         callbacks: Sequence[FitCallback] = (),
+        valid_dates: np.ndarray | None = None,
     ) -> tuple[Any, dict[str, Any]]:
         import lightgbm as lgb
+
+        if p["eval_metric"] not in ("l2", "rank_ic"):
+            raise ValueError(
+                f"{self.name}: eval_metric must be one of ['l2', 'rank_ic'], got {p['eval_metric']!r}"
+            )
 
         params = self._booster_params(p)
         dtrain = lgb.Dataset(
@@ -148,20 +158,42 @@ class LightGBMForecaster(TreeForecaster):
         if xv is not None and yv is not None and (p["early_stopping_rounds"] or callbacks):
             valid_sets = [lgb.Dataset(xv, label=yv, reference=dtrain)]
         early = bool(valid_sets and p["early_stopping_rounds"])
+        feval: list[Any] = []
         if early:
             hooks.append(
                 lgb.early_stopping(int(p["early_stopping_rounds"]), first_metric_only=True, verbose=False)
             )
+            if p["eval_metric"] == "rank_ic":  # the first metric is the one early stopping watches
+                if valid_dates is None:
+                    raise ValueError(f"{self.name}: eval_metric='rank_ic' needs the validation rows' dates")
+                dates, target = valid_dates, np.asarray(yv, dtype=np.float64)
+
+                def rank_ic_metric(preds: np.ndarray, _: Any) -> tuple[str, float, bool]:
+                    return "rank_ic", rank_ic(dates, preds, target), True
+
+                def l2_metric(preds: np.ndarray, _: Any) -> tuple[str, float, bool]:
+                    return "l2", float(np.mean((preds - target) ** 2)), False
+
+                params = {**params, "metric": "None"}
+                feval = [rank_ic_metric, l2_metric]
         if callbacks:
             hooks.append(_RoundCallback(self, h, callbacks, xv if valid_sets else None, int(p["n_jobs"])))
         booster = lgb.train(
-            params, dtrain, num_boost_round=int(p["n_estimators"]), valid_sets=valid_sets, callbacks=hooks
+            params,
+            dtrain,
+            num_boost_round=int(p["n_estimators"]),
+            valid_sets=valid_sets,
+            callbacks=hooks,
+            feval=feval or None,
         )
         info: dict[str, Any] = {"n_rounds": booster.current_iteration()}
         best = int(booster.best_iteration)  # > 0 after early stopping or a callback's stop
         num_iteration = best if best > 0 else -1
         if early:
-            info.update(best_iteration=best, best_valid_l2=float(booster.best_score["valid_0"]["l2"]))
+            metric = "rank_ic" if p["eval_metric"] == "rank_ic" else "l2"
+            info.update(
+                best_iteration=best, **{f"best_valid_{metric}": float(booster.best_score["valid_0"][metric])}
+            )
         # Rebuild from the text model: the in-memory booster is then the saved one, bit for bit.
         text = booster.model_to_string(num_iteration=num_iteration)
         final = lgb.Booster(model_str=text)

@@ -106,6 +106,7 @@ class RandomForestForecaster(TreeForecaster):
         yv: np.ndarray | None,
         p: dict[str, Any],
         callbacks: Sequence[FitCallback] = (),
+        valid_dates: np.ndarray | None = None,
     ) -> tuple[Any, dict[str, Any]]:
         from sklearn.ensemble import RandomForestRegressor
 

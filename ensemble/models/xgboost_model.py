@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ensemble.backtest.metrics import rank_ic
 from ensemble.config import TrainingConfig
 from ensemble.models.base import FitCallback, Iteration, notify
 from ensemble.models.explain import TreeForecaster
@@ -40,6 +41,9 @@ DEFAULTS: dict[str, Any] = {
     "max_bin": 256,
     "objective": "reg:squarederror",  # or 'reg:pseudohubererror', 'reg:absoluteerror'
     "early_stopping_rounds": 50,
+    # what early stopping watches on the validation rows: 'rank_ic' (the mean per-date Spearman
+    # correlation, what the platform is judged on; about 30 ms a round on 100k rows) or 'rmse'
+    "eval_metric": "rmse",
     "random_state": TrainingConfig().seed,
     "n_jobs": 2,
     "device": "cpu",  # 'cpu' or 'cuda' / 'cuda:N'
@@ -121,8 +125,14 @@ class XGBoostForecaster(TreeForecaster):
         yv: np.ndarray | None,
         p: dict[str, Any],
         callbacks: Sequence[FitCallback] = (),
+        valid_dates: np.ndarray | None = None,
     ) -> tuple[Any, dict[str, Any]]:
         import xgboost as xgb
+
+        if p["eval_metric"] not in ("rmse", "rank_ic"):
+            raise ValueError(
+                f"{self.name}: eval_metric must be one of ['rmse', 'rank_ic'], got {p['eval_metric']!r}"
+            )
 
         nthread = int(p["n_jobs"])
         dtrain = xgb.DMatrix(x, label=y, missing=np.nan, nthread=nthread)
@@ -136,6 +146,15 @@ class XGBoostForecaster(TreeForecaster):
         early = bool(dvalid is not None and p["early_stopping_rounds"])
         if early:
             kwargs["early_stopping_rounds"] = int(p["early_stopping_rounds"])
+            if p["eval_metric"] == "rank_ic":  # the last metric logged is the one early stopping watches
+                if valid_dates is None:
+                    raise ValueError(f"{self.name}: eval_metric='rank_ic' needs the validation rows' dates")
+                dates, target = valid_dates, np.asarray(yv, dtype=np.float64)
+
+                def rank_ic_metric(predt: np.ndarray, _: Any) -> tuple[str, float]:
+                    return "rank_ic", rank_ic(dates, predt, target)
+
+                kwargs.update(custom_metric=rank_ic_metric, maximize=True)
         if callbacks:
             kwargs["callbacks"] = [_round_callback(self, h, callbacks, dvalid)]
         booster = xgb.train(
@@ -144,7 +163,7 @@ class XGBoostForecaster(TreeForecaster):
         info: dict[str, Any] = {"n_rounds": booster.num_boosted_rounds()}
         if early:
             best = int(booster.best_iteration)
-            info.update(best_iteration=best, best_valid_rmse=float(booster.best_score))
+            info.update(best_iteration=best, **{f"best_valid_{p['eval_metric']}": float(booster.best_score)})
             booster = booster[: best + 1]  # keep the best trees only: memory == saved == loaded
             info["n_rounds"] = booster.num_boosted_rounds()
         return booster, info

@@ -1,0 +1,350 @@
+"""The ensemble as a model: it learns from its members' validation forecasts (darts'
+``RegressionEnsembleModel``, qlib's learn-time processors) and forecasts returns with intervals.
+
+Inputs
+    ``member_preds``: for each member, its ``predict`` output (date, ticker, ``pred_h{h}``) on the
+    same dates. Members may learn different targets (raw or per-date returns, see
+    :mod:`ensemble.features.normalize`) and so forecast on different scales: the ensemble only uses
+    each member's **per-date z-score** (its ranking of the tickers of a date, in units of that date's
+    spread). ``truth``: (date, ticker, ``target_h{h}`` realised forward log returns, ``ref_vol``
+    each ticker's trailing daily volatility, :func:`trailing_volatility`).
+
+Per horizon, :meth:`EnsembleForecaster.fit` learns on the validation dates (never later ones):
+
+* **Weights** (``mode='learned'``): non-negative, summing to 1, by non-negative least squares of the
+  per-date rank-gaussian realised return on the members' z-scores, with a ridge penalty pulling the
+  weights toward the configured prior (``lambda * n * ||w - prior||^2``). ``lambda`` is chosen on the
+  validation dates themselves, honestly: weights fitted on the first half for each candidate,
+  scored by Rank IC on the second half; ties go to the larger lambda (closer to the prior). Then
+  refitted on all validation dates. ``mode='fixed'``: the prior. A member that is missing (failed,
+  or no forecast for a row) drops out and the others renormalise, row by row.
+* **Calibration** to return units: the expected excess return over the universe is
+  ``beta * score`` (``beta``: least squares of the per-date demeaned realised return on the
+  ensemble score), the expected return adds the universe's mean forward return over the validation
+  dates. Each member gets its own ``beta`` too (:meth:`member_returns`).
+* **Intervals**: split-conformal on the validation residuals, scaled by each ticker's trailing
+  volatility (``ref_vol * sqrt(h)``): a volatile stock gets a wider interval. For level ``a`` the
+  half-width is ``q_a * ref_vol * sqrt(h)``, ``q_a`` the ``ceil((n+1) a) / n`` quantile of
+  ``|residual| / (ref_vol * sqrt(h))``.
+* **Confidence** in [0, 1] per forecast: the skill-weighted share of the members that agree with the
+  ensemble's sign (each member weighted by its ensemble weight x its positive validation Rank IC),
+  times the share of the ensemble's weight that is present for the row.
+
+State is plain JSON (:meth:`to_dict` / :meth:`from_dict`), stored in the registry version.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import nnls
+
+from ensemble.backtest.metrics import rank_ic
+from ensemble.features.normalize import per_date
+from ensemble.models.base import KEY_COLUMNS, pred_col, target_col
+
+logger = logging.getLogger(__name__)
+
+VOL_COLUMN = "ref_vol"
+LAMBDAS: tuple[float, ...] = (0.0, 0.01, 0.1, 1.0, 10.0, 100.0)
+FORMAT_VERSION = 1
+
+
+def trailing_volatility(prices: pd.DataFrame, window: int = 60, min_periods: int = 20) -> pd.DataFrame:
+    """(date, ticker, ``ref_vol``): the standard deviation of each ticker's daily log returns over
+    its last ``window`` rows up to and including the date (point in time)."""
+    p = prices[["date", "ticker", "close"]].sort_values(["ticker", "date"])
+    logc = np.log(p["close"].where(p["close"] > 0))
+    r = logc.groupby(p["ticker"], sort=False).diff()
+    vol = r.groupby(p["ticker"], sort=False).rolling(window, min_periods=min_periods).std()
+    out = p[["date", "ticker"]].copy()
+    out[VOL_COLUMN] = vol.reset_index(level=0, drop=True).reindex(p.index).to_numpy()
+    return out.reset_index(drop=True)
+
+
+def _zscores(member_preds: Mapping[str, pd.DataFrame], keys: pd.DataFrame, h: int) -> np.ndarray:
+    """(rows of ``keys``, members) per-date z-scores of each member's forecast; NaN where missing."""
+    cols = []
+    for p in member_preds.values():
+        a = keys.merge(p[[*KEY_COLUMNS, pred_col(h)]], on=list(KEY_COLUMNS), how="left")
+        cols.append(per_date(a, [pred_col(h)], "zscore")[pred_col(h)].to_numpy())
+    return np.column_stack(cols) if cols else np.zeros((len(keys), 0))
+
+
+def _combine(z: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row-renormalised weighted mean over the finite members, and the weight share present."""
+    ok = np.isfinite(z)
+    wsum = (ok * w).sum(axis=1)
+    num = np.where(ok, z, 0.0) @ w
+    with np.errstate(invalid="ignore", divide="ignore"):
+        score = np.where(wsum > 0, num / wsum, np.nan)
+    return score, wsum / max(float(w.sum()), 1e-12)
+
+
+def _fit_weights(z: np.ndarray, y: np.ndarray, prior: np.ndarray, lam: float) -> np.ndarray:
+    ok = np.isfinite(y)
+    x = np.where(np.isfinite(z[ok]), z[ok], 0.0)
+    n = max(len(x), 1)
+    a = np.vstack([x, math.sqrt(lam * n) * np.eye(len(prior))])
+    b = np.concatenate([y[ok], math.sqrt(lam * n) * prior])
+    w, _ = nnls(a, b)
+    return w / w.sum() if w.sum() > 0 else prior.copy()
+
+
+class EnsembleForecaster:
+    """See the module docstring. ``prior``: the configured weights (member -> weight)."""
+
+    def __init__(
+        self,
+        prior: Mapping[str, float],
+        horizons: Sequence[int],
+        *,
+        mode: Literal["learned", "fixed"] = "learned",
+        levels: Sequence[float] = (0.8, 0.95),
+    ) -> None:
+        if mode not in ("learned", "fixed"):
+            raise ValueError(f"ensemble mode must be 'learned' or 'fixed', got {mode!r}")
+        if any(not 0 < a < 1 for a in levels):
+            raise ValueError(f"interval levels must lie in (0, 1), got {list(levels)}")
+        self.prior = {k: float(v) for k, v in prior.items()}
+        self.horizons = tuple(int(h) for h in horizons)
+        self.mode = mode
+        self.levels = tuple(float(a) for a in levels)
+
+    # ------------------------------------------------------------------------------------------- fit
+    def fit(self, member_preds: Mapping[str, pd.DataFrame], truth: pd.DataFrame) -> EnsembleForecaster:
+        members = [m for m in member_preds if self.prior.get(m, 0.0) > 0]
+        if not members:
+            raise ValueError(f"ensemble: no member with a positive prior weight among {sorted(member_preds)}")
+        preds = {m: member_preds[m] for m in members}
+        keys = truth[list(KEY_COLUMNS)].reset_index(drop=True)
+        prior = np.array([self.prior[m] for m in members])
+        prior = prior / prior.sum()
+        dates = keys["date"].to_numpy()
+        udates = np.unique(dates)
+        first_half = dates <= udates[max(0, len(udates) // 2 - 1)]
+        vol = truth[VOL_COLUMN].to_numpy(dtype=np.float64)
+        self.members_ = members
+        self.weights_: dict[int, list[float]] = {}
+        self.lambda_: dict[int, float | None] = {}
+        self.beta_: dict[int, float] = {}
+        self.member_beta_: dict[int, dict[str, float]] = {}
+        self.market_: dict[int, float] = {}
+        self.quantiles_: dict[int, dict[str, float]] = {}
+        self.skill_: dict[int, dict[str, float]] = {}
+        self.n_valid_: dict[int, int] = {}
+        self.usable_: dict[int, bool] = {}
+        for h in self.horizons:
+            y_raw = truth[target_col(h)].to_numpy(dtype=np.float64)
+            z = _zscores(preds, keys, h)
+            labelled = np.isfinite(y_raw) & np.isfinite(vol) & np.isfinite(z).any(axis=1)
+            if len(np.unique(dates[labelled])) < 2:  # nothing to learn from: this horizon forecasts NaN
+                logger.warning(
+                    "ensemble: fewer than 2 validation dates with h=%d labels: no forecast at h=%d", h, h
+                )
+                self.usable_[h] = False
+                self.weights_[h], self.lambda_[h], self.beta_[h] = [float(v) for v in prior], None, 0.0
+                self.member_beta_[h] = dict.fromkeys(members, 0.0)
+                self.market_[h], self.skill_[h], self.n_valid_[h] = 0.0, dict.fromkeys(members, 0.0), 0
+                self.quantiles_[h] = {_level_key(a): 0.0 for a in self.levels}
+                continue
+            self.usable_[h] = True
+            frame_y = keys.assign(y=y_raw)
+            y_rg = per_date(frame_y, ["y"], "rank_gauss")["y"].to_numpy()
+            y_dm = per_date(frame_y, ["y"], "demean")["y"].to_numpy()
+            self.skill_[h] = {
+                m: rank_ic(dates, np.where(np.isfinite(z[:, j]), z[:, j], np.nan), y_raw)
+                for j, m in enumerate(members)
+            }
+            if self.mode == "learned" and len(members) > 1:
+                scores = {}
+                for lam in LAMBDAS:
+                    w = _fit_weights(z[first_half], y_rg[first_half], prior, lam)
+                    s, _ = _combine(z[~first_half], w)
+                    scores[lam] = rank_ic(dates[~first_half], s, y_raw[~first_half])
+                best = max(scores.values())
+                lam = max(lam for lam, v in scores.items() if v >= best - 1e-12)
+                w = _fit_weights(z, y_rg, prior, lam)
+                self.lambda_[h] = lam
+            else:
+                w = prior.copy()
+                self.lambda_[h] = None
+            self.weights_[h] = [float(v) for v in w]
+            score, _ = _combine(z, w)
+            self.beta_[h] = _slope(score, y_dm)
+            self.member_beta_[h] = {m: _slope(z[:, j], y_dm) for j, m in enumerate(members)}
+            ok = np.isfinite(y_raw)
+            self.market_[h] = (
+                float(np.nanmean(pd.Series(y_raw[ok]).groupby(dates[ok]).mean())) if ok.any() else 0.0
+            )
+            pred = self.market_[h] + self.beta_[h] * np.where(np.isfinite(score), score, 0.0)
+            scale = vol * math.sqrt(h)
+            nc = np.abs(y_raw - pred) / scale
+            nc = nc[np.isfinite(nc) & np.isfinite(score)]
+            self.n_valid_[h] = int(nc.size)
+            if nc.size == 0:
+                raise ValueError(
+                    f"ensemble: no validation row with a forecast, a target and ref_vol at h={h}"
+                )
+            self.quantiles_[h] = {_level_key(a): _conformal_quantile(nc, a) for a in self.levels}
+        return self
+
+    # --------------------------------------------------------------------------------------- predict
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "weights_"):
+            raise RuntimeError("EnsembleForecaster: call fit() (or from_dict) before predict()")
+
+    def weights(self, h: int) -> dict[str, float]:
+        self._check_fitted()
+        return dict(zip(self.members_, self.weights_[h], strict=True))
+
+    def predict(self, member_preds: Mapping[str, pd.DataFrame], frame: pd.DataFrame) -> pd.DataFrame:
+        """Per (date, ticker) of ``frame`` (which carries ``ref_vol``): ``pred_h{h}`` (expected log
+        return), ``excess_h{h}`` (over the universe), ``lo{L}_h{h}`` / ``hi{L}_h{h}`` per interval level
+        (e.g. lo80 / hi80), ``confidence_h{h}``, ``n_models_h{h}``. Rows no member forecasts stay NaN."""
+        self._check_fitted()
+        present = {m: member_preds[m] for m in self.members_ if m in member_preds}
+        keys = frame[list(KEY_COLUMNS)].reset_index(drop=True)
+        out = keys.copy()
+        vol = (
+            frame[VOL_COLUMN].to_numpy(dtype=np.float64)
+            if VOL_COLUMN in frame
+            else np.full(len(keys), np.nan)
+        )
+        idx = [self.members_.index(m) for m in present]
+        for h in self.horizons:
+            w_all = np.asarray(self.weights_[h])
+            z = _zscores(present, keys, h) if present else np.full((len(keys), 0), np.nan)
+            w = w_all[idx] if idx else np.zeros(0)
+            score, share = _combine(z, w) if idx else (np.full(len(keys), np.nan), np.zeros(len(keys)))
+            share = share * (w.sum() / max(w_all.sum(), 1e-12)) if idx else share
+            if not self.usable_[h]:
+                score = np.full(len(keys), np.nan)
+            excess = self.beta_[h] * score
+            out[pred_col(h)] = self.market_[h] + excess
+            out[f"excess_h{h}"] = excess
+            half = vol * math.sqrt(h)
+            for a in self.levels:
+                q = self.quantiles_[h][_level_key(a)]
+                out[f"lo{_level_key(a)}_h{h}"] = out[pred_col(h)] - q * half
+                out[f"hi{_level_key(a)}_h{h}"] = out[pred_col(h)] + q * half
+            skill = np.array([max(self.skill_[h].get(m, 0.0), 0.0) + 1e-6 for m in present]) * w
+            ok = np.isfinite(z)
+            agree = ok & (np.sign(np.where(ok, z, 0.0)) == np.sign(score)[:, None])
+            denom = (ok * skill).sum(axis=1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                conf = np.where(denom > 0, (agree * skill).sum(axis=1) / denom, np.nan) * share
+            out[f"confidence_h{h}"] = np.where(np.isfinite(score), conf, np.nan)
+            out[f"n_models_h{h}"] = ok.sum(axis=1)
+        return out
+
+    def member_returns(self, name: str, preds: pd.DataFrame) -> pd.DataFrame:
+        """A member's forecast in return units (its own calibration): keys and ``pred_h{h}``."""
+        self._check_fitted()
+        if name not in self.members_:
+            raise KeyError(f"ensemble: {name!r} is not a member; members: {self.members_}")
+        out = preds[list(KEY_COLUMNS)].reset_index(drop=True)
+        for h in self.horizons:
+            z = per_date(preds.reset_index(drop=True), [pred_col(h)], "zscore")[pred_col(h)].to_numpy()
+            out[pred_col(h)] = self.market_[h] + self.member_beta_[h][name] * z
+        return out
+
+    def cross_fit_predict(
+        self, member_preds: Mapping[str, pd.DataFrame], truth: pd.DataFrame, folds: int = 2
+    ) -> pd.DataFrame:
+        """Out-of-fold forecasts on ``truth``'s dates: the dates split into ``folds`` consecutive
+        blocks, each predicted by an ensemble (same settings) fitted on the other blocks. An honest
+        validation score for a model that learns on the validation dates."""
+        dates = truth["date"].to_numpy()
+        blocks = np.array_split(np.unique(dates), folds)
+        parts = []
+        for block in blocks:
+            held = np.isin(dates, block)
+            rest = truth.loc[~held].reset_index(drop=True)
+            fold = EnsembleForecaster(self.prior, self.horizons, mode=self.mode, levels=self.levels)
+            fold.fit({m: p[~np.isin(p["date"].to_numpy(), block)] for m, p in member_preds.items()}, rest)
+            test = truth.loc[held].reset_index(drop=True)
+            parts.append(
+                fold.predict(
+                    {m: p[np.isin(p["date"].to_numpy(), block)] for m, p in member_preds.items()}, test
+                )
+            )
+        return pd.concat(parts, ignore_index=True)
+
+    # ----------------------------------------------------------------------------------- persistence
+    def to_dict(self) -> dict[str, Any]:
+        self._check_fitted()
+        hs = [str(h) for h in self.horizons]
+        return {
+            "format_version": FORMAT_VERSION,
+            "prior": self.prior,
+            "horizons": list(self.horizons),
+            "mode": self.mode,
+            "levels": list(self.levels),
+            "members": list(self.members_),
+            "weights": {k: self.weights_[int(k)] for k in hs},
+            "lambda": {k: self.lambda_[int(k)] for k in hs},
+            "beta": {k: self.beta_[int(k)] for k in hs},
+            "member_beta": {k: self.member_beta_[int(k)] for k in hs},
+            "market": {k: self.market_[int(k)] for k in hs},
+            "quantiles": {k: self.quantiles_[int(k)] for k in hs},
+            "skill": {k: self.skill_[int(k)] for k in hs},
+            "n_valid": {k: self.n_valid_[int(k)] for k in hs},
+            "usable": {k: self.usable_[int(k)] for k in hs},
+        }
+
+    @classmethod
+    def from_dict(cls, state: Mapping[str, Any]) -> EnsembleForecaster:
+        if state.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"ensemble state: unsupported format_version {state.get('format_version')!r}")
+        self = cls(state["prior"], state["horizons"], mode=state["mode"], levels=state["levels"])
+        self.members_ = [str(m) for m in state["members"]]
+
+        def per_h(key: str) -> dict[int, Any]:
+            return {int(k): v for k, v in state[key].items()}
+
+        self.weights_ = {h: [float(x) for x in v] for h, v in per_h("weights").items()}
+        self.lambda_ = per_h("lambda")
+        self.beta_ = {h: float(v) for h, v in per_h("beta").items()}
+        self.member_beta_ = per_h("member_beta")
+        self.market_ = {h: float(v) for h, v in per_h("market").items()}
+        self.quantiles_ = per_h("quantiles")
+        self.skill_ = per_h("skill")
+        self.n_valid_ = per_h("n_valid")
+        self.usable_ = {h: bool(v) for h, v in per_h("usable").items()}
+        for h in self.horizons:
+            w = np.asarray(self.weights_[h])
+            if (
+                len(w) != len(self.members_)
+                or (w < 0).any()
+                or not math.isclose(float(w.sum()), 1.0, abs_tol=1e-9)
+            ):
+                raise ValueError(
+                    f"ensemble state: weights at h={h} must be {len(self.members_)} non-negative numbers summing to 1"
+                )
+        return self
+
+
+def _level_key(a: float) -> str:
+    return f"{round(a * 100):d}"
+
+
+def _slope(x: np.ndarray, y: np.ndarray) -> float:
+    """Least-squares slope through the origin of y on x over the rows where both are finite."""
+    ok = np.isfinite(x) & np.isfinite(y)
+    den = float((x[ok] ** 2).sum())
+    return float((x[ok] * y[ok]).sum() / den) if den > 0 else 0.0
+
+
+def _conformal_quantile(scores: np.ndarray, level: float) -> float:
+    """The split-conformal quantile: the ceil((n+1) level)-th smallest score (inf if n is too small)."""
+    n = len(scores)
+    k = math.ceil((n + 1) * level)
+    if k > n:
+        return float("inf")
+    return float(np.sort(scores)[k - 1])

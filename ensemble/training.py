@@ -1,0 +1,121 @@
+"""The data side of the one training path, as library calls: prices -> features -> the
+train-only preprocessor -> purged train / validation windows -> the learning targets.
+
+``jobs.train`` (Ray), ``jobs.backtest`` (one fold per cut-off date) and the benchmarks all prepare
+their data here, so a model is always fitted on the same kind of frame. Nothing here imports Ray.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from ensemble.backtest.splits import train_valid_split, window
+from ensemble.config import Settings
+from ensemble.cost import CostMeter
+from ensemble.data.sources import load_prices
+from ensemble.features import Preprocessor, build_features
+from ensemble.features.normalize import cross_sectional_targets
+from ensemble.models import get_model_class
+from ensemble.models.ensemble import trailing_volatility
+from ensemble.registry import data_fingerprint
+
+logger = logging.getLogger(__name__)
+
+
+def add_prophet_regressors(
+    frame: pd.DataFrame, settings: Settings, prices: pd.DataFrame, feats: pd.DataFrame
+) -> pd.DataFrame:
+    """``frame`` with the extra regressor columns Prophet is configured with (``models.prophet.
+    regressors``): ``mkt_log_level`` (the market's cumulative log return, computed from ``prices``),
+    or any feature of the pipeline (its raw, unscaled value when the preprocessor did not keep it)."""
+    from ensemble.models.prophet_model import MARKET_LEVEL, market_log_level
+
+    regs = list(settings.models.get("prophet", {}).get("regressors", []))
+    for r in regs:
+        if r in frame.columns:
+            continue
+        if r == MARKET_LEVEL:
+            frame = frame.merge(market_log_level(prices), on="date", how="left")
+        elif r in feats.columns:
+            frame = frame.merge(feats[["date", "ticker", r]], on=["date", "ticker"], how="left")
+        else:
+            raise ValueError(
+                f"models.prophet.regressors: {r!r} is neither {MARKET_LEVEL!r} nor a feature of the "
+                "pipeline (python -m ensemble.features --list)"
+            )
+    return frame
+
+
+@dataclass
+class Prepared:
+    """The data stage's output: what every model trains and validates on."""
+
+    prices: pd.DataFrame
+    oracle: pd.DataFrame | None
+    fingerprint: str
+    preprocessor: Preprocessor
+    split: Any
+    train: pd.DataFrame  # realised forward returns as targets (what metrics score against)
+    valid: pd.DataFrame
+    eval_frame: pd.DataFrame  # the validation dates plus enough history for the sequence windows
+    train_fit: pd.DataFrame  # the same rows with the learning target (training.target, per date)
+    valid_fit: pd.DataFrame
+
+
+def prepare_data(
+    settings: Settings,
+    meter: CostMeter,
+    prices: pd.DataFrame | None = None,
+    features: pd.DataFrame | None = None,
+) -> Prepared:
+    """Load the prices (or take ``prices``, a contract table), build the features, fit the
+    preprocessor on the training dates only, split (up to ``training.as_of`` when set).
+
+    ``features``: ``build_features(prices, settings.horizons)`` computed once by the caller (the
+    walk-forward backtest shares it between folds: every feature at t uses rows dated <= t, so the
+    whole panel's features are the same as each cut-off's); the preprocessor is still fitted here."""
+    horizons = list(settings.horizons)
+    tr = settings.training
+    with meter.stage("data", cpus=1):
+        if prices is None:
+            prices, oracle = load_prices(settings)
+        else:
+            oracle = None
+        fingerprint = data_fingerprint(prices)
+    n_tickers = prices["ticker"].nunique()
+    logger.info("data: %d rows, %d tickers, %s", len(prices), n_tickers, settings.data.source)
+
+    with meter.stage("features", cpus=min(2, os.cpu_count() or 1)):
+        feats = build_features(prices, horizons, n_jobs=None) if features is None else features
+        split = train_valid_split(
+            feats["date"], training_days=tr.training_days, valid_fraction=tr.valid_fraction, as_of=tr.as_of
+        )
+        pre = Preprocessor(
+            k=settings.features.selection_k,
+            target=f"target_h{horizons[0]}",
+            cs_norm=settings.features.cs_norm,
+        )
+        pre.fit(feats, split.train_end)
+        frame = (
+            pre.transform(feats)
+            .merge(prices[["date", "ticker", "close"]], on=["date", "ticker"], how="left")
+            .merge(trailing_volatility(prices), on=["date", "ticker"], how="left")
+        )
+        if any(get_model_class(m).per_ticker for m in tr.models):
+            frame = add_prophet_regressors(frame, settings, prices, feats)
+        del feats
+        train = window(frame, split.train_start, split.train_end)
+        valid = window(frame, split.valid_start, split.valid_end)
+        dates = pd.DatetimeIndex(sorted(frame["date"].unique()))
+        lead = settings.features.sequence_length + 5
+        first = dates[max(0, int(dates.searchsorted(split.valid_start)) - lead)]
+        eval_frame = frame[frame["date"] >= first].reset_index(drop=True)
+        train_fit = cross_sectional_targets(train, tr.target)
+        valid_fit = cross_sectional_targets(valid, tr.target)
+    logger.info("split: %s; %d features selected", split.as_dict(), len(pre.selected_))
+    return Prepared(prices, oracle, fingerprint, pre, split, train, valid, eval_frame, train_fit, valid_fit)

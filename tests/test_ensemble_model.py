@@ -1,0 +1,202 @@
+"""The learned ensemble (ensemble/models/ensemble.py) and the per-date normalisation it and the
+learning targets rest on (ensemble/features/normalize.py)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from ensemble.backtest.metrics import interval_coverage, rank_ic
+from ensemble.features.normalize import cross_sectional_targets, per_date
+from ensemble.models.ensemble import VOL_COLUMN, EnsembleForecaster, trailing_volatility
+
+HORIZONS = (5, 20)
+PRIOR = {"good": 0.2, "noise": 0.4, "weak": 0.4}
+
+
+def panel(
+    n_dates: int = 160, n_tickers: int = 60, seed: int = 0
+) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
+    """Members with known skill: 'good' sees most of the signal, 'weak' a little, 'noise' none.
+    Member scales differ wildly (the ensemble must only use per-date rankings)."""
+    rng = np.random.default_rng(seed)
+    dates = pd.bdate_range("2020-01-01", periods=n_dates)
+    keys = pd.DataFrame(
+        {
+            "date": np.repeat(dates, n_tickers),
+            "ticker": np.tile([f"T{i:02d}" for i in range(n_tickers)], n_dates),
+        }
+    )
+    vol = np.tile(rng.uniform(0.01, 0.04, n_tickers), n_dates)  # per-ticker daily volatility
+    truth = keys.copy()
+    truth[VOL_COLUMN] = vol
+    members = {m: keys.copy() for m in PRIOR}
+    for h in HORIZONS:
+        signal = rng.normal(size=len(keys))
+        noise = rng.normal(size=len(keys))
+        truth[f"target_h{h}"] = 0.002 * h + vol * np.sqrt(h) * (0.3 * signal + noise)
+        members["good"][f"pred_h{h}"] = 1000.0 * (signal + 0.5 * rng.normal(size=len(keys)))
+        members["weak"][f"pred_h{h}"] = signal + 4.0 * rng.normal(size=len(keys))
+        members["noise"][f"pred_h{h}"] = 1e-3 * rng.normal(size=len(keys))
+    return members, truth
+
+
+# -- per-date normalisation ----------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["demean", "zscore", "rank", "rank_gauss"])
+def test_per_date_kinds_are_centred_within_each_date_and_keep_the_ranking(kind: str) -> None:
+    rng = np.random.default_rng(1)
+    f = pd.DataFrame(
+        {"date": np.repeat([1, 2, 3], 7), "x": rng.lognormal(size=21) * np.repeat([1, 10, 100], 7)}
+    )
+    f.loc[4, "x"] = np.nan
+    z = per_date(f, ["x"], kind)["x"]
+    assert np.isnan(z[4])
+    for _, g in z.groupby(f["date"]):
+        assert g.mean() == pytest.approx(0.0, abs=1e-12)
+    for _, g in f.groupby("date"):  # monotone within the date: the same Spearman ranking
+        ok = g["x"].notna()
+        assert stats.spearmanr(g["x"][ok], z[g.index][ok]).statistic == pytest.approx(1.0)
+    if kind == "zscore":
+        assert z.groupby(f["date"]).std(ddof=0).to_numpy() == pytest.approx(1.0)
+
+
+def test_per_date_reads_nothing_but_its_date() -> None:
+    rng = np.random.default_rng(2)
+    f = pd.DataFrame({"date": np.repeat([1, 2], 5), "x": rng.normal(size=10)})
+    g = f.copy()
+    g.loc[g["date"] == 2, "x"] *= 1e6  # poison the later date
+    for kind in ("demean", "zscore", "rank", "rank_gauss"):
+        a, b = per_date(f, ["x"], kind), per_date(g, ["x"], kind)
+        np.testing.assert_array_equal(a["x"][:5].to_numpy(), b["x"][:5].to_numpy())
+
+
+def test_cross_sectional_targets_replace_targets_only_and_keep_rank_ic() -> None:
+    members, truth = panel(n_dates=20, n_tickers=30)
+    t = cross_sectional_targets(truth, "rank_gauss")
+    assert t[VOL_COLUMN].equals(truth[VOL_COLUMN])
+    d = truth["date"].to_numpy()
+    p = members["good"]["pred_h5"].to_numpy()
+    assert rank_ic(d, p, t["target_h5"].to_numpy()) == pytest.approx(
+        rank_ic(d, p, truth["target_h5"].to_numpy())
+    )
+    assert not np.allclose(t["target_h5"], truth["target_h5"])
+
+
+# -- the learned ensemble --------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def fitted() -> tuple[EnsembleForecaster, dict[str, pd.DataFrame], pd.DataFrame]:
+    members, truth = panel()
+    dates = np.sort(truth["date"].unique())
+    valid = truth["date"] < dates[100]
+    vmembers = {m: p[valid.to_numpy()] for m, p in members.items()}
+    ens = EnsembleForecaster(PRIOR, HORIZONS).fit(vmembers, truth[valid].reset_index(drop=True))
+    test = ~valid.to_numpy()
+    return (
+        ens,
+        {m: p[test].reset_index(drop=True) for m, p in members.items()},
+        truth[test].reset_index(drop=True),
+    )
+
+
+def test_learned_weights_are_non_negative_sum_to_one_and_favour_the_skilled_member(fitted) -> None:
+    ens, _, _ = fitted
+    for h in HORIZONS:
+        w = ens.weights(h)
+        assert all(v >= 0 for v in w.values()) and sum(w.values()) == pytest.approx(1.0)
+        # the prior gives 'good' the least weight; validation evidence gives it the most
+        assert w["good"] > w["weak"] > w["noise"] - 1e-12, w
+        assert w["good"] > PRIOR["good"]
+
+
+def test_learned_ensemble_ranks_at_least_as_well_as_the_fixed_weights(fitted) -> None:
+    ens, members, truth = fitted
+    fixed = EnsembleForecaster(PRIOR, HORIZONS, mode="fixed")
+    members_v, truth_v = panel()  # the same panel: refit the fixed one on the same validation rows
+    dates = np.sort(truth_v["date"].unique())
+    valid = (truth_v["date"] < dates[100]).to_numpy()
+    fixed.fit({m: p[valid] for m, p in members_v.items()}, truth_v[valid].reset_index(drop=True))
+    assert fixed.weights(5) == pytest.approx({m: w / sum(PRIOR.values()) for m, w in PRIOR.items()})
+    d = truth["date"].to_numpy()
+    for h in HORIZONS:
+        y = truth[f"target_h{h}"].to_numpy()
+        learned = rank_ic(d, ens.predict(members, truth)[f"pred_h{h}"].to_numpy(), y)
+        base = rank_ic(d, fixed.predict(members, truth)[f"pred_h{h}"].to_numpy(), y)
+        best = rank_ic(d, members["good"][f"pred_h{h}"].to_numpy(), y)
+        assert learned > base and learned >= best - 0.01, (learned, base, best)
+
+
+def test_forecasts_are_returns_and_intervals_cover_at_their_level(fitted) -> None:
+    ens, members, truth = fitted
+    out = ens.predict(members, truth)
+    for h in HORIZONS:
+        # return units: the level is the universe's mean forward return, the spread is a return's
+        assert out[f"pred_h{h}"].mean() == pytest.approx(0.002 * h, abs=0.002)
+        assert (out[f"hi95_h{h}"] - out[f"lo95_h{h}"] > out[f"hi80_h{h}"] - out[f"lo80_h{h}"]).all()
+        # wider for the more volatile tickers
+        width = out[f"hi80_h{h}"] - out[f"lo80_h{h}"]
+        assert np.corrcoef(width, truth[VOL_COLUMN])[0, 1] > 0.99
+        assert out[f"confidence_h{h}"].between(0, 1).all()
+    cov = interval_coverage(out, truth, HORIZONS, (0.8, 0.95))
+    for h in HORIZONS:
+        assert cov[f"coverage80_h{h}"] == pytest.approx(0.80, abs=0.03)
+        assert cov[f"coverage95_h{h}"] == pytest.approx(0.95, abs=0.03)
+
+
+def test_a_missing_member_drops_out_and_the_rest_renormalise(fitted) -> None:
+    ens, members, truth = fitted
+    without = {m: p for m, p in members.items() if m != "good"}
+    out = ens.predict(without, truth)
+    assert out["pred_h5"].notna().all() and (out["n_models_h5"] == 2).all()
+    only_weak = ens.predict({"weak": members["weak"]}, truth)
+    d = truth["date"].to_numpy()
+    # with one member left, the ensemble's ranking is that member's
+    assert rank_ic(
+        d, only_weak["pred_h5"].to_numpy(), members["weak"]["pred_h5"].to_numpy()
+    ) == pytest.approx(1.0)
+    # and its confidence is lower than with every member present
+    assert only_weak["confidence_h5"].mean() < ens.predict(members, truth)["confidence_h5"].mean()
+
+
+def test_state_round_trips_through_json(fitted) -> None:
+    ens, members, truth = fitted
+    again = EnsembleForecaster.from_dict(json.loads(json.dumps(ens.to_dict())))
+    pd.testing.assert_frame_equal(again.predict(members, truth), ens.predict(members, truth))
+    bad = ens.to_dict()
+    bad["weights"]["5"] = [0.9, 0.9, -0.8]
+    with pytest.raises(ValueError, match="non-negative numbers summing to 1"):
+        EnsembleForecaster.from_dict(bad)
+
+
+def test_fitting_reads_only_the_rows_it_is_given(fitted) -> None:
+    """Poisoned forecasts and returns after the validation window change no learned number."""
+    members, truth = panel()
+    dates = np.sort(truth["date"].unique())
+    valid = (truth["date"] < dates[100]).to_numpy()
+    poisoned_truth = truth.copy()
+    poisoned_truth.loc[~valid, "target_h5"] = 10.0
+    clean = EnsembleForecaster(PRIOR, HORIZONS).fit({m: p[valid] for m, p in members.items()}, truth[valid])
+    again = EnsembleForecaster(PRIOR, HORIZONS).fit(
+        {m: p[valid] for m, p in members.items()}, poisoned_truth[valid]
+    )
+    assert json.dumps(clean.to_dict()) == json.dumps(again.to_dict())
+
+
+def test_trailing_volatility_is_point_in_time() -> None:
+    rng = np.random.default_rng(4)
+    dates = pd.bdate_range("2021-01-01", periods=120)
+    prices = pd.DataFrame(
+        {"date": np.tile(dates, 2), "ticker": np.repeat(["A", "B"], 120),
+         "close": np.exp(np.cumsum(rng.normal(0, [0.01] * 120 + [0.03] * 120)))}
+    )  # fmt: skip
+    v = trailing_volatility(prices, window=60)
+    poisoned = prices.copy()
+    poisoned.loc[poisoned["date"] > dates[80], "close"] *= 10
+    w = trailing_volatility(poisoned, window=60)
+    early = v["date"] <= dates[80]
+    np.testing.assert_array_equal(v.loc[early, VOL_COLUMN].to_numpy(), w.loc[early, VOL_COLUMN].to_numpy())
+    last = v[v["date"] == dates[-1]].set_index("ticker")[VOL_COLUMN]
+    assert last["B"] == pytest.approx(0.03, rel=0.3) and last["A"] == pytest.approx(0.01, rel=0.3)
