@@ -20,16 +20,25 @@ from ensemble.models.base import KEY_COLUMNS, pred_col
 def weighted_mean(
     preds: Mapping[str, pd.DataFrame], weights: Mapping[str, float], horizons: Sequence[int]
 ) -> pd.DataFrame:
-    """Keys, ``pred_h{h}`` (the weighted mean) and ``n_models_h{h}`` (how many models it averages)."""
+    """Keys, ``pred_h{h}`` (the weighted mean) and ``n_models_h{h}`` (how many models it averages).
+
+    One row per (date, ticker) that any positively weighted model forecasts: the first model's rows in
+    its order, then the rows only later models have."""
     names = [n for n in preds if weights.get(n, 0.0) > 0]
     if not names:
         raise ValueError(f"weighted_mean: no model with a positive weight among {sorted(preds)}")
     keys = list(KEY_COLUMNS)
     base = preds[names[0]][keys].reset_index(drop=True)
+    same = {
+        n: len(preds[n]) == len(base) and preds[n][keys].reset_index(drop=True).equals(base) for n in names
+    }
+    if not all(same.values()):  # the rows only other models forecast follow the first model's rows
+        more = [preds[n][keys] for n in names if not same[n]]
+        base = pd.concat([base, *more], ignore_index=True).drop_duplicates(keys, ignore_index=True)
     aligned: dict[str, pd.DataFrame] = {}
     for n in names:
         p = preds[n].reset_index(drop=True)
-        if len(p) == len(base) and p[keys].equals(base):
+        if same[n] and len(p) == len(base):
             aligned[n] = p
         else:  # different row order or coverage: align on the keys
             aligned[n] = base.merge(p, on=keys, how="left", validate="one_to_one")

@@ -37,10 +37,11 @@ Cost budget
     (which includes Tune's overhead and reserved CPUs left idle between trials), and stops
     launching trials (``Searcher.FINISHED``) when the spend so far + what the running trials still
     need + one more trial + the refit (one trial per horizon) would pass ``cost_limit_usd``; the
-    reason goes to ``meter.note_stop``. As a backstop, ``time_budget_s`` = the budget left at the
-    start / the price per second of the reserved CPUs ends the experiment when the limit is reached
-    even if the estimate was wrong. With no budget left at the start no trial runs and the
-    configured defaults are fitted.
+    reason (``"cost budget guard: ..."``) goes to ``meter.note_stop``. As a backstop,
+    ``time_budget_s`` = the budget left at the start / the price per second of the reserved CPUs
+    ends the experiment when the limit is reached even if the estimate was wrong (reason
+    ``"cost budget: time_budget_s ..."``). With no budget left at the start no trial runs and the
+    configured defaults are fitted (reason ``"cost budget: nothing left ..."``).
 
 The refit (the best configuration, all horizons, ``valid`` for early stopping) runs in the driver
 process, metered as stage ``<name>.refit`` (wall x ``n_jobs`` threads).
@@ -251,7 +252,7 @@ class _BudgetGuard:
                 if self.meter.would_exceed(running + est + refit):
                     spent = self.meter.spent_usd
                     self.stop_reason = (
-                        f"cost budget: ${spent:.4f} spent of cost_limit_usd ${self.meter.limit_usd:.4f}; "
+                        f"cost budget guard: ${spent:.4f} spent of cost_limit_usd ${self.meter.limit_usd:.4f}; "
                         f"one more trial (~${est:.4f}, from {len(self.finished_usd)} finished) + "
                         f"{len(self.running)} running (~${running:.4f} to go) + the refit (~${refit:.4f}) "
                         f"would pass it: stopped launching trials after {self.launched} of {self.requested}"

@@ -6,6 +6,11 @@ import numpy as np
 import pandas as pd
 
 
+def planted_drift(f0: np.ndarray, f1: np.ndarray, f2: np.ndarray) -> np.ndarray:
+    """The planted part of the next day's log return given today's f0, f1, f2 (see make_feature_frame)."""
+    return 0.004 * np.asarray(f0) - 0.003 * np.asarray(f1) * (np.asarray(f2) > 0)
+
+
 def make_feature_frame(
     n_tickers: int = 12,
     n_days: int = 260,
@@ -25,7 +30,7 @@ def make_feature_frame(
     for i in range(n_tickers):
         f = rng.standard_normal((n_days, n_features))
         f[:, 0] = pd.Series(f[:, 0]).ewm(alpha=0.3).mean().to_numpy() * 2  # persistent signal feature
-        drift = 0.004 * f[:, 0] - 0.003 * f[:, 1] * (f[:, 2] > 0)
+        drift = planted_drift(f[:, 0], f[:, 1], f[:, 2])
         r = np.r_[0.0, drift[:-1]] + rng.normal(0, 0.012, n_days)
         close = 50 * np.exp(np.cumsum(r))
         df = pd.DataFrame(f, columns=[f"f{k}" for k in range(n_features)])
@@ -40,3 +45,27 @@ def make_feature_frame(
             df[f"target_h{h}"] = fwd
         frames.append(df)
     return pd.concat(frames, ignore_index=True)
+
+
+def mean_rank_ic(frame: pd.DataFrame, pred: np.ndarray | pd.Series, horizon: int = 5) -> float:
+    """Mean over dates of the per-date Rank IC of ``pred`` (aligned with ``frame``'s rows) with
+    ``target_h{horizon}`` (ensemble.backtest.metrics, the one definition)."""
+    from ensemble.backtest.metrics import ic_frame
+
+    col = "__pred__"
+    scored = frame[["date", f"target_h{horizon}"]].assign(**{col: np.asarray(pred, dtype=np.float64)})
+    return float(ic_frame(scored, [col], f"target_h{horizon}")[col].mean())
+
+
+def attainable_rank_ic(frame: pd.DataFrame, horizon: int = 5) -> tuple[float, str]:
+    """(best mean Rank IC, its source) with ``target_h{horizon}`` on ``frame``'s rows among what a
+    model can know at t: each single feature f* (by |IC|: a model may learn either sign) and the
+    planted drift computed from today's f0, f1, f2 (the frame's oracle)."""
+    feats = sorted(c for c in frame.columns if c.startswith("f") and c[1:].isdigit())
+    cand = {c: mean_rank_ic(frame, frame[c], horizon) for c in feats}
+    if {"f0", "f1", "f2"} <= set(feats):
+        cand["planted_drift"] = mean_rank_ic(
+            frame, planted_drift(frame["f0"], frame["f1"], frame["f2"]), horizon
+        )
+    best = max(cand, key=lambda c: abs(cand[c]))
+    return abs(cand[best]), best

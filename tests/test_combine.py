@@ -34,3 +34,18 @@ def test_forecast_metrics_sign_follows_the_ranking() -> None:
     bad = good.assign(pred_h5=-good["pred_h5"])
     assert forecast_metrics(good, t, [5])["rank_ic_h5"] == 1.0
     assert forecast_metrics(bad, t, [5], prefix="valid_")["valid_rank_ic_h5"] == -1.0
+
+
+def test_a_row_missing_from_the_first_model_is_combined_from_the_models_that_forecast_it() -> None:
+    a = _pred([1.0, 2.0, 5.0]).iloc[[0, 2]].reset_index(drop=True)  # A and C: no forecast for B
+    b = _pred([3.0, 4.0, np.nan], order=[1, 0, 2])  # B, A, C
+    c = _pred([7.0, 6.0, 9.0]).iloc[[1]].reset_index(drop=True)  # B only
+    out = weighted_mean({"a": a, "b": b, "c": c}, {"a": 1.0, "b": 3.0, "c": 2.0}, [5])
+    # the first model's rows in its order, then the row only later models forecast
+    assert list(zip(out["ticker"], out["date"], strict=True)) == [
+        ("A", pd.Timestamp("2024-01-02")),
+        ("C", pd.Timestamp("2024-01-02")),
+        ("B", pd.Timestamp("2024-01-02")),
+    ]
+    np.testing.assert_allclose(out["pred_h5"], [(1 * 1 + 3 * 3) / 4, 5.0, (3 * 4 + 2 * 6) / 5])
+    assert out["n_models_h5"].tolist() == [2, 1, 2]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,27 @@ from ensemble.features.targets import forward_log_returns
 N_TICKERS, N_DAYS, CUT, SPLIT = 30, 320, 280, 150
 PRICE_COLS = ["open", "high", "low", "close"]
 SP500 = Path(__file__).resolve().parents[2] / "shared" / "data" / "sp500_daily.parquet"
+
+# The catalogue's size per family, counted once by hand from each family's ``specs`` in
+# ensemble/features/<family>.py (a change there must show here):
+# returns.specs: ret_ x RET_WINDOWS 9, mom_ x MOMENTUM 3, vol_ x VOL_WINDOWS 5, vol_ratio_ 2, downvol/skew/kurt
+#   3, dd_ and du_ x EXTREME_WINDOWS 3 + 3, gap/intraday 4, range/parkinson/garman_klass 5, clv 2,
+#   vlm_ratio/vlm_z 4, dvol/amihud 2, max_ret/min_ret/up_frac 3, sharpe 2 = 50
+# technical._spec_table: rsi 3, macd 4, ppo 1, adx 2, adxr/plus_di/minus_di 3, stoch/stochf/stochrsi 4, willr 2,
+#   cci 2, roc 3, cmo 1, mfi 2, ultosc/trix 2, aroonosc 2, bop 1, dist_sma 5, dist_ema 3, sma_cross 2,
+#   dist_kama 1, lr_slope 2, trend_corr 2, dist_sar 1, natr 3, bb_pos 2, bb_width 1, obv_chg 3,
+#   ad_chg/adosc 2, cdl_ 4 = 63
+# cross_section.specs without a sector column: mkt_ret 3, mkt_vol 2, mkt_vol_ratio/xs_disp 2,
+#   beta/corr/idio_vol 4, mrel_ret x REL_RET 4, resid_ret 2, mrel_mom 1, rank_ x RANKED 8, z_ x ZSCORED 4,
+#   mrel_ret_5 hivol/lovol/x_vlm 3 = 33; with one: + srel_ret 4, srel_mom 1, srel_ret_5 hivol/lovol 2,
+#   sector_ret 3, beta_sec/corr_sec 2, rank_in_sector 2 = 14
+# fundamental.specs: pe 10, pb 4, market_cap 3, dividend_yield 4 = 21
+# sentiment.specs: sent 1, sent_ema 3, sent_chg 3, dev/z 2, innov/surprise 2, innov_ema 2, surprise_sq 1,
+#   innov_x_regime 1, rank_sent/rank_sent_innov 2 = 17
+# calendar.specs: its table of 10
+OHLCV_COUNTS = {"returns": 50, "technical": 63, "cross_section": 33, "calendar": 10}
+SECTOR_COUNTS = {"cross_section": 14}
+FULL_COUNTS = {**OHLCV_COUNTS, "cross_section": 33 + 14, "fundamental": 21, "sentiment": 17}
 
 
 @pytest.fixture(scope="module")
@@ -166,11 +188,17 @@ def test_targets_are_forward_log_returns_with_nan_where_unknown() -> None:
 
 # ------------------------------------------------------------------ catalogue and families
 def test_catalogue_counts_and_frame_columns_match(prices, feats) -> None:
+    def counts(specs: list) -> dict[str, int]:
+        return dict(Counter(s.family for s in specs))
+
     full = catalogue(prices.columns)
-    ohlcv = catalogue(["date", "ticker", *OHLCV])
-    assert len(full) >= 100 and len(ohlcv) >= 100
-    assert {s.family for s in full} == set(FAMILIES)
-    assert {s.family for s in ohlcv} == {"returns", "technical", "cross_section", "calendar"}
+    assert set(FULL_COUNTS) == set(FAMILIES)
+    assert counts(full) == FULL_COUNTS and len(full) == sum(FULL_COUNTS.values()) == 208
+    assert counts(catalogue()) == FULL_COUNTS  # the synthetic market holds the whole contract
+    assert counts(catalogue(["date", "ticker", *OHLCV])) == OHLCV_COUNTS
+    with_sector = catalogue(["date", "ticker", *OHLCV, "sector"])
+    assert counts(with_sector) == {**OHLCV_COUNTS, "cross_section": 33 + SECTOR_COUNTS["cross_section"]}
+    assert counts(catalogue(["date", "ticker", *OHLCV, "pe"]))["fundamental"] == 10
     assert feature_columns(feats) == [s.name for s in full]
     assert [c for c in feats.columns if c.startswith("target_")] == ["target_h5", "target_h20", "target_h60"]
     assert list(feats.columns[:2]) == ["date", "ticker"]
@@ -202,7 +230,7 @@ def test_real_sample_builds_with_ohlcv_families_only() -> None:
     p = pd.read_parquet(SP500, filters=[("ticker", "in", ["AAPL", "DHR", "O", "APTV", "LNT", "XOM"])])
     out = build_features(p)
     cols = feature_columns(out)
-    assert cols == [s.name for s in catalogue(p.columns)] and len(cols) >= 100
+    assert cols == [s.name for s in catalogue(p.columns)] and len(cols) == sum(OHLCV_COUNTS.values())
     dhr_nan_open = (out["ticker"] == "DHR") & (out["date"] == "2016-01-12")
     assert out.loc[dhr_nan_open, cols].isna().all(axis=1).all()
     assert out.loc[out["ticker"] == "AAPL", "rsi_14"].iloc[-100:].notna().all()

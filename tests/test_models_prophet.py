@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from _frames import make_feature_frame  # noqa: E402
 
+from ensemble.backtest.splits import window  # noqa: E402
 from ensemble.models import get_model_class  # noqa: E402
 from ensemble.models.base import UnsafeArtifactError  # noqa: E402
 from ensemble.models.prophet_model import MARKET_LEVEL, ProphetForecaster, market_log_level, quiet_stan  # noqa: E402
@@ -21,6 +22,16 @@ from ensemble.models.prophet_model import MARKET_LEVEL, ProphetForecaster, marke
 HORIZONS = (5, 20, 60)
 PRED_COLS = [f"pred_h{h}" for h in HORIZONS]
 SHORT = "T003"  # keeps only its first 30 rows
+
+
+def poison_after(frame: pd.DataFrame, cutoff: pd.Timestamp) -> pd.DataFrame:
+    """Every close and feature after ``cutoff`` x10, and a third of those rows NaN."""
+    out = frame.copy()
+    after = (out["date"] > cutoff).to_numpy()
+    cols = ["close", *[c for c in frame.columns if c.startswith("f")]]
+    out.loc[after, cols] *= 10.0
+    out.loc[after & (np.arange(len(out)) % 3 == 0), cols] = np.nan
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -131,20 +142,22 @@ def test_meta_cannot_point_outside(fitted: ProphetForecaster, tmp_path: Path) ->
         ProphetForecaster.load(d)
 
 
-def test_future_poisoning_leaves_past_predictions_bit_identical(
+def test_future_poisoning_before_the_fit_leaves_every_forecast_bit_identical(
     fitted: ProphetForecaster, frame: pd.DataFrame, data: tuple
 ) -> None:
-    _, _, cutoff = data  # fitted on rows dated <= cutoff
-    poisoned = frame.copy()
-    after = poisoned["date"] > cutoff
-    feats = [c for c in frame.columns if c.startswith("f")]
-    poisoned.loc[after, [*feats, "close"]] *= 10.0
-    poisoned.loc[after & (np.arange(len(poisoned)) % 3 == 0), ["close", *feats]] = np.nan
-    past = (frame["date"] <= cutoff).to_numpy()
+    """Prophet's forecast reads only (date, ticker): the poison can reach it through its fit only. The
+    training path hands the fit its window (ensemble.backtest.splits.window: rows dated <= its end);
+    a frame poisoned after that end gives the same models, so the same forecasts on every date."""
+    _, _, cutoff = data  # ``fitted`` was fitted on the clean rows dated <= cutoff
+    poisoned = poison_after(frame, cutoff)
+    dirty = ProphetForecaster().fit(window(poisoned, None, cutoff))
+    assert dirty.tickers_ == fitted.tickers_ and dirty.failed_ == fitted.failed_
     clean = fitted.predict(frame)[PRED_COLS].to_numpy()
-    dirty = fitted.predict(poisoned)[PRED_COLS].to_numpy()
-    assert past.sum() > 0
-    assert np.array_equal(clean[past], dirty[past], equal_nan=True)
+    assert np.isfinite(clean[frame["ticker"].isin(fitted.tickers_).to_numpy()]).all()
+    assert np.array_equal(dirty.predict(frame)[PRED_COLS].to_numpy(), clean, equal_nan=True)
+    # and the forecast at a date up to the cutoff ignores the poisoned rows handed to predict
+    past = (frame["date"] <= cutoff).to_numpy()
+    assert np.array_equal(dirty.predict(poisoned)[PRED_COLS].to_numpy()[past], clean[past], equal_nan=True)
 
 
 def test_missing_close_is_a_clear_error(data: tuple) -> None:
@@ -247,17 +260,21 @@ def test_market_regressor_changes_the_fit_and_keeps_the_contract(
     assert np.array_equal(
         loaded.predict(test)[PRED_COLS].to_numpy(), p_reg[PRED_COLS].to_numpy(), equal_nan=True
     )
-    # future poisoning of prices (and so of the market level) leaves every past prediction as it was
-    poisoned = with_market.copy()
-    after = poisoned["date"] > cutoff
-    poisoned.loc[after, "close"] *= 10.0
-    poisoned = poisoned.drop(columns=[MARKET_LEVEL]).merge(market_log_level(poisoned), on="date")
+    # the fit on the training window of prices poisoned after the cutoff (and so of the market level,
+    # recomputed from them as jobs.train does) is the same fit: the regressor is point in time
+    poisoned = poison_after(with_market.drop(columns=[MARKET_LEVEL]), cutoff)
+    poisoned = poisoned.merge(market_log_level(poisoned), on="date", how="left")
     past = (with_market["date"] <= cutoff).to_numpy()
-    clean = model.predict(with_market)[PRED_COLS].to_numpy()
-    dirty = model.predict(poisoned)[PRED_COLS].to_numpy()
-    assert np.array_equal(clean[past], dirty[past], equal_nan=True)
-    refit = ProphetForecaster(regressors=[MARKET_LEVEL]).fit(poisoned[poisoned["date"] <= cutoff])
-    assert np.array_equal(refit.predict(with_market)[PRED_COLS].to_numpy()[past], clean[past], equal_nan=True)
+    level = (with_market[MARKET_LEVEL].to_numpy(), poisoned[MARKET_LEVEL].to_numpy())
+    assert np.array_equal(level[0][past], level[1][past]) and not np.allclose(
+        level[0][~past], level[1][~past]
+    )
+    refit = ProphetForecaster(regressors=[MARKET_LEVEL]).fit(window(poisoned, None, cutoff))
+    assert np.array_equal(
+        refit.predict(with_market)[PRED_COLS].to_numpy(),
+        model.predict(with_market)[PRED_COLS].to_numpy(),
+        equal_nan=True,
+    )
 
 
 def test_regressor_errors_name_the_column(data: tuple) -> None:

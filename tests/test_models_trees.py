@@ -12,8 +12,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _frames import make_feature_frame  # noqa: E402
+from _frames import attainable_rank_ic, make_feature_frame, mean_rank_ic  # noqa: E402
 
+from ensemble.backtest.splits import window  # noqa: E402
+from ensemble.features.targets import forward_log_returns  # noqa: E402
 from ensemble.models import get_model_class  # noqa: E402
 from ensemble.models.base import UnsafeArtifactError  # noqa: E402
 from ensemble.models.explain import BIAS_COLUMN  # noqa: E402
@@ -32,6 +34,7 @@ SMALL = {
     "random_forest": {"n_estimators": 40, "min_samples_leaf": 20, "max_samples": 0.5, "n_jobs": 1},
 }
 NAMES = list(SMALL)
+SKILL_SHARE = 0.5  # a model must reach at least this share of the best Rank IC attainable on the test rows
 
 
 def split(frame: pd.DataFrame, purge: int = 60) -> tuple[pd.DataFrame, pd.DataFrame, pd.Timestamp]:
@@ -43,12 +46,22 @@ def split(frame: pd.DataFrame, purge: int = 60) -> tuple[pd.DataFrame, pd.DataFr
     return train, test, pd.Timestamp(dates[cut - purge - 1])
 
 
-def mean_ic(pred: np.ndarray, frame: pd.DataFrame, h: int = 5) -> float:
-    d = pd.DataFrame(
-        {"date": frame["date"].to_numpy(), "p": pred, "y": frame[f"target_h{h}"].to_numpy()}
-    ).dropna()
-    ics = [g["p"].rank().corr(g["y"].rank()) for _, g in d.groupby("date") if len(g) > 2]
-    return float(np.nanmean(ics))
+def relabel(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with its targets recomputed from its closes (as the feature pipeline makes them)."""
+    targets = [c for c in frame.columns if c.startswith("target_h")]
+    return frame.assign(**forward_log_returns(frame, [int(c.removeprefix("target_h")) for c in targets]))
+
+
+def poison_after(frame: pd.DataFrame, cutoff: pd.Timestamp) -> pd.DataFrame:
+    """Every feature and close after ``cutoff`` x10, NaNs among them, and the targets recomputed from
+    the poisoned closes (so the labels of the last rows before the cutoff carry the poison too)."""
+    out = frame.copy()
+    after = (out["date"] > cutoff).to_numpy()
+    feats = [c for c in out.columns if c.startswith("f")]
+    out.loc[after, [*feats, "close"]] *= 10.0
+    rows = np.flatnonzero(after)
+    out.loc[rows[::5], ["close", *feats[:3]]] = np.nan
+    return relabel(out)
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +99,12 @@ def test_predict_shape_keys_and_order(name: str, fitted: dict, data: tuple) -> N
 @pytest.mark.parametrize("name", NAMES)
 def test_learns_planted_signal(name: str, fitted: dict, data: tuple) -> None:
     _, test, _ = data
-    ic = mean_ic(fitted[name].predict(test)["pred_h5"].to_numpy(), test)
-    assert ic > 0.05, f"{name}: mean Spearman IC {ic:.3f} on the test period"
+    best, source = attainable_rank_ic(test, horizon=5)
+    ic = mean_rank_ic(test, fitted[name].predict(test)["pred_h5"], horizon=5)
+    assert ic >= SKILL_SHARE * best, (
+        f"{name}: mean Rank IC {ic:.3f} on the test period, below {SKILL_SHARE:.0%} of the {best:.3f} "
+        f"that {source} alone reaches on the same rows"
+    )
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -166,6 +183,55 @@ def test_future_poisoning_leaves_past_predictions_bit_identical(
     )
     assert not np.array_equal(
         clean_pred.loc[~past, PRED_COLS].to_numpy(), dirty_pred.loc[~past, PRED_COLS].to_numpy()
+    )
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_future_poisoning_before_the_fit_leaves_the_model_bit_identical(
+    name: str, frame: pd.DataFrame, data: tuple
+) -> None:
+    """The training path's window (ensemble.backtest.splits.window: rows dated <= its end, labels
+    realised after it purged) of a frame poisoned after that end gives the same model."""
+    _, test, cutoff = data
+    frame, poisoned = relabel(frame), poison_after(frame, cutoff)
+    before = (frame["date"] <= cutoff).to_numpy()
+    # the poison reaches the rows a fit could see: labels dated <= cutoff that look past it
+    assert not np.array_equal(
+        frame.loc[before, "target_h5"], poisoned.loc[before, "target_h5"], equal_nan=True
+    )
+    cls = get_model_class(name)
+    clean = cls(**SMALL[name]).fit(window(frame, None, cutoff))
+    dirty = cls(**SMALL[name]).fit(window(poisoned, None, cutoff))
+    # the same forecasts for clean rows and for rows with holes (NaNs: the fitted imputation state)
+    for rows in (test, poisoned):
+        assert np.array_equal(
+            clean.predict(rows)[PRED_COLS].to_numpy(), dirty.predict(rows)[PRED_COLS].to_numpy()
+        )
+
+
+@pytest.mark.parametrize("name", ["xgboost", "lightgbm"])
+def test_future_poisoning_after_the_validation_window_leaves_early_stopping_unchanged(
+    name: str, frame: pd.DataFrame, data: tuple
+) -> None:
+    """Early stopping watches a validation window (cutoff, valid_end]; everything after valid_end
+    poisoned leaves the chosen round and the model as they were."""
+    _, test, cutoff = data
+    dates = np.sort(frame["date"].unique())
+    valid_start = dates[np.searchsorted(dates, np.datetime64(cutoff), side="right")]
+    valid_end = dates[np.searchsorted(dates, np.datetime64(cutoff)) + 40]
+    frame, poisoned = relabel(frame), poison_after(frame, valid_end)
+    params = {**SMALL[name], "n_estimators": 300, "learning_rate": 0.3, "early_stopping_rounds": 10}
+    fits = [
+        get_model_class(name)(**params).fit(window(f, None, cutoff), valid=window(f, valid_start, valid_end))
+        for f in (frame, poisoned)
+    ]
+    info = [
+        {h: {k: v for k, v in i.items() if k != "fit_seconds"} for h, i in m.fit_info_.items()} for m in fits
+    ]
+    assert info[0] == info[1]
+    assert info[0][5]["n_valid_rows"] > 0 and info[0][5]["n_rounds"] < 300  # early stopping did act
+    assert np.array_equal(
+        fits[0].predict(test)[PRED_COLS].to_numpy(), fits[1].predict(test)[PRED_COLS].to_numpy()
     )
 
 

@@ -15,6 +15,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from _budget import LimitAtFirstPricing  # noqa: E402
 from _frames import make_feature_frame  # noqa: E402
 
 from ensemble.config import Settings, load_settings  # noqa: E402
@@ -120,24 +121,37 @@ def test_tune_random_forest_runs_trials_and_refits(ray_local, frames, tmp_path: 
 
 
 def test_tune_stops_launching_trials_at_the_cost_budget(ray_local, frames, tmp_path: Path) -> None:
-    """$1 per CPU-second and a $12 limit: at most 6 s of 2 reserved CPUs. These trials are tiny (a
-    tenth of a second each here, Tune's own overhead included), so ask for far more than 6 s of them:
-    200 trials take about 10 s even on an idle machine, and longer on a busy one."""
+    """The budget guard, not Tune's ``time_budget_s`` backstop, ends the search, within the limit.
+
+    $1 per CPU-second, 500 trials asked for. The limit is fixed when the guard first prices a trial
+    (tests/_budget.py): what was billed by then (Tune's start-up, which takes seconds to tens of
+    seconds depending on the machine's load, and the first trial) + 1.5 x what the guard asked to
+    spend, so it has room for more trials and runs out of it after a few dozen of these tiny ones. The
+    $1000 limit before that sets the backstop at 500 s, far beyond the test's run."""
     from jobs.ray_tune_trees import tune_tree_model
 
     train, valid = frames
-    s = _settings(training={"tuning_trials": 200, "cpu_hour_usd": 3600.0, "cost_limit_usd": 12.0})
-    meter = _meter(s)
+    requested = 500
+    s = _settings(training={"tuning_trials": requested, "cpu_hour_usd": 3600.0, "cost_limit_usd": 1000.0})
+    meter = LimitAtFirstPricing(s.training.cpu_hour_usd, s.training.gpu_hour_usd, s.training.cost_limit_usd)
     out = tune_tree_model("xgboost", train, valid, s, meter, storage_path=str(tmp_path))
 
-    assert out.trials_requested == 200
-    assert out.trials_run < 200
-    assert out.stop_reason is not None and out.stop_reason.startswith("cost budget")
-    assert "cost_limit_usd" in out.stop_reason or "time_budget_s" in out.stop_reason
-    assert out.time_budget_s == pytest.approx(6.0)
-    stopped = meter.report()["stopped"]
-    assert stopped == [f"xgboost.tune: {out.stop_reason}"]
-    _check_predicts(out.model, valid, s.horizons)  # a model is still fitted (best trial or defaults)
+    # the guard priced trials against this meter (it is wired into Tune) and, with the room it had
+    # after that, let at least one more trial through before it stopped the search
+    assert meter.priced_at is not None
+    assert out.time_budget_s == pytest.approx(1000.0 / 2)  # the backstop: $1000 at 2 reserved CPUs
+    assert out.trials_requested == requested
+    assert 3 <= out.trials_run < requested, out.stop_reason
+    assert out.stop_reason is not None and out.stop_reason.startswith("cost budget guard: "), out.stop_reason
+    assert f"cost_limit_usd ${meter.limit_usd:.4f}" in out.stop_reason
+    assert f"stopped launching trials after {out.trials_run} of {requested}" in out.stop_reason
+    assert meter.report()["stopped"] == [f"xgboost.tune: {out.stop_reason}"]
+    # billed by the end of tuning (Tune's wind-down after the stop included): within the limit + one
+    # trial (the costliest trial's own time x its CPU, at $1 per CPU-second)
+    one_trial = max(float(t["time_s"]) for t in out.trials) * s.ray.trial_cpus
+    at_end_of_tuning = meter.report()["stages"]["xgboost.tune"]["usd"]
+    assert at_end_of_tuning <= meter.limit_usd + one_trial, (at_end_of_tuning, meter.limit_usd, one_trial)
+    _check_predicts(out.model, valid, s.horizons)  # the best trial's configuration, refitted
 
 
 def test_budget_guard_prices_a_trial_at_its_cost_or_the_billed_cost_per_trial() -> None:
@@ -173,7 +187,8 @@ def test_budget_guard_prices_a_trial_at_its_cost_or_the_billed_cost_per_trial() 
     finally:
         _GUARDS.pop("tok", None)
     assert guard.launched == 3
-    assert guard.stop_reason is not None and "cost_limit_usd $10.0000" in guard.stop_reason
+    assert guard.stop_reason is not None and guard.stop_reason.startswith("cost budget guard: $3.0000 spent")
+    assert "cost_limit_usd $10.0000" in guard.stop_reason
     assert (
         "one more trial (~$3.0000, from 2 finished)" in guard.stop_reason
         and "after 3 of 10" in guard.stop_reason

@@ -3,9 +3,11 @@ run in-process; each run leaves a committed registry version with every model, m
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -55,7 +57,9 @@ def head(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_ray_job_submit_trains_and_registers_a_version(head, tmp_path: Path) -> None:
-    cfg = write_config(tmp_path / "tiny.yaml")
+    # a validation window over 2 x 60 dates: every horizon has labels in both halves the ensemble is
+    # scored out of fold on (with TINY's 63 dates, only 3 carry an h60 label, all in the first half)
+    cfg = write_config(tmp_path / "tiny.yaml", training={**TINY["training"], "valid_fraction": 0.35})
     registry = tmp_path / "registry"
     env = {**os.environ, **head.env()}
     env.pop("RAY_ADDRESS", None)  # the job client talks to the dashboard given by --address
@@ -76,8 +80,17 @@ def test_ray_job_submit_trains_and_registers_a_version(head, tmp_path: Path) -> 
     assert sorted(man["models"]) == sorted(MODEL_NAMES), man["notes"]
     assert reg.resolve("production") == version  # the first version is promoted
     assert man["cost"]["total_usd"] > 0 and man["cost"]["limit_usd"] == 5.0
-    for name in MODEL_NAMES:
-        assert "valid_rank_ic_h5" in man["metrics"][name]
+    # every model, the ensemble and the synthetic market's oracle scored on the validation window: a
+    # finite Rank IC and ICIR per horizon, over every validation date whose h-day label is known
+    valid_days = reg.load_extra(version, "training")["split"]["valid_days"]
+    assert set(man["metrics"]) == {*MODEL_NAMES, "ensemble", "oracle"}
+    assert valid_days > 2 * 60
+    for name, m in man["metrics"].items():
+        for h in (5, 20, 60):
+            assert m[f"valid_ic_dates_h{h}"] == valid_days - h, (name, h, m)
+            for key in (f"valid_rank_ic_h{h}", f"valid_icir_h{h}"):  # NaN is stored as null
+                assert isinstance(m[key], float) and math.isfinite(m[key]), (name, key, m)
+    assert man["metrics"]["oracle"]["valid_rank_ic_h5"] > 0, man["metrics"]["oracle"]
     pre = reg.load_extra(version, "preprocessor")
     assert len(pre["selected"]) == 20
     loaded = reg.load_version("production", models=["xgboost", "prophet"])
@@ -86,16 +99,51 @@ def test_ray_job_submit_trains_and_registers_a_version(head, tmp_path: Path) -> 
 
 
 def test_without_a_token_the_submission_is_refused(head, tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH_TOKEN")}
-    env["RAY_AUTH_MODE"] = "token"
-    env["RAY_AUTH_TOKEN_PATH"] = str(tmp_path / "wrong_token")
-    (tmp_path / "wrong_token").write_text("0" * 64)
+    """The head's job API refuses a submission without its token (missing: 401, wrong: 403, and what
+    ``ray job submit`` says then) and accepts the same submission with it (the control)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    def post(token: str | None) -> tuple[int, str]:
+        headers = {"Content-Type": "application/json"}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        body = json.dumps({"entrypoint": "python -c 0"}).encode()
+        req = urllib.request.Request(f"{head.dashboard_url}/api/jobs/", data=body, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    wrong = "0" * 64
+    assert post(None) == (401, "Unauthorized: Missing authentication token")
+    assert post(wrong) == (403, "Forbidden: Invalid authentication token")
+    token = Path(head.token_path).read_text().strip()
+    deadline = time.monotonic() + 90
+    while (
+        True
+    ):  # control: the same submission with the head's own token (its job agent may still be starting)
+        status, body = post(token)
+        if status != 500 or "No available agent" not in body or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+    assert status == 200 and json.loads(body)["submission_id"], body
+    # the CLI with a wrong token: refused, and it says why
+    (tmp_path / "wrong_token").write_text(wrong)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH_", "RAY_ADDRESS"))}
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(tmp_path / "wrong_token"))
     ray_bin = str(Path(sys.executable).with_name("ray"))
     proc = subprocess.run(
         [ray_bin, "job", "submit", "--address", head.dashboard_url, "--no-wait", "--", "python", "-c", "0"],
         env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
-    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Authentication failed: Forbidden: Invalid authentication token" in out, (
+        out
+    )
+    assert "submitted successfully" not in out
 
 
 def test_prophet_regressors_are_added_from_the_market_or_the_features() -> None:
@@ -103,7 +151,7 @@ def test_prophet_regressors_are_added_from_the_market_or_the_features() -> None:
     import pandas as pd
 
     from ensemble.config import load_settings
-    from jobs.train import add_prophet_regressors
+    from ensemble.training import add_prophet_regressors
 
     dates = pd.bdate_range("2021-01-04", periods=3)
     prices = pd.DataFrame(
