@@ -53,6 +53,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from ensemble.backtest.evaluation import baseline_forecasts  # noqa: E402
 from ensemble.backtest.metrics import ic_summary, interval_coverage, rank_ic_by_date  # noqa: E402
 from ensemble.backtest.splits import window  # noqa: E402
 from ensemble.config import (  # noqa: E402
@@ -106,21 +107,6 @@ def split_dates(dates: pd.DatetimeIndex, source: str) -> dict[str, pd.Timestamp]
         "test_start": dates[va],
         "test_end": dates[-1],
     }
-
-
-def baselines(prices: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """The two price-only baselines as prediction frames (same value for every horizon)."""
-    p = prices.sort_values(["ticker", "date"])
-    logc = np.log(p["close"].where(p["close"] > 0))
-    g = logc.groupby(p["ticker"], sort=False)
-    signals = {"reversal_5d": -(logc - g.shift(5)), "momentum_12_1": g.shift(21) - g.shift(252)}
-    out = {}
-    for name, s in signals.items():
-        f = p[["date", "ticker"]].reset_index(drop=True)
-        for h in HORIZONS:
-            f[f"pred_h{h}"] = s.to_numpy()
-        out[name] = f
-    return out
 
 
 # -- scoring ----------------------------------------------------------------------------------------
@@ -285,7 +271,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         o = oracle.rename(columns={f"oracle_h{h}": f"pred_h{h}" for h in HORIZONS})
         ref["oracle"] = score(o[o["date"] >= sp["test_start"]], truth)
         vref["oracle"] = score(o[(o["date"] >= sp["valid_start"]) & (o["date"] <= sp["valid_end"])], vtruth)
-    for name, b in baselines(prices).items():
+    for name, b in baseline_forecasts(prices, HORIZONS).items():
+        if name == "zero":  # no ranking: its Rank IC is undefined
+            continue
         ref[name] = score(b[b["date"] >= sp["test_start"]], truth)
         vref[name] = score(b[(b["date"] >= sp["valid_start"]) & (b["date"] <= sp["valid_end"])], vtruth)
     return {

@@ -42,6 +42,7 @@ from typing import Any, ClassVar, Self
 import numpy as np
 import pandas as pd
 
+from ensemble.backtest.metrics import rank_ic
 from ensemble.config import DEFAULT_HORIZONS
 from ensemble.models.base import (
     KEY_COLUMNS,
@@ -215,6 +216,30 @@ class TreeForecaster(Forecaster):
 
     @abstractmethod
     def _load_one(self, path: Path) -> Any: ...
+
+    def _rank_ic_scorer(
+        self,
+        p: dict[str, Any],
+        allowed: tuple[str, ...],
+        valid_dates: np.ndarray | None,
+        yv: np.ndarray | None,
+    ) -> Any:
+        """Check ``p['eval_metric']`` against ``allowed``; when it is 'rank_ic', the validation Rank IC
+        of a prediction vector (what the booster's early stopping then watches), else None."""
+        if p["eval_metric"] not in allowed:
+            raise ValueError(
+                f"{self.name}: eval_metric must be one of {list(allowed)}, got {p['eval_metric']!r}"
+            )
+        if p["eval_metric"] != "rank_ic" or yv is None:
+            return None
+        if valid_dates is None:
+            raise ValueError(f"{self.name}: eval_metric='rank_ic' needs the validation rows' dates")
+        dates, target = valid_dates, np.asarray(yv, dtype=np.float64)
+
+        def score(pred: np.ndarray) -> float:
+            return rank_ic(dates, pred, target)
+
+        return score
 
     def _extra_meta(self) -> dict[str, Any]:
         return {}

@@ -22,7 +22,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ensemble.backtest.metrics import rank_ic
 from ensemble.config import TrainingConfig
 from ensemble.models.base import FitCallback, Iteration, notify
 from ensemble.models.explain import TreeForecaster
@@ -144,10 +143,7 @@ class LightGBMForecaster(TreeForecaster):
     ) -> tuple[Any, dict[str, Any]]:
         import lightgbm as lgb
 
-        if p["eval_metric"] not in ("l2", "rank_ic"):
-            raise ValueError(
-                f"{self.name}: eval_metric must be one of ['l2', 'rank_ic'], got {p['eval_metric']!r}"
-            )
+        scorer = self._rank_ic_scorer(p, ("l2", "rank_ic"), valid_dates, yv)
 
         params = self._booster_params(p)
         dtrain = lgb.Dataset(
@@ -163,13 +159,11 @@ class LightGBMForecaster(TreeForecaster):
             hooks.append(
                 lgb.early_stopping(int(p["early_stopping_rounds"]), first_metric_only=True, verbose=False)
             )
-            if p["eval_metric"] == "rank_ic":  # the first metric is the one early stopping watches
-                if valid_dates is None:
-                    raise ValueError(f"{self.name}: eval_metric='rank_ic' needs the validation rows' dates")
-                dates, target = valid_dates, np.asarray(yv, dtype=np.float64)
+            if scorer is not None:  # the first metric is the one early stopping watches
+                target = np.asarray(yv, dtype=np.float64)
 
                 def rank_ic_metric(preds: np.ndarray, _: Any) -> tuple[str, float, bool]:
-                    return "rank_ic", rank_ic(dates, preds, target), True
+                    return "rank_ic", scorer(preds), True
 
                 def l2_metric(preds: np.ndarray, _: Any) -> tuple[str, float, bool]:
                     return "l2", float(np.mean((preds - target) ** 2)), False

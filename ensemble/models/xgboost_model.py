@@ -23,7 +23,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ensemble.backtest.metrics import rank_ic
 from ensemble.config import TrainingConfig
 from ensemble.models.base import FitCallback, Iteration, notify
 from ensemble.models.explain import TreeForecaster
@@ -129,10 +128,7 @@ class XGBoostForecaster(TreeForecaster):
     ) -> tuple[Any, dict[str, Any]]:
         import xgboost as xgb
 
-        if p["eval_metric"] not in ("rmse", "rank_ic"):
-            raise ValueError(
-                f"{self.name}: eval_metric must be one of ['rmse', 'rank_ic'], got {p['eval_metric']!r}"
-            )
+        scorer = self._rank_ic_scorer(p, ("rmse", "rank_ic"), valid_dates, yv)
 
         nthread = int(p["n_jobs"])
         dtrain = xgb.DMatrix(x, label=y, missing=np.nan, nthread=nthread)
@@ -146,13 +142,10 @@ class XGBoostForecaster(TreeForecaster):
         early = bool(dvalid is not None and p["early_stopping_rounds"])
         if early:
             kwargs["early_stopping_rounds"] = int(p["early_stopping_rounds"])
-            if p["eval_metric"] == "rank_ic":  # the last metric logged is the one early stopping watches
-                if valid_dates is None:
-                    raise ValueError(f"{self.name}: eval_metric='rank_ic' needs the validation rows' dates")
-                dates, target = valid_dates, np.asarray(yv, dtype=np.float64)
+            if scorer is not None:  # the last metric logged is the one early stopping watches
 
                 def rank_ic_metric(predt: np.ndarray, _: Any) -> tuple[str, float]:
-                    return "rank_ic", rank_ic(dates, predt, target)
+                    return "rank_ic", scorer(predt)
 
                 kwargs.update(custom_metric=rank_ic_metric, maximize=True)
         if callbacks:
