@@ -1,0 +1,161 @@
+"""Look-ahead during training, end to end: poison every price after ``training.as_of`` (x10, NaNs)
+and run the whole training path (features, the preprocessor's selection and scaling, Prophet per
+ticker on Ray, the sequence models on Ray Train with early stopping, the trees tuned on Ray Tune with
+Optuna + ASHA and refitted with early stopping, the ensemble). Every artifact of the poisoned version
+must forecast the dates up to ``as_of`` bit-identically to the clean version's, every fitted state it
+stores (preprocessor, ensemble) must be equal, and so must the tuning outcomes and the validation
+metrics: nothing a training run fits may look past the last date it is allowed to use.
+
+Tuning runs one trial at a time (``ray.max_concurrent_trials: 1``) so that Optuna's suggestions and
+ASHA's decisions depend only on the trials' results, never on their timing."""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_train_job import TINY
+
+from ensemble.combine import weighted_mean
+from ensemble.config import MODEL_NAMES, load_settings
+from ensemble.cost import CostMeter
+from ensemble.data.synthetic import generate_market
+from ensemble.features.pipeline import feature_columns
+from ensemble.models.base import KEY_COLUMNS, pred_col
+from ensemble.registry import ModelRegistry
+from jobs.train import Prepared, prepare_data, run
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+PRICE_COLS = ["open", "high", "low", "close"]
+INPUT_COLS = [*PRICE_COLS, "volume", "pe", "pb", "market_cap", "dividend_yield", "sentiment"]
+
+
+def _poison(prices: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
+    """Every input dated after ``as_of`` multiplied by 10, and NaNs scattered over its prices."""
+    q = prices.copy()
+    late = (q["date"] > as_of).to_numpy()
+    for c in INPUT_COLS:
+        q.loc[late, c] = q.loc[late, c] * 10.0
+    rows = np.flatnonzero(late)
+    rng = np.random.default_rng(0)
+    for c in PRICE_COLS:
+        q.loc[rng.choice(rows, len(rows) // 20, replace=False), c] = np.nan
+    return q
+
+
+def _settings(tmp_path: Path, as_of: str) -> Any:
+    cfg = copy.deepcopy(TINY)
+    cfg["training"].update({"as_of": as_of, "tuning_trials": 2})
+    cfg["ray"].update({"max_concurrent_trials": 1, "storage_path": str(tmp_path / "ray_results")})
+    return load_settings(overrides=cfg)
+
+
+def _train(settings: Any, prices: pd.DataFrame, root: Path) -> tuple[Prepared, dict[str, Any]]:
+    tr = settings.training
+    meter = CostMeter(tr.cpu_hour_usd, tr.gpu_hour_usd, tr.cost_limit_usd)
+    prep = prepare_data(settings, meter, prices=prices)
+    summary = run(settings, registry_root=str(root), promote=False, progress=False, prepared=prep)
+    return prep, summary
+
+
+def _same_numbers(a: Any, b: Any) -> bool:
+    """Equal nested dicts / lists / floats, NaN equal to NaN."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_numbers(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(_same_numbers(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return bool(a == b)
+
+
+def test_poisoning_every_price_after_as_of_changes_no_fitted_artifact(ray_local, tmp_path: Path) -> None:
+    settings = _settings(tmp_path, "2000-01-03")  # as_of replaced below, once the dates are known
+    clean_prices = generate_market(settings.synthetic, horizons=tuple(settings.horizons)).prices
+    dates = pd.DatetimeIndex(sorted(clean_prices["date"].unique()))
+    as_of = dates[int(len(dates) * 0.8)]  # well before the end: 20% of the dates lie after it
+    settings = _settings(tmp_path, as_of.date().isoformat())
+    horizons = list(settings.horizons)
+    poisoned_prices = _poison(clean_prices, as_of)
+
+    clean, s_clean = _train(settings, clean_prices, tmp_path / "clean")
+    dirty, s_dirty = _train(settings, poisoned_prices, tmp_path / "poisoned")
+
+    # not vacuous: the poisoned run was given, and computed features from, different data after as_of
+    assert not s_clean["degraded"] and not s_dirty["degraded"], (s_clean["degraded"], s_dirty["degraded"])
+    assert clean.fingerprint != dirty.fingerprint
+    feats = feature_columns(clean.eval_frame)
+    late_c = clean.eval_frame[clean.eval_frame["date"] > as_of]
+    late_d = dirty.eval_frame[dirty.eval_frame["date"] > as_of]
+    assert len(late_c) > 0 and late_c[list(KEY_COLUMNS)].equals(late_d[list(KEY_COLUMNS)])
+    assert not np.array_equal(late_c[feats].to_numpy(), late_d.reindex(columns=feats).to_numpy())
+    assert late_d["close"].isna().any()
+
+    # every difference is collected, so that a leak names every artifact it reaches
+    leaks: list[str] = []
+    reg_c, reg_d = ModelRegistry(tmp_path / "clean"), ModelRegistry(tmp_path / "poisoned")
+    v_c, v_d = s_clean["version"], s_dirty["version"]
+    assert reg_c.manifest(v_c)["data_fingerprint"] != reg_d.manifest(v_d)["data_fingerprint"]
+    if s_clean["split"] != s_dirty["split"]:
+        leaks.append(f"split: {s_clean['split']} != {s_dirty['split']}")
+    # the fitted state stored beside the models: the preprocessor's selection, medians and scaling,
+    # and whatever else a version keeps (an ensemble's learned state); "training" holds wall times
+    extras = sorted(set(reg_c.manifest(v_c)["extras"]) - {"training"})
+    assert "preprocessor" in extras and extras == sorted(set(reg_d.manifest(v_d)["extras"]) - {"training"})
+    for extra in extras:
+        if not _same_numbers(reg_c.load_extra(v_c, extra), reg_d.load_extra(v_d, extra)):
+            leaks.append(f"extra {extra!r}: the fitted state differs")
+
+    # every artifact, loaded back from the registry, forecasts the clean frame's dates <= as_of
+    # bit-identically (the training rows, then the validation rows with their sequence history)
+    frame = pd.concat([clean.train, clean.eval_frame]).drop_duplicates(list(KEY_COLUMNS), keep="last")
+    frame = frame[frame["date"] <= as_of]
+    frame = frame.sort_values(["ticker", "date"], kind="mergesort").reset_index(drop=True)
+    assert frame["date"].max() == as_of
+    models_c, models_d = reg_c.load_version(v_c), reg_d.load_version(v_d)
+    assert sorted(models_c) == sorted(models_d) == sorted(MODEL_NAMES)
+
+    def compare(name: str, pc: pd.DataFrame, pd_: pd.DataFrame) -> None:
+        assert pc[list(KEY_COLUMNS)].equals(frame[list(KEY_COLUMNS)]), name
+        assert pd_[list(KEY_COLUMNS)].equals(frame[list(KEY_COLUMNS)]), name
+        for h in horizons:
+            a, b = pc[pred_col(h)].to_numpy(), pd_[pred_col(h)].to_numpy()
+            assert np.isfinite(a).mean() > 0.5, (name, h)  # forecasts to compare, not NaN == NaN
+            if not np.array_equal(a, b, equal_nan=True):
+                leaks.append(f"{name} h{h}: {int((a != b).sum())} of {len(a)} forecasts differ")
+
+    preds_c: dict[str, pd.DataFrame] = {}
+    preds_d: dict[str, pd.DataFrame] = {}
+    for name in MODEL_NAMES:
+        preds_c[name] = models_c[name].predict(frame)
+        try:
+            preds_d[name] = models_d[name].predict(frame)
+        except (KeyError, ValueError) as exc:  # e.g. fitted on other selected features
+            leaks.append(f"{name}: {exc}")
+            continue
+        compare(name, preds_c[name], preds_d[name])
+    if preds_d.keys() == preds_c.keys():
+        w = settings.ensemble.weights
+        compare("ensemble", weighted_mean(preds_c, w, horizons), weighted_mean(preds_d, w, horizons))
+
+    # the same tuning outcomes (Optuna's trials, ASHA's decisions, the best trial) and validation metrics
+    tuned = sorted(n for n, d in s_clean["details"].items() if "best_params" in d)
+    assert tuned == ["lightgbm", "random_forest", "xgboost"]
+    for name in tuned:
+        dc, dd = s_clean["details"][name], s_dirty["details"][name]
+        assert dc["trials_run"] == 2 and dc["stop_reason"] is None, (name, dc)
+        for key in ("trials_run", "best_params", "best_score"):
+            if not _same_numbers(dc[key], dd[key]):
+                leaks.append(f"{name} tuning {key}: {dc[key]} != {dd[key]}")
+    for name, m in s_clean["metrics"].items():
+        if not _same_numbers(m, s_dirty["metrics"][name]):
+            leaks.append(f"{name} validation metrics: {m} != {s_dirty['metrics'][name]}")
+    assert not leaks, "look-ahead during training:\n" + "\n".join(leaks)
+    # and the validation window did end at as_of (the premise of the test)
+    assert pd.Timestamp(s_clean["split"]["valid_end"]) == as_of
