@@ -24,8 +24,11 @@ run in production: refitted walk-forward every N test dates on the last 500 days
 first date, each block predicted by the model fitted at its start (kept out of the ensemble).
 
 Baselines, from prices only: 5-day reversal ``-log(close[t]/close[t-5])`` and 12-1 momentum
-``log(close[t-21]/close[t-252])``. The ensemble is the configured weighted mean over the models
-that ran (``ensemble.combine.weighted_mean``).
+``log(close[t-21]/close[t-252])``. Two ensembles over the models that ran: the learned one
+(``ensemble.models.ensemble.EnsembleForecaster`` fitted on the validation dates) and the same with
+the configured weights (``mode='fixed'``); the learned one's interval coverage on the test dates
+is printed, and every row is also scored on the validation dates (the ensembles out of fold), the
+figures defaults are chosen by.
 
 Printed per row and horizon: the mean of the per-date Spearman correlations between forecast and
 realised forward log return on the test dates (Rank IC), its ICIR (mean / std over dates), and the

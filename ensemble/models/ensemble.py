@@ -157,10 +157,7 @@ class EnsembleForecaster:
             frame_y = keys.assign(y=y_raw)
             y_rg = per_date(frame_y, ["y"], "rank_gauss")["y"].to_numpy()
             y_dm = per_date(frame_y, ["y"], "demean")["y"].to_numpy()
-            self.skill_[h] = {
-                m: rank_ic(dates, np.where(np.isfinite(z[:, j]), z[:, j], np.nan), y_raw)
-                for j, m in enumerate(members)
-            }
+            self.skill_[h] = {m: rank_ic(dates, z[:, j], y_raw) for j, m in enumerate(members)}
             if self.mode == "learned" and len(members) > 1:
                 scores = {}
                 for lam in LAMBDAS:
