@@ -148,7 +148,7 @@ class RayConfig(_Strict):
     asha_grace_period: int = Field(20, ge=1)  # boosting rounds before ASHA may stop a trial
     # Ray Train (LSTM, Transformer)
     num_workers: int = Field(1, ge=1)
-    cpus_per_worker: float = Field(1.0, gt=0.0)
+    cpus_per_worker: float = Field(2.0, gt=0.0)  # torch threads per worker; 2 fills a 2-core box
     use_gpu: Literal["auto", "yes", "no"] = "auto"  # auto: when the cluster has a GPU
     max_failures: int = Field(2, ge=0)
     # Prophet fan-out: tickers per Ray task (None: about 4 tasks per CPU)

@@ -62,6 +62,19 @@ def stage_groups(names: Sequence[str]) -> list[list[str]]:
     return [[n] for n in per_ticker] + ([sequences] if sequences else []) + [[n] for n in rest]
 
 
+def side_by_side(group: Sequence[str], settings: Settings) -> int:
+    """How many models of a stage group train at once: a sequence model's Ray Train run reserves
+    ``num_workers x cpus_per_worker`` CPUs; a second run that does not fit would only wait for the first
+    (or, with fewer threads each, run slower than the two one after the other)."""
+    import ray
+
+    if len(group) < 2:
+        return 1
+    rc = settings.ray
+    cpus = float(ray.cluster_resources().get("CPU", 1.0))
+    return max(1, min(len(group), int(cpus // (rc.num_workers * rc.cpus_per_worker))))
+
+
 def connect_ray(settings: Settings) -> str:
     """Join the cluster named by ``ray.address`` / ``$RAY_ADDRESS``, else start a private local Ray."""
     import ray
@@ -171,8 +184,9 @@ def run(
 
     for group in stage_groups([m for m in MODEL_NAMES if m in tr.models]):
         t_group = time.perf_counter()
-        # models of one group train side by side (each reserves its own Ray resources)
-        with ThreadPoolExecutor(max_workers=len(group), thread_name_prefix="train") as pool:
+        # models of one group train side by side, as many at once as the cluster's CPUs hold (on 2
+        # cores with 2 CPUs per worker: one after the other, each using both cores' threads)
+        with ThreadPoolExecutor(side_by_side(group, settings), thread_name_prefix="train") as pool:
             futures = {name: pool.submit(fit_and_validate, name) for name in group}
         for name, fut in futures.items():
             try:
