@@ -227,6 +227,65 @@ class BacktestConfig(_Strict):
             raise ValueError(f"backtest.first_test must be a date YYYY-MM-DD, got {v!r}") from None
 
 
+class ScoringConfig(_Strict):
+    """As-of scoring (``python -m jobs.score``; ensemble/scoring.py)."""
+
+    # Per-ticker Prophet models fitted through a date more than this many trading dates before the
+    # as-of date are refitted on the latest history before scoring (0: refit every time)
+    prophet_refit_every_days: int = Field(21, ge=0)
+    # A ticker with fewer trading dates of history up to the as-of date is not scored at all
+    min_history_days: int = Field(60, ge=20)
+    out_dir: str = "artifacts/scores"  # Parquet/CSV go to <out_dir>/<as_of>/
+    table: str = "recommendations"  # the PostgreSQL table (when a DSN is configured)
+
+    @field_validator("table")
+    @classmethod
+    def _identifier(cls, v: str) -> str:
+        if not v.isidentifier() or not v.isascii():
+            raise ValueError(f"scoring.table must be a plain SQL identifier, got {v!r}")
+        return v.lower()
+
+
+class RecommendConfig(_Strict):
+    """The recommendation rules (ensemble/recommend.py): actions, position sizes, risk metrics."""
+
+    # The forecast horizon the action and the position size use (None: the middle one of
+    # `horizons`, 20 of 5, 20, 60); must be one of `horizons`
+    horizon: int | None = Field(None, ge=1)
+    # BUY when the expected log return over `horizon` is >= buy_threshold, SELL when <= sell_threshold,
+    # either only when the forecast's confidence is >= min_confidence; otherwise HOLD. `signal`: the
+    # thresholds apply to the expected return in excess of the universe's ('excess', the part the
+    # models rank on) or to the whole expected return ('return', which includes the market's drift)
+    signal: Literal["excess", "return"] = "excess"
+    buy_threshold: float = 0.005
+    sell_threshold: float = -0.005
+    min_confidence: float = Field(0.5, ge=0.0, le=1.0)
+    # Position size: vol_target / the name's annualised volatility, capped at max_weight per name;
+    # if the gross weight passes max_total, every weight is scaled down to it
+    vol_target: float = Field(0.02, gt=0.0)
+    max_weight: float = Field(0.05, gt=0.0, le=1.0)
+    max_total: float = Field(1.0, gt=0.0)
+    allow_short: bool = False  # a SELL holds a negative weight (else 0: out of the name)
+    risk_window: int = Field(252, ge=20)  # trading days of returns behind vol, VaR, CVaR, drawdown, beta
+    var_level: float = Field(0.95, gt=0.5, lt=1.0)
+    top_features: int = Field(3, ge=0)  # features named behind each forecast
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> RecommendConfig:
+        if not (math.isfinite(self.buy_threshold) and math.isfinite(self.sell_threshold)):
+            raise ValueError("recommend: buy_threshold and sell_threshold must be finite")
+        if self.sell_threshold >= self.buy_threshold:
+            raise ValueError(
+                f"recommend.sell_threshold ({self.sell_threshold}) must be below buy_threshold "
+                f"({self.buy_threshold})"
+            )
+        if self.max_weight > self.max_total:
+            raise ValueError(
+                f"recommend.max_weight ({self.max_weight}) must not exceed max_total ({self.max_total})"
+            )
+        return self
+
+
 class ServingConfig(_Strict):
     host: str = "127.0.0.1"  # never 0.0.0.0 by default
     port: int = Field(8000, ge=1, le=65535)
@@ -247,6 +306,8 @@ class Settings(_Strict):
     ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
     backtest: BacktestConfig = Field(default_factory=BacktestConfig)
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+    recommend: RecommendConfig = Field(default_factory=RecommendConfig)
     registry_root: str = "artifacts/registry"
 
     @field_validator("horizons")
@@ -255,6 +316,19 @@ class Settings(_Strict):
         if not v or any(h < 1 for h in v) or len(set(v)) != len(v):
             raise ValueError(f"horizons must be distinct positive integers, got {v}")
         return sorted(v)
+
+    def action_horizon(self) -> int:
+        """The horizon recommendations act on: ``recommend.horizon``, else the middle horizon."""
+        h = self.recommend.horizon
+        return h if h is not None else self.horizons[(len(self.horizons) - 1) // 2]
+
+    @model_validator(mode="after")
+    def _action_horizon(self) -> Settings:
+        if self.recommend.horizon is not None and self.recommend.horizon not in self.horizons:
+            raise ValueError(
+                f"recommend.horizon {self.recommend.horizon} is not one of the horizons {self.horizons}"
+            )
+        return self
 
     @field_validator("models")
     @classmethod
@@ -318,6 +392,14 @@ def load_settings(
     if overrides:
         raw = _deep_merge(raw, overrides)
     return Settings.model_validate(raw)
+
+
+def with_overrides(settings: Settings, overrides: dict[str, Any] | None) -> Settings:
+    """``settings`` updated by ``overrides`` (a nested dict, e.g. from :func:`parse_overrides`), validated
+    again (e.g. a registry version's stored settings with a command line's ``--set``)."""
+    if not overrides:
+        return settings
+    return Settings.model_validate(_deep_merge(settings.model_dump(mode="json"), overrides))
 
 
 def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

@@ -51,6 +51,35 @@ def add_prophet_regressors(
     return frame
 
 
+def sequence_lead(settings: Settings) -> int:
+    """Trading dates of history before the first forecast date that a frame given to ``predict`` must
+    hold: the longest sequence window (``features.sequence_length`` and each trained sequence model's
+    own ``seq_len``, its default unless ``models.<name>.seq_len`` sets it) plus 5."""
+    lens = [settings.features.sequence_length]
+    for name in settings.training.models:
+        cls = get_model_class(name)
+        if cls.uses_sequences:
+            model = cls(horizons=settings.horizons, **settings.models.get(name, {}))
+            lens.append(int(getattr(model, "resolved_params", model.get_params)()["seq_len"]))
+    return max(lens) + 5
+
+
+def model_frame(
+    settings: Settings, prices: pd.DataFrame, feats: pd.DataFrame, pre: Preprocessor
+) -> pd.DataFrame:
+    """What every member and the ensemble read: the fitted preprocessor applied to ``feats``, plus
+    ``close``, the trailing volatility (``VOL_COLUMN``) and Prophet's extra regressors (when a
+    per-ticker model is trained). Used by training (:func:`prepare_data`) and scoring alike."""
+    frame = (
+        pre.transform(feats)
+        .merge(prices[["date", "ticker", "close"]], on=["date", "ticker"], how="left")
+        .merge(trailing_volatility(prices), on=["date", "ticker"], how="left")
+    )
+    if any(get_model_class(m).per_ticker for m in settings.training.models):
+        frame = add_prophet_regressors(frame, settings, prices, feats)
+    return frame
+
+
 @dataclass
 class Prepared:
     """The data stage's output: what every model trains and validates on."""
@@ -101,18 +130,12 @@ def prepare_data(
             cs_norm=settings.features.cs_norm,
         )
         pre.fit(feats, split.train_end)
-        frame = (
-            pre.transform(feats)
-            .merge(prices[["date", "ticker", "close"]], on=["date", "ticker"], how="left")
-            .merge(trailing_volatility(prices), on=["date", "ticker"], how="left")
-        )
-        if any(get_model_class(m).per_ticker for m in tr.models):
-            frame = add_prophet_regressors(frame, settings, prices, feats)
+        frame = model_frame(settings, prices, feats, pre)
         del feats
         train = window(frame, split.train_start, split.train_end)
         valid = window(frame, split.valid_start, split.valid_end)
         dates = pd.DatetimeIndex(sorted(frame["date"].unique()))
-        lead = settings.features.sequence_length + 5
+        lead = sequence_lead(settings)
         first = dates[max(0, int(dates.searchsorted(split.valid_start)) - lead)]
         eval_frame = frame[frame["date"] >= first].reset_index(drop=True)
         train_fit = cross_sectional_targets(train, tr.target)

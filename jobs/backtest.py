@@ -44,6 +44,7 @@ import pandas as pd
 
 from ensemble.backtest.evaluation import (
     BASELINES,
+    action_returns,
     baseline_forecasts,
     daily_coverage,
     daily_rank_ic,
@@ -247,6 +248,9 @@ def assemble(
         "coverage": coverage,
         "weights": weights,
         "folds": folds,
+        "actions": action_returns(
+            forecasts["ensemble"], truth, horizons, settings.recommend, settings.action_horizon()
+        ).to_dict("records"),
         "config": settings.model_dump(mode="json"),
         "test": {"start": first, "end": last, "dates": len(test_dates), "tickers": tickers},
     }

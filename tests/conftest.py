@@ -76,3 +76,13 @@ def ray_local(ray_auth_disabled: None) -> Iterator[None]:
             yield
         finally:
             ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_version(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny trained registry version (trees, LSTM, Prophet per ticker, learned ensemble) on a small
+    synthetic market, made production: (registry, version id, the training data stage's Prepared).
+    Shared by the scoring, recommendation and jobs.score tests (tests/_tiny_version.py)."""
+    from _tiny_version import train_tiny_version  # tests/ is on sys.path (conftest.py lives there)
+
+    return train_tiny_version(tmp_path_factory.mktemp("tiny-registry"))

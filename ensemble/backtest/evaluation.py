@@ -29,6 +29,8 @@ needs the interval).
 * ``n_dates`` (dates with a Rank IC), ``n_obs`` (rows scored).
 
 For the report's time series: :func:`daily_rank_ic`, :func:`daily_coverage` and :func:`rolling`.
+Whether the recommendation engine's actions mean anything: :func:`action_returns` (the realised
+forward return of BUY / HOLD / SELL per horizon).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import numpy as np
 import pandas as pd
 
 from ensemble.backtest.metrics import MIN_TICKERS, ic_frame, ic_summary, interval_coverage
+from ensemble.config import RecommendConfig
 from ensemble.models.base import pred_col
 
 KEYS = ["date", "ticker"]
@@ -188,3 +191,46 @@ def baseline_forecasts(prices: pd.DataFrame, horizons: Sequence[int]) -> dict[st
             f[pred_col(h)] = sig.to_numpy(dtype=np.float64)
         out[name] = f
     return out
+
+
+def action_returns(
+    forecasts: pd.DataFrame,
+    truth: pd.DataFrame,
+    horizons: Sequence[int],
+    cfg: RecommendConfig,
+    action_horizon: int,
+) -> pd.DataFrame:
+    """The realised forward return of the recommendation engine's actions: each (date, ticker) of
+    ``forecasts`` (the ensemble's, with ``excess_h{h}`` / ``pred_h{h}`` and ``confidence_h{h}``) gets
+    the action :func:`ensemble.recommend.decide_actions` gives at ``action_horizon``; then per horizon
+    ``h`` and action: ``n_obs``, ``n_dates``, ``share`` (of the scored rows), ``mean_return`` (the mean
+    realised ``target_h{h}``), ``mean_excess`` (over the date's mean target of every ticker in
+    ``truth``), ``hit_rate`` (share of positive excess). Rows with a NaN target are left out."""
+    from ensemble.recommend import ACTIONS, action_signal, decide_actions
+
+    f = forecasts.reset_index(drop=True)
+    action = decide_actions(action_signal(f, action_horizon, cfg), f[f"confidence_h{action_horizon}"], cfg)
+    keyed = f[KEYS].assign(action=action)
+    rows: list[dict[str, Any]] = []
+    for h in horizons:
+        t = f"target_h{h}"
+        tr = truth[[*KEYS, t]].copy()
+        tr["excess"] = tr[t] - tr.groupby("date")[t].transform("mean")
+        df = keyed.merge(tr, on=KEYS, how="inner")
+        df = df.loc[np.isfinite(df[t].to_numpy(np.float64, na_value=np.nan))]
+        for a in ACTIONS:
+            sub = df.loc[df["action"] == a]
+            n = len(sub)
+            rows.append(
+                {
+                    "horizon": int(h),
+                    "action": a,
+                    "n_obs": n,
+                    "n_dates": int(sub["date"].nunique()),
+                    "share": n / len(df) if len(df) else float("nan"),
+                    "mean_return": float(sub[t].mean()) if n else float("nan"),
+                    "mean_excess": float(sub["excess"].mean()) if n else float("nan"),
+                    "hit_rate": float((sub["excess"] > 0).mean()) if n else float("nan"),
+                }
+            )
+    return pd.DataFrame(rows)

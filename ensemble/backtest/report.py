@@ -8,6 +8,7 @@ directory, and writes::
     metrics.csv / metrics.json    the metrics table, one row per (model, horizon)
     weights.csv / weights.json    long table (horizon, fold, member, weight), if weights are given
     folds.csv / folds.json        the folds table, if folds are given
+    actions.csv / actions.json    realised forward return of BUY / HOLD / SELL, if actions are given
     result.json                   the whole ``result`` (NaN written as null)
 
 The ``result`` format. A *series* is ``{"dates": ["2016-08-01", ...], "values": [float | None, ...]}``
@@ -46,6 +47,9 @@ Horizon keys are strings (``"5"``), as JSON object keys must be; ints are accept
 ``folds`` (list[dict], optional)
     One row per fold, e.g. ``{"fold": "1", "train_start", "train_end", "test_start", "test_end",
     "n_train", "n_test"}`` (dates as ISO strings); shown as a table.
+``actions`` (list[dict], optional)
+    One row per (horizon, action) from :func:`ensemble.backtest.evaluation.action_returns`: the
+    realised forward return of the recommendation engine's BUY / HOLD / SELL over the test dates.
 ``notes`` (list[str], optional)
     Free text lines shown under the title (data, command, costs, caveats).
 ``meta`` (dict[str, scalar], optional)
@@ -371,6 +375,9 @@ def write_report(result: Mapping[str, Any], directory: Path | str) -> Path:
     if data.get("folds"):
         pd.DataFrame(data["folds"]).to_csv(out / "folds.csv", index=False)
         _write_json(out / "folds.json", data["folds"])
+    if data.get("actions"):
+        pd.DataFrame(data["actions"]).to_csv(out / "actions.csv", index=False)
+        _write_json(out / "actions.json", data["actions"])
     _write_json(out / "result.json", data)
 
     sections: list[tuple[str, list[Any] | str]] = []
@@ -398,6 +405,8 @@ def write_report(result: Mapping[str, Any], directory: Path | str) -> Path:
         sections.append(("Ensemble weights", [_weights_figure(data["weights"])]))
     table, row_kinds = _sorted_metrics(metrics, kinds)
     sections.append(("Metrics", _html_table(table, row_kinds)))
+    if data.get("actions"):
+        sections.append(("Realised forward return by action", _html_table(pd.DataFrame(data["actions"]))))
     if data.get("folds"):
         sections.append(("Folds", _html_table(pd.DataFrame(data["folds"]))))
 

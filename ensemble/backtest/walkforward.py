@@ -173,14 +173,6 @@ def _fold_settings(settings: Settings, fold: Fold) -> Settings:
     return s
 
 
-def _seq_len(settings: Settings, names: Sequence[str]) -> int:
-    lens = [settings.features.sequence_length]
-    for name in names:
-        if get_model_class(name).uses_sequences:
-            lens.append(int(settings.models.get(name, {}).get("seq_len", settings.features.sequence_length)))
-    return max(lens)
-
-
 def _between(frame: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
     d = frame["date"]
     return frame.loc[(d >= start) & (d <= end)].reset_index(drop=True)
@@ -195,7 +187,7 @@ def fit_fold(
     seeds: Sequence[int] = (0,),
 ) -> FoldResult:
     """Fit every member and the ensemble up to ``fold.as_of`` and forecast ``fold``'s test dates."""
-    from ensemble.training import prepare_data  # lazy: loads the feature pipeline
+    from ensemble.training import prepare_data, sequence_lead  # lazy: loads the feature pipeline
 
     t0 = time.perf_counter()
     horizons = list(settings.horizons)
@@ -210,7 +202,7 @@ def fit_fold(
     names = [m for m in MODEL_NAMES if m in tr.models]
     frame = prep.eval_frame  # validation start - history .. the end of the data
     dates = pd.DatetimeIndex(np.sort(frame["date"].unique()))
-    lead = _seq_len(s, names) + 5
+    lead = sequence_lead(s)
     first_in = dates[max(0, int(dates.searchsorted(fold.test_start)) - lead)]
     valid_in = frame.loc[frame["date"] <= fold.split.valid_end].reset_index(drop=True)
     test_in = _between(frame, first_in, fold.test_end)
