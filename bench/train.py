@@ -152,6 +152,7 @@ def main() -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--json", help="write the whole summary here")
     ap.add_argument("--repeat", type=int, default=2, help="repeats of the before/after trial timing")
+    ap.add_argument("--registry", help="keep the trained version in this registry (default: a temporary one)")
     args = ap.parse_args()
     settings = load_settings(args.config, parse_overrides(args.set))
     cores = os.cpu_count() or 1
@@ -160,7 +161,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         meter = CostMeter.from_config(settings.training)
         prep = prepare_data(settings, meter)
-        summary = run(settings, registry_root=str(Path(tmp) / "registry"), progress=False, prepared=prep)
+        root = args.registry or str(Path(tmp) / "registry")
+        summary = run(settings, registry_root=root, progress=False, prepared=prep)
     tree_peak = sampler.stop()
     driver_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     timeline = meter.report()["timeline"] + summary["cost"]["timeline"]
