@@ -212,7 +212,7 @@ def recommend(
 
         descriptions = feature_descriptions()
     tops = top_features(result.contributions, descriptions, cfg.top_features)
-    out["top_features"] = out["ticker"].map(tops).fillna("").astype(str)
+    out["top_features"] = out["ticker"].map(tops).astype(object).fillna("").astype(str)
     out = out.sort_values(
         ["risk_adjusted", "ticker"], ascending=[False, True], na_position="last", kind="stable"
     )

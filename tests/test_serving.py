@@ -1,0 +1,486 @@
+"""The Serve application through real HTTP on a local Serve instance (started once for the module: a
+tiny version trained on a private local Ray, then the whole application on 2 CPUs).
+
+Every endpoint; the numbers equal ``scoring.score``'s; bad input is a 4xx naming the field; admin
+routes answer 401 without the key; a killed member replica costs no client a failure; promotion,
+an A/B split and rollback reach the running replicas without restarting them; ``jobs.deploy`` refuses
+a damaged version and keeps serving; and the API, fuzzed from its OpenAPI schema, never answers 5xx.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis.errors import Unsatisfiable
+from schemathesis import GenerationMode
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+KEY = "test-admin-key-0123456789"
+TINY: dict[str, Any] = {
+    "synthetic": {"n_tickers": 16, "n_days": 360, "seed": 3},
+    "features": {"selection_k": 12, "sequence_length": 10},
+    "training": {
+        "training_stocks": 16,
+        "training_days": 200,
+        "max_epochs": 1,
+        "tuning_trials": 1,
+        "valid_fraction": 0.35,
+    },  # fmt: skip
+    "ray": {"trial_cpus": 0.5, "cpus_per_worker": 0.5, "prophet_task_cpus": 0.5, "max_failures": 0},
+    "models": {
+        "xgboost": {"n_estimators": 10, "early_stopping_rounds": 5, "n_jobs": 1},
+        "lightgbm": {"n_estimators": 10, "early_stopping_rounds": 5, "n_jobs": 1},
+        "random_forest": {"n_estimators": 5, "max_depth": 3, "n_jobs": 1},
+        "lstm": {"hidden": 8, "batch_size": 128, "max_samples_per_epoch": 500},
+        "transformer": {"d_model": 16, "batch_size": 128, "max_samples_per_epoch": 500},
+        "prophet": {"min_history": 100},
+    },
+}
+
+
+@dataclass
+class Served:
+    url: str
+    root: str
+    v1: str
+    v2: str  # the same models as v1 under another id, with a better validation score
+    bad: str  # a copy of v1 with a damaged artifact
+    settings: Any
+    client: httpx.Client
+
+
+def clone_version(reg: Any, vid: str, bump: float) -> str:
+    man = reg.manifest(vid)
+    metrics = copy.deepcopy(man["metrics"])
+    metrics["ensemble"]["valid_rank_ic_h5"] += bump
+    extras = {n: reg.load_extra(vid, n) for n in man["extras"]}
+    return reg.create_version(
+        reg.load_version(vid), metrics=metrics, config=man["config"], data_fingerprint=man["data_fingerprint"],
+        extras=extras, notes=[f"copy of {vid} (tests)"],
+    )  # fmt: skip
+
+
+def wait_until(pred: Any, timeout: float, what: str, every: float = 1.0) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = pred()
+            if last:
+                return last
+        except Exception as exc:  # the service may still be starting
+            last = exc
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}: {last!r}")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    import ray
+    from ray import serve
+
+    from ensemble.config import load_settings
+    from ensemble.data.pgserver import free_port
+    from ensemble.registry import ModelRegistry
+    from jobs import train
+    from serving.app import build_app
+
+    root = str(tmp_path_factory.mktemp("serving") / "registry")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_AUTH_MODE", "disabled")
+        mp.setenv("ENSEMBLE_API_KEY", KEY)  # before ray.init: the replicas inherit it
+        ray.init(address="local", num_cpus=2, include_dashboard=False)
+        try:
+            settings = load_settings(overrides={**TINY, "registry_root": root})
+            v1 = train.run(settings, registry_root=root, progress=False)["version"]
+            reg = ModelRegistry(root)
+            v2 = clone_version(reg, v1, bump=1.0)
+            bad = clone_version(reg, v1, bump=2.0)
+            victim = next((Path(root) / "versions" / bad / "models" / "xgboost").glob("*.ubj"))
+            victim.write_bytes(victim.read_bytes()[:-7] + b"damaged")
+            port = free_port()
+            serve.start(http_options={"host": "127.0.0.1", "port": port})
+            serve.run(
+                build_app({"registry": root, "member_timeout_s": 120, "cache_ttl_s": 600}), blocking=False
+            )
+            client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300)
+            wait_until(lambda: client.get("/api/health").json()["healthy"], 600, "a healthy service", 2.0)
+            yield Served(f"http://127.0.0.1:{port}", root, v1, v2, bad, settings, client)
+            client.close()
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def prices(served: Served) -> Any:
+    from ensemble.data.sources import load_prices
+
+    return load_prices(served.settings)[0]
+
+
+def _detail(r: httpx.Response) -> Any:
+    return r.json()["detail"]
+
+
+def _fields(r: httpx.Response) -> set[str]:
+    """The fields a 422 names: pydantic's locations, or our {"field": ...}."""
+    d = _detail(r)
+    if isinstance(d, dict):
+        return {str(d.get("field"))}
+    return {str(p) for e in d for p in e["loc"]}
+
+
+# -- the endpoints ------------------------------------------------------------------------------------
+def test_health_reports_every_member_and_the_seed_shape(served: Served) -> None:
+    r = served.client.get("/api/health")
+    assert r.status_code == 200
+    h = r.json()
+    assert h["healthy"] is True and h["status"] == "healthy"
+    assert h["version"] == served.v1 and h["arm"] == "A"
+    assert r.headers["X-Model-Version"] == served.v1 and r.headers["X-AB-Arm"] == "A"
+    assert sorted(h["loaded_models"]) == sorted(h["models"]) == sorted(TINY["models"])
+    assert h["fallback_models"] == []
+    assert all(m == {"status": "healthy", "version": served.v1} for m in h["models"].values()), h["models"]
+
+
+def test_predict_equals_scoring_score(served: Served, prices: Any) -> None:
+    """Same features, same preprocessor, same numbers as ``jobs.score``: the ensemble, its interval and
+    confidence, and every member's forecast in return units."""
+    from ensemble import scoring
+    from ensemble.registry import ModelRegistry
+
+    lv = scoring.load_version(ModelRegistry(served.root), served.v1)
+    res = scoring.score(lv, prices)
+    ticker = str(res.frame["ticker"].iloc[3])
+    r = served.client.post("/api/predict", json={"ticker": ticker})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["version"] == served.v1 and body["arm"] == "A" and body["left_out"] == {}
+    assert body["as_of"] == str(res.as_of.date())
+    assert sorted(body["members"]) == sorted(lv.models)
+    want = res.frame.set_index("ticker").loc[ticker]
+    f = body["forecast"]
+    assert f["ticker"] == ticker and sorted(f["horizons"]) == ["20", "5", "60"]
+    for h in (5, 20, 60):
+        got = f["horizons"][str(h)]
+        assert got["ensemble"] == pytest.approx(want[f"pred_h{h}"], rel=1e-9, abs=1e-12)
+        assert got["confidence"] == pytest.approx(want[f"confidence_h{h}"], rel=1e-9, abs=1e-12)
+        assert got["interval"]["80"] == pytest.approx([want[f"lo80_h{h}"], want[f"hi80_h{h}"]], rel=1e-9)
+        assert (
+            got["interval"]["95"][0] < got["interval"]["80"][0] < got["ensemble"] < got["interval"]["80"][1]
+        )
+        for m in lv.models:
+            assert got["members"][m] == pytest.approx(want[f"{m}_h{h}"], rel=1e-9, abs=1e-12), (m, h)
+
+
+def test_predict_one_horizon_and_the_batch(served: Served, prices: Any) -> None:
+    tickers = sorted(prices["ticker"].unique())
+    r = served.client.post("/api/predict", json={"ticker": tickers[0], "horizon": 20})
+    assert r.status_code == 200 and list(r.json()["forecast"]["horizons"]) == ["20"]
+    r = served.client.post("/api/predict/batch", json={"tickers": tickers, "horizon": 5})
+    assert r.status_code == 200, r.text
+    b = r.json()
+    assert b["version"] == served.v1 and b["arm"] == "A" and r.headers["X-Model-Version"] == served.v1
+    assert [f["ticker"] for f in b["forecasts"]] == tickers
+    assert all(np.isfinite(f["horizons"]["5"]["ensemble"]) for f in b["forecasts"])
+    one = served.client.post("/api/predict", json={"ticker": tickers[5], "horizon": 5}).json()["forecast"]
+    assert b["forecasts"][5] == one  # a ticker's numbers do not depend on the batch
+
+
+def test_predict_with_the_callers_own_history(served: Served, prices: Any) -> None:
+    ticker = str(sorted(prices["ticker"].unique())[2])
+    own = prices.loc[prices["ticker"] == ticker, ["date", "open", "high", "low", "close", "volume"]]
+    bars = [{**{k: float(v) for k, v in row.items() if k != "date"}, "date": str(row["date"].date())}
+            for row in own.to_dict("records")]  # fmt: skip
+    plain = served.client.post("/api/predict", json={"ticker": ticker}).json()["forecast"]
+    same = served.client.post("/api/predict", json={"ticker": ticker, "history": bars})
+    assert same.status_code == 200, same.text
+    assert same.json()["forecast"] == plain  # the stored bars, sent back: the same forecast
+    moved = copy.deepcopy(bars)
+    for b in moved[-5:]:
+        for k in ("open", "high", "low", "close"):
+            b[k] *= 1.25
+    r = served.client.post("/api/predict", json={"ticker": ticker, "history": moved})
+    assert r.status_code == 200, r.text
+    assert r.json()["forecast"]["horizons"]["5"]["ensemble"] != plain["horizons"]["5"]["ensemble"]
+
+
+def test_recommendations_are_the_librarys(served: Served, prices: Any) -> None:
+    """``ensemble.recommend`` over the served forecast: the same tickers, order, actions and sizes as
+    over ``scoring.score``'s (what ``jobs.score`` writes, less the refit of stale Prophet models)."""
+    from ensemble import scoring
+    from ensemble.recommend import recommend
+    from ensemble.registry import ModelRegistry
+
+    lv = scoring.load_version(ModelRegistry(served.root), served.v1)
+    horizon = lv.settings.action_horizon()
+    want = recommend(scoring.score(lv, prices), prices, lv.settings.recommend, horizon)
+    r = served.client.get("/api/recommendations", params={"top": 3})
+    assert r.status_code == 200, r.text
+    rec = r.json()
+    assert rec["version"] == served.v1 and rec["arm"] == "A" and rec["horizon"] == horizon
+    assert r.headers["X-Model-Version"] == served.v1
+    got = rec["recommendations"]
+    assert [x["ticker"] for x in got] == list(want["ticker"][:3])
+    for x, (_, w) in zip(got, want.head(3).iterrows(), strict=True):
+        assert x["action"] == w["action"]
+        assert x["risk_adjusted"] == pytest.approx(w["risk_adjusted"], rel=1e-9)
+        assert x["weight"] == pytest.approx(w["weight"], rel=1e-9, abs=1e-15)
+    assert sum(rec["actions"].values()) == len(want)
+    day = str(sorted(prices["date"].unique())[-10])[:10]
+    r = served.client.get("/api/recommendations", params={"top": 2, "date": day})
+    assert r.status_code == 200 and r.json()["as_of"] == day and len(r.json()["recommendations"]) == 2
+
+
+def test_models_lists_versions_aliases_and_counts(served: Served) -> None:
+    r = served.client.get("/api/models")
+    assert r.status_code == 200
+    m = r.json()
+    assert {v["version"] for v in m["versions"]} == {served.v1, served.v2, served.bad}
+    assert m["aliases"]["production"] == served.v1 and m["version"] == served.v1
+    assert m["serving"] == {"A": {"version": served.v1, "weight": 1.0}}
+    assert m["counts"].get("A", 0) >= 1
+    assert "valid_rank_ic_h5" in next(v for v in m["versions"] if v["version"] == served.v1)["metrics"]
+
+
+def test_openapi_is_served(served: Served) -> None:
+    spec = served.client.get("/openapi.json").json()
+    assert {"/api/health", "/api/predict", "/api/predict/batch", "/api/recommendations", "/api/models",
+            "/api/models/{version}/promote", "/api/rollback", "/api/ab"} <= set(spec["paths"])  # fmt: skip
+
+
+# -- bad input ----------------------------------------------------------------------------------------
+def test_bad_input_is_a_4xx_naming_the_field(served: Served, prices: Any) -> None:
+    c = served.client
+    t = str(sorted(prices["ticker"].unique())[0])
+    dates = sorted(prices["date"].unique())
+    r = c.post("/api/predict", json={"ticker": "ZZZ999"})
+    assert r.status_code == 404 and _detail(r)["field"] == "ticker", r.text
+    r = c.post("/api/predict/batch", json={"tickers": [t, "ZZZ999"]})
+    assert r.status_code == 404 and "ZZZ999" in _detail(r)["detail"], r.text
+    cases: list[tuple[Any, str]] = [
+        ({}, "ticker"),
+        ({"ticker": "no spaces!"}, "ticker"),
+        ({"ticker": t, "horizon": 7}, "horizon"),
+        ({"ticker": t, "horizon": "five"}, "horizon"),
+        ({"ticker": t, "as_of": "2020-13-45"}, "as_of"),
+        ({"ticker": t, "as_of": "2020-05-16"}, "as_of"),  # a Saturday: no data
+        ({"ticker": t, "as_of": "1990-01-02"}, "as_of"),
+        ({"ticker": t, "unexpected": 1}, "unexpected"),
+        ({"ticker": t, "history": []}, "history"),
+    ]
+    good_bar = {"date": str(dates[-1])[:10], "open": 10, "high": 11, "low": 9, "close": 10.5, "volume": 1000}
+    for field, value in (("close", -1.0), ("volume", -5), ("low", 10.8), ("open", 0)):
+        cases.append(({"ticker": t, "history": [{**good_bar, field: value}]}, "history"))
+    short = [{**good_bar, "date": str(d)[:10]} for d in dates[-5:]]  # valid bars, too few of them
+    cases.append(({"ticker": t, "history": short}, "history"))
+    cases.append(({"ticker": t, "history": [{**good_bar, "date": "2020-05-16"}]}, "history"))
+    for body, field in cases:
+        r = c.post("/api/predict", json=body)
+        assert r.status_code == 422 and field in _fields(r), (body, r.status_code, r.text)
+    # NaN and infinity are not JSON, but Python's parser reads them: refused, naming the field
+    raw = json.dumps({"ticker": t, "history": [{**good_bar, "close": "__NAN__"}]}).replace('"__NAN__"', "NaN")
+    r = c.post("/api/predict", content=raw, headers={"Content-Type": "application/json"})
+    assert r.status_code == 422 and "history" in _fields(r), r.text
+    r = c.post("/api/predict", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert r.status_code == 422
+    for body, field in (({"tickers": []}, "tickers"), ({"tickers": [t], "horizon": 1}, "horizon")):
+        r = c.post("/api/predict/batch", json=body)
+        assert r.status_code == 422 and field in _fields(r), (body, r.text)
+    for params, field in (({"top": 0}, "top"), ({"top": "x"}, "top"), ({"date": "2020-05-16"}, "date")):
+        r = c.get("/api/recommendations", params=params)
+        assert r.status_code == 422 and field in _fields(r), (params, r.text)
+    assert c.get("/api/health").json()["healthy"]  # and the service is still up
+
+
+def test_admin_routes_need_the_key(served: Served) -> None:
+    c = served.client
+    calls = [
+        ("POST", f"/api/models/{served.v2}/promote", {"force": True}),
+        ("POST", "/api/rollback", {}),
+        ("PUT", "/api/ab", {"version": served.v2, "weight": 0.5}),
+        ("PUT", "/api/ab", {"weight": "not a number"}),  # the key is checked before the body
+    ]
+    for headers in ({}, {"X-API-Key": "wrong"}, {"X-API-Key": ""}):
+        for method, url, body in calls:
+            r = c.request(method, url, json=body, headers=headers)
+            assert r.status_code == 401, (method, url, headers, r.text)
+    assert c.get("/api/models").json()["aliases"]["production"] == served.v1  # nothing changed
+    r = c.post("/api/models/v20990101T000000000000-000000/promote", headers={"X-API-Key": KEY})
+    assert r.status_code == 404 and _detail(r)["field"] == "version"
+    r = c.put("/api/ab", json={"weight": 2}, headers={"X-API-Key": KEY})
+    assert r.status_code == 422 and "weight" in _fields(r)
+
+
+# -- faults -------------------------------------------------------------------------------------------
+def test_a_killed_member_replica_costs_no_client_a_failure(served: Served, prices: Any) -> None:
+    import ray
+
+    c = served.client
+    st = c.get("/api/health").json()
+    assert st["healthy"]
+    old = _replica(served, "xgboost")
+    ray.kill(ray.get_actor(old, namespace="serve"), no_restart=True)
+    day = str(sorted(prices["date"].unique())[-3])[:10]  # not cached yet: the members are called
+    t = str(sorted(prices["ticker"].unique())[1])
+    r = c.post("/api/predict", json={"ticker": t, "as_of": day})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert "xgboost" in body["members"] or "xgboost" in body["left_out"], body
+    if "xgboost" in body["left_out"]:  # left out and said so, in the response and in /api/health
+        assert body["left_out"]["xgboost"] and body["forecast"]["horizons"]["5"]["n_models"] == 5
+        assert c.get("/api/health").json()["models"]["xgboost"]["status"] in ("degraded", "failed")
+    # the replica comes back, and a forecast of a new date uses all six members again
+    wait_until(lambda: _replica(served, "xgboost") != old, 300, "a new replica")
+    day2 = str(sorted(prices["date"].unique())[-4])[:10]
+    r2 = wait_until(lambda: _all_six(c, t, day2), 300, "a forecast with all six members", 5.0)
+    assert r2["left_out"] == {}
+    wait_until(lambda: c.get("/api/health").json()["healthy"], 120, "health after the restart")
+
+
+def _replica(served: Served, member: str) -> str:
+    """The Ray actor name of a live replica of ``member`` (what its ``status`` reports)."""
+    from ray import serve
+
+    h = serve.get_deployment_handle(member, "default")
+    return str(h.status.remote().result(timeout_s=60)["replica"])
+
+
+def _all_six(c: httpx.Client, ticker: str, day: str) -> dict[str, Any] | None:
+    r = c.post("/api/predict", json={"ticker": ticker, "as_of": day})
+    assert r.status_code == 200, r.text
+    b = r.json()
+    return b if len(b["members"]) == 6 and not b["left_out"] else None
+
+
+# -- promotion, A/B, rollback, deploy -------------------------------------------------------------------
+def test_promotion_ab_and_rollback_reach_the_running_replicas(served: Served, prices: Any) -> None:
+    from ray import serve
+
+    c, admin = served.client, {"X-API-Key": KEY}
+    t = str(sorted(prices["ticker"].unique())[0])
+    replicas = {m: _replica(served, m) for m in TINY["models"]}
+    # promote under concurrent load: no request fails, and once the switch is done every response
+    # carries the new version
+    seen: list[tuple[float, int, str | None]] = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        with httpx.Client(base_url=served.url, timeout=300) as hc:
+            while not stop.is_set():
+                t0 = time.monotonic()
+                p = hc.post("/api/predict", json={"ticker": t})
+                seen.append((t0, p.status_code, p.json().get("version") if p.status_code == 200 else p.text))
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for th in threads:
+        th.start()
+    time.sleep(1.0)
+    r = c.post(f"/api/models/{served.v2}/promote", json={}, headers=admin)  # by the policy: it is better
+    switched = time.monotonic()
+    time.sleep(3.0)
+    stop.set()
+    for th in threads:
+        th.join()
+    assert r.status_code == 200 and r.json()["promoted"] is True and r.json()["version"] == served.v2, r.text
+    assert seen and all(code == 200 for _, code, _ in seen), [x for x in seen if x[1] != 200][:3]
+    after = [v for t0, _, v in seen if t0 > switched]
+    assert after and set(after) == {served.v2}, (len(seen), len(after), set(after))
+    assert {v for _, _, v in seen} == {served.v1, served.v2}
+    for _ in range(6):  # every response now carries the new version
+        p = c.post("/api/predict", json={"ticker": t})
+        assert (
+            p.status_code == 200
+            and p.json()["version"] == served.v2
+            and p.headers["X-Model-Version"] == served.v2
+        )
+    h = c.get("/api/health").json()
+    assert h["version"] == served.v2 and all(m["version"] == served.v2 for m in h["models"].values()), h
+    # an A/B split: all traffic to arm B (v1), then half, then none
+    r = c.put("/api/ab", json={"version": served.v1, "weight": 1.0}, headers=admin)
+    assert r.status_code == 200 and r.json()["serving"]["B"] == {"version": served.v1, "weight": 1.0}, r.text
+    p = c.post("/api/predict", json={"ticker": t}).json()
+    assert (p["arm"], p["version"]) == ("B", served.v1)
+    c.put("/api/ab", json={"version": served.v1, "weight": 0.5}, headers=admin)
+    seen = {
+        (b["arm"], b["version"])
+        for b in (c.post("/api/predict", json={"ticker": t}).json() for _ in range(24))
+    }
+    assert seen == {("A", served.v2), ("B", served.v1)}
+    counts = c.get("/api/models").json()["counts"]
+    assert counts["A"] >= 1 and counts["B"] >= 1
+    c.put("/api/ab", json={"weight": 0}, headers=admin)
+    assert c.post("/api/predict", json={"ticker": t}).json()["arm"] == "A"
+    # rollback: back to v1 everywhere
+    r = c.post("/api/rollback", json={}, headers=admin)
+    assert r.status_code == 200 and r.json()["production"] == served.v1, r.text
+    assert c.post("/api/predict", json={"ticker": t}).json()["version"] == served.v1
+    # no replica was restarted by any of it (reconfigure and broadcasts only)
+    assert {m: _replica(served, m) for m in TINY["models"]} == replicas
+    assert serve.status().applications["default"].status == "RUNNING"
+
+
+def test_jobs_deploy_refuses_a_damaged_version_and_keeps_serving(served: Served, capsys: Any) -> None:
+    from jobs import deploy
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ENSEMBLE_API_KEY", KEY)
+        args = ["--registry", served.root, "--url", served.url, "--timeout", "300"]
+        before = served.client.get("/api/health").json()["version"]
+        assert deploy.main(["--version", served.bad, *args]) == 1
+        err = capsys.readouterr().err
+        assert "refused" in err and "checksums" in err and "xgboost" in err, err
+        assert served.client.get("/api/health").json()["version"] == before  # it keeps serving
+        assert deploy.main(["--version", served.v2, *args]) == 0
+        out = capsys.readouterr().out
+        assert f"deployed {served.v2}" in out, out
+    h = served.client.get("/api/health").json()
+    assert h["version"] == served.v2 and h["healthy"]
+
+
+# -- fuzzing from the OpenAPI schema ----------------------------------------------------------------------
+def test_fuzzed_requests_never_get_a_5xx(served: Served) -> None:
+    """Requests generated from the OpenAPI schema, valid and invalid (schemathesis + hypothesis): the
+    service never answers 5xx. Admin routes are fuzzed without the key (401), so nothing changes."""
+    schema = schemathesis.openapi.from_url(f"{served.url}/openapi.json")
+    ops = [r.ok() for r in schema.get_all_operations()]
+    assert len(ops) == 8
+    calls: list[tuple[str, int]] = []
+    for op in ops:
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+
+            @hsettings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+            @given(case=op.as_strategy(generation_mode=mode))
+            def fuzz(case: Any) -> None:
+                r = case.call(base_url=served.url, timeout=300)
+                calls.append((f"{case.method} {case.path}", r.status_code))
+                assert r.status_code < 500, (
+                    case.method,
+                    case.formatted_path,
+                    case.query,
+                    case.body,
+                    r.text[:500],
+                )
+
+            try:
+                fuzz()
+            except Unsatisfiable:  # no invalid request exists (an operation without parameters)
+                assert mode is GenerationMode.NEGATIVE, op
+    assert len(calls) >= 8 * 2 * 3
+    assert {code for _, code in calls} & {200, 401, 404, 422}
+    assert served.client.get("/api/health").json()["healthy"]
