@@ -86,6 +86,25 @@ def test_registry_and_capabilities(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", MODELS)
+def test_predict_only_some_dates_equals_the_full_predict(
+    name: str, fitted: dict, frame: pd.DataFrame
+) -> None:
+    """``predict(frame, dates=...)`` (daily scoring: one window per ticker) gives exactly the full
+    predict's rows on those dates, in frame order, with their windows reading the earlier rows."""
+    model = fitted[name]
+    full = model.predict(frame)
+    days = sorted(frame["date"].unique())
+    pick = [days[-1], days[len(days) // 2]]
+    shuffled = frame.sample(frac=1.0, random_state=5)
+    part = model.predict(shuffled, dates=pick)
+    want = shuffled.loc[shuffled["date"].isin(pick), ["date", "ticker"]].reset_index(drop=True)
+    assert part[["date", "ticker"]].equals(want)
+    ref = full.set_index(["date", "ticker"]).loc[pd.MultiIndex.from_frame(want)]
+    assert np.array_equal(part[PRED_COLS].to_numpy(), ref[PRED_COLS].to_numpy())
+    assert model.predict(frame, dates=[pd.Timestamp("1990-01-01")]).empty
+
+
+@pytest.mark.parametrize("name", MODELS)
 def test_predict_shape_keys_and_order(name: str, fitted: dict, frame: pd.DataFrame) -> None:
     model = fitted[name]
     pred = model.predict(frame)
