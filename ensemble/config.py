@@ -287,6 +287,46 @@ class RecommendConfig(_Strict):
         return self
 
 
+class MonitoringConfig(_Strict):
+    """Monitoring (issue 15): the prediction log (ensemble/predlog.py), accuracy tracking, drift and
+    alert thresholds (ensemble/monitor.py, ``python -m jobs.monitor``)."""
+
+    # The prediction log: PostgreSQL table `table` when the DSN variable (postgres.dsn_env) is set,
+    # else Parquet part files under `log_dir`. jobs.score logs every forecast it scores when `log` is on
+    log: bool = True
+    log_dir: str = "artifacts/predlog"
+    table: str = "prediction_log"
+    flush_rows: int = Field(1000, ge=1)  # the background writer flushes at this many buffered rows...
+    flush_seconds: float = Field(5.0, gt=0.0)  # ...or when the oldest buffered row is this old
+    max_buffer_rows: int = Field(1_000_000, ge=1)  # rows beyond it are refused (logged), never blocking
+    fsync: bool = True  # Parquet: fsync each part file and its directory before acknowledging
+    # Accuracy: the last `rolling_window` as-of dates whose horizon has passed; a date needs
+    # `min_tickers` tickers for a Rank IC; a table row needs `min_dates` dates before it can alert
+    rolling_window: int = Field(63, ge=2)
+    min_tickers: int = Field(10, ge=2)
+    min_dates: int = Field(5, ge=1)
+    min_rank_ic: float = 0.0  # alert when the rolling Rank IC falls below it
+    max_rank_ic_drop: float | None = Field(0.05, ge=0.0)  # ... or this far below the version's validation
+    min_directional_accuracy: float = Field(0.5, ge=0.0, le=1.0)
+    coverage_tolerance: float = Field(0.10, ge=0.0, le=1.0)  # alert when coverage < level - tolerance
+    # Drift: the model inputs of the last `drift_days` trading dates against the training reference
+    # stored with the version (features: the version's selected features, or these)
+    drift_days: int = Field(21, ge=1)
+    drift_features: list[str] | None = None
+    drift_bins: int = Field(10, ge=2)  # quantile bins of the reference (PSI)
+    drift_sample: int = Field(1000, ge=100)  # reference values kept per feature (KS)
+    psi_threshold: float = Field(0.2, gt=0.0)  # PSI at or above it is drift
+    ks_threshold: float = Field(0.1, gt=0.0, le=1.0)  # so is a KS statistic at or above it
+    out_dir: str = "artifacts/monitor"  # jobs.monitor writes <out_dir>/<as_of>.json
+
+    @field_validator("table")
+    @classmethod
+    def _identifier(cls, v: str) -> str:
+        if not v.isidentifier() or not v.isascii():
+            raise ValueError(f"monitoring.table must be a plain SQL identifier, got {v!r}")
+        return v.lower()
+
+
 class ServingConfig(_Strict):
     host: str = "127.0.0.1"  # never 0.0.0.0 by default
     port: int = Field(8000, ge=1, le=65535)
@@ -309,6 +349,7 @@ class Settings(_Strict):
     backtest: BacktestConfig = Field(default_factory=BacktestConfig)
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     recommend: RecommendConfig = Field(default_factory=RecommendConfig)
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     registry_root: str = "artifacts/registry"
 
     @field_validator("horizons")

@@ -24,7 +24,12 @@ means the same everywhere (DESIGN.md, "Scoring"):
 ``scoring.prophet_refit_every_days`` trading dates before ``as_of``; :func:`prophet_refit_frame` is
 the history a refit uses (the training window's length, up to ``as_of``), :func:`refit_prophet`
 fits it in-process (``jobs.score`` runs the same fit in the Ray fan-out) and :func:`with_prophet`
-returns the loaded version with the refitted tickers swapped in (the registry is never written).
+returns the loaded version with the refitted tickers swapped in (the registry is never written);
+:func:`refresh_stale_prophet` runs those steps in-process (the Prophet Serve deployment does, per
+as-of date).
+
+:func:`sample_forecasts` records a few rows of :func:`score` with a version at training time;
+:func:`compare_samples` is how ``jobs.deploy`` checks that the stored version still forecasts them.
 
 Nothing here imports Ray.
 """
@@ -47,6 +52,7 @@ from ensemble.features.catalog import catalogue
 from ensemble.features.panel import valid_price_rows
 from ensemble.models.base import KEY_COLUMNS, Forecaster, pred_col
 from ensemble.models.ensemble import VOL_COLUMN, EnsembleForecaster
+from ensemble.models.sequence import SequenceForecaster
 from ensemble.registry import ModelRegistry
 from ensemble.training import add_prophet_regressors, model_frame, sequence_lead
 
@@ -104,7 +110,9 @@ def load_version(
 ) -> LoadedVersion:
     """Load ``members`` (default: every model of the version) of a version or alias, each verified by
     the registry. The preprocessor and the ensemble must load (else the error is raised); a member that
-    fails is listed in ``degraded`` (so is one that already failed at training)."""
+    fails is listed in ``degraded`` (so is one that already failed at training). ``members=[]``: the
+    settings, preprocessor and ensemble only (``models`` empty), e.g. for a process that combines
+    members forecast elsewhere."""
     version = registry.resolve(version_or_alias)
     man = registry.manifest(version)
     settings = Settings.model_validate(man["config"])
@@ -128,7 +136,7 @@ def load_version(
         except Exception as exc:  # a member that fails to load is reported, never replaced
             logger.error("version %s: member %s failed to load: left out", version, name, exc_info=exc)
             degraded[name] = f"failed to load: {type(exc).__name__}: {exc}"
-    if not models:
+    if not models and names:
         raise RuntimeError(f"version {version}: no member could be loaded: {degraded}")
     return LoadedVersion(version, settings, pre, ens, models, tuple(settings.horizons), degraded)
 
@@ -222,8 +230,8 @@ def predict_member(
     as_of = pd.Timestamp(as_of)
     at = frame.loc[frame["date"] == as_of].reset_index(drop=True)
     skipped: dict[str, str] = {}
-    if model.uses_sequences:
-        seq_len = int(getattr(model, "resolved_params", model.get_params)()["seq_len"])
+    if isinstance(model, SequenceForecaster):
+        seq_len = int(model.resolved_params()["seq_len"])
         counts = frame.groupby("ticker", sort=False, observed=True).size()
         short = counts[counts < seq_len]
         for t, n in short.items():
@@ -231,8 +239,7 @@ def predict_member(
         inp = frame.loc[~frame["ticker"].isin(short.index)]
         # the window of the as-of row is the ticker's last seq_len rows: nothing older is read
         inp = inp.groupby("ticker", sort=False, observed=True).tail(seq_len).reset_index(drop=True)
-        pred = model.predict(inp)
-        pred = pred.loc[pred["date"] == as_of].reset_index(drop=True)
+        pred = model.predict(inp, dates=[as_of])  # one window per ticker, not one per history row
     else:
         pred = model.predict(at)
     cols = [pred_col(h) for h in model.horizons]
@@ -260,11 +267,37 @@ def combine(lv: LoadedVersion, member_preds: Mapping[str, pd.DataFrame], frame: 
     return lv.ensemble.predict(present, at)
 
 
+def member_contributions(
+    lv: LoadedVersion, name: str, frame: pd.DataFrame, horizon: int, tickers: Sequence[str] | pd.Series
+) -> pd.DataFrame | None:
+    """Tree member ``name``'s raw per-feature contributions at ``horizon`` (``model.contributions``:
+    ``date, ticker, bias, <feature>...``) for the last date of ``frame``, over ``tickers`` (those the
+    member forecast); None for a member without contributions or fewer than two such tickers.
+    :func:`explain` combines them; a process holding only some members (a Serve member deployment)
+    computes its own part here."""
+    model = lv.models.get(name)
+    if model is None or not hasattr(model, "contributions"):
+        return None
+    as_of = frame["date"].max()
+    at = frame.loc[frame["date"] == as_of].sort_values("ticker").reset_index(drop=True)
+    rows = at.loc[at["ticker"].isin(tickers)].reset_index(drop=True)
+    if len(rows) < 2:
+        return None
+    out: pd.DataFrame = model.contributions(rows, horizon=horizon)
+    return out
+
+
 def explain(
-    lv: LoadedVersion, member_preds: Mapping[str, pd.DataFrame], frame: pd.DataFrame, horizon: int
+    lv: LoadedVersion,
+    member_preds: Mapping[str, pd.DataFrame],
+    frame: pd.DataFrame,
+    horizon: int,
+    contributions: Mapping[str, pd.DataFrame | None] | None = None,
 ) -> pd.DataFrame:
     """Each ticker's feature contributions to its expected excess return at ``horizon``, summed over
-    the tree members present (long: ``ticker, feature, contribution``).
+    the tree members present (long: ``ticker, feature, contribution``). ``contributions``: each tree
+    member's :func:`member_contributions`, when computed elsewhere (default: computed here from
+    ``lv.models``; a member missing from the mapping adds nothing).
 
     The ensemble scores a member by its per-date z-score, ``(p_i - mean) / std``; a tree member's
     prediction is ``bias + sum_f c_if`` (TreeSHAP or the forest path decomposition), so feature ``f``
@@ -281,13 +314,12 @@ def explain(
         wsum[wsum.index.isin(member_preds[m]["ticker"].astype(str))] += weights[m]
     parts = []
     for m in present:
-        model = lv.models.get(m)
-        if model is None or not hasattr(model, "contributions"):
+        if contributions is None:
+            c = member_contributions(lv, m, frame, horizon, member_preds[m]["ticker"])
+        else:
+            c = contributions.get(m)
+        if c is None:
             continue
-        rows = at.loc[at["ticker"].isin(member_preds[m]["ticker"])].reset_index(drop=True)
-        if len(rows) < 2:
-            continue
-        c = model.contributions(rows, horizon=horizon)
         feats = [f for f in c.columns if f not in (*KEY_COLUMNS, "bias")]
         pred = c[feats].sum(axis=1) + c["bias"]
         std = float(pred.std(ddof=0))
@@ -527,3 +559,129 @@ def refit_record(
         seconds=float(seconds),
         where=where,
     )
+
+
+def refresh_stale_prophet(
+    lv: LoadedVersion,
+    prices: pd.DataFrame,
+    as_of: Any,
+    every_days: int | None = None,
+    name: str | None = None,
+) -> tuple[LoadedVersion, ProphetRefit | None]:
+    """In this process: refit the per-ticker member's models that are stale on ``as_of`` (of the tickers
+    with a row on ``as_of``; ``every_days`` defaults to the version's
+    ``scoring.prophet_refit_every_days``) on the history up to ``as_of`` and swap them in, as
+    ``jobs.score`` does (there in the Ray fan-out: the same fit). Returns ``lv`` itself and None when
+    nothing is stale (or the version has no per-ticker member)."""
+    name = name or per_ticker_member(lv)
+    if name is None:
+        return lv, None
+    every = lv.settings.scoring.prophet_refit_every_days if every_days is None else int(every_days)
+    as_of = pd.Timestamp(as_of)
+    on_day = prices.loc[prices["date"] == as_of, "ticker"].astype(str).unique()
+    stale = stale_prophet_tickers(
+        prophet_fitted_through(lv.models[name]), prices["date"], as_of, every, tickers=on_day
+    )
+    if not stale:
+        return lv, None
+    t0 = time.perf_counter()
+    fit = refit_prophet(lv, prophet_refit_frame(lv, prices, as_of, list(stale), name), name)
+    record = refit_record(lv, stale, fit, as_of, every, time.perf_counter() - t0, "local", name)
+    return with_prophet(lv, fit, name), record
+
+
+# -- forecasts recorded at training time ------------------------------------------------------------------
+SAMPLE_TICKERS = 3  # rows recorded per version: cheap to store, enough to catch a changed artifact
+SAMPLE_RTOL = 1e-9
+SAMPLE_ATOL = 1e-12
+
+
+def sample_forecasts(
+    lv: LoadedVersion,
+    prices: pd.DataFrame,
+    as_of: Any,
+    tickers: Sequence[str] | None = None,
+    n: int = SAMPLE_TICKERS,
+) -> dict[str, Any]:
+    """A few rows' forecasts as :func:`score` makes them (the path every consumer uses; the models as
+    given, no Prophet refit), as a JSON document: ``as_of``, ``tickers``, ``frame`` (ticker -> every
+    numeric column of :attr:`ScoreResult.frame`: the ensemble's forecast, interval, confidence, each
+    member in return units, close and the reference volatility) and ``members`` (member -> ticker ->
+    its raw ``pred_h{h}``). ``jobs.train`` records it with a version (``samples`` extra) for the last
+    validation date; ``jobs.deploy`` recomputes it from the stored version and compares
+    (:func:`compare_samples`). ``tickers``: these rows (default: the first ``n`` tickers, sorted, that
+    every member forecast)."""
+    res = score(lv, prices, as_of)
+    frame = res.frame.assign(ticker=res.frame["ticker"].astype(str))
+    if tickers is None:
+        full = frame["ticker"]
+        for p in res.members.values():
+            full = full[full.isin(p["ticker"].astype(str))]
+        pick = list(full[:n]) or list(frame["ticker"][:n])
+    else:
+        pick = [str(t) for t in tickers]
+    rows = frame.set_index("ticker")
+    numeric = [c for c in rows.columns if c != "date" and pd.api.types.is_numeric_dtype(rows[c])]
+    out_frame = {
+        t: {c: _plain(rows.at[t, c]) for c in numeric} if t in rows.index else None for t in pick
+    }  # fmt: skip
+    members: dict[str, dict[str, Any]] = {}
+    for m, p in sorted(res.members.items()):
+        p = p.assign(ticker=p["ticker"].astype(str)).set_index("ticker")
+        cols = [c for c in p.columns if str(c).startswith("pred_h")]
+        members[m] = {t: {c: _plain(p.at[t, c]) for c in cols} for t in pick if t in p.index}
+    return {
+        "as_of": res.as_of.date().isoformat(),
+        "version": lv.version,
+        "tickers": pick,
+        "frame": out_frame,
+        "members": members,
+    }
+
+
+def _plain(x: Any) -> float | None:
+    f = float(x)
+    return f if np.isfinite(f) else None
+
+
+def compare_samples(
+    recorded: Mapping[str, Any],
+    current: Mapping[str, Any],
+    rtol: float = SAMPLE_RTOL,
+    atol: float = SAMPLE_ATOL,
+) -> list[str]:
+    """Where ``current`` (:func:`sample_forecasts` for the same date and tickers) differs from
+    ``recorded`` by more than ``rtol`` (relative) + ``atol``: one line per value, naming the member
+    (or ``ensemble``), the ticker and the column; a value recorded but missing now (or now but not
+    then) is a difference. Empty when they agree."""
+    out: list[str] = []
+    if str(recorded.get("as_of")) != str(current.get("as_of")):
+        return [f"as_of: recorded {recorded.get('as_of')}, now {current.get('as_of')}"]
+
+    def cmp(where: str, want: Any, got: Any) -> None:
+        if want is None and got is None:
+            return
+        if want is None or got is None:
+            out.append(f"{where}: recorded {want}, now {got}")
+            return
+        if isinstance(want, Mapping) and isinstance(got, Mapping):
+            for k in sorted(set(want) | set(got)):
+                cmp(f"{where} {k}", want.get(k), got.get(k))
+            return
+        a, b = float(want), float(got)
+        if not abs(a - b) <= atol + rtol * max(abs(a), abs(b)):
+            out.append(f"{where}: recorded {a!r}, now {b!r}")
+
+    for t in recorded.get("tickers", []):
+        cmp(f"ensemble {t}", recorded.get("frame", {}).get(t), current.get("frame", {}).get(t))
+    rm, cm = recorded.get("members", {}), current.get("members", {})
+    for m in sorted(set(rm) | set(cm)):
+        if m not in cm:
+            out.append(f"{m}: recorded, but it did not forecast now")
+            continue
+        if m not in rm:
+            out.append(f"{m}: forecasts now, but was not recorded")
+            continue
+        for t in sorted(set(rm[m]) | set(cm[m])):
+            cmp(f"{m} {t}", rm[m].get(t), cm[m].get(t))
+    return out

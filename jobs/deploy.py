@@ -8,7 +8,11 @@ Validation, here, before anything changes (each step names what failed):
   1. checksums: every file of the version against its manifest (``ModelRegistry.verify``);
   2. every artifact loads: ``scoring.load_version`` of every member (no member may fail to load);
   3. sample forecasts: ``scoring.score`` on the latest date of the version's data: every member
-     forecasts, and the ensemble's forecasts are finite.
+     forecasts, and the ensemble's forecasts are finite; and the rows recorded at training time (the
+     ``samples`` extra: every member's and the ensemble's forecasts of a few tickers of the last
+     validation date, ``scoring.sample_forecasts``) are forecast again from the stored version and
+     must agree within ``--sample-rtol`` (relative; default 1e-9): a mismatch refuses the version (a
+     version trained before samples were recorded is validated without this check, and says so).
 Then the deployment, through the service's admin API (``$ENSEMBLE_API_KEY``): ``POST
 /api/models/{version}/promote`` with ``force`` (every member replica loads the version first; the
 service refuses, and keeps serving, when one cannot), then ``/api/health`` is polled until every
@@ -35,7 +39,7 @@ class DeployRefusedError(RuntimeError):
     """The version failed validation or did not become healthy; nothing was changed (or it was undone)."""
 
 
-def validate(registry_root: str, version: str) -> dict[str, Any]:
+def validate(registry_root: str, version: str, sample_rtol: float | None = None) -> dict[str, Any]:
     """The three checks of the module docstring; returns a report, raises DeployRefusedError."""
     import numpy as np
 
@@ -78,7 +82,39 @@ def validate(registry_root: str, version: str) -> dict[str, Any]:
         "tickers": len(res.frame),
         "mean_pred": {c: float(np.mean(res.frame[c])) for c in cols},
     }
+    report["training_samples"] = check_training_samples(reg, vid, lv, prices, sample_rtol)
     return report
+
+
+def check_training_samples(
+    reg: Any, vid: str, lv: Any, prices: Any, rtol: float | None = None
+) -> dict[str, Any] | str:
+    """Forecast the rows recorded at training time again from the stored version and compare."""
+    from ensemble import scoring
+
+    man = reg.manifest(vid)
+    if "samples" not in man["extras"]:
+        logger.warning("%s records no training-time sample forecasts: not checked", vid)
+        return "none recorded at training time (not checked)"
+    recorded = reg.load_extra(vid, "samples")
+    rtol = scoring.SAMPLE_RTOL if rtol is None else float(rtol)
+    try:
+        now = scoring.sample_forecasts(lv, prices, recorded["as_of"], tickers=recorded["tickers"])
+    except Exception as exc:
+        raise DeployRefusedError(
+            f"{vid}: training-time sample forecasts ({recorded.get('as_of')}) cannot be recomputed: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    diff = scoring.compare_samples(recorded, now, rtol=rtol)
+    if diff:
+        more = f" (+{len(diff) - 5} more)" if len(diff) > 5 else ""
+        raise DeployRefusedError(
+            f"{vid}: sample forecasts differ from those recorded at training time (rtol {rtol:g}), "
+            f"{len(diff)} value(s): {'; '.join(diff[:5])}{more}"
+        )
+    n = sum(len(v or {}) for v in recorded["frame"].values())
+    n += sum(len(c) for m in recorded["members"].values() for c in m.values())
+    return {"as_of": recorded["as_of"], "tickers": recorded["tickers"], "values": n, "rtol": rtol}
 
 
 def deploy(url: str, version: str, api_key: str, timeout_s: float) -> dict[str, Any]:
@@ -123,12 +159,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--api-key-env", default="ENSEMBLE_API_KEY")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for health")
     ap.add_argument("--validate-only", action="store_true", help="validate, change nothing")
+    ap.add_argument(
+        "--sample-rtol", type=float, default=None,
+        help="relative tolerance of the training-time sample forecasts (default 1e-9)",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        report = validate(args.registry, args.version)
+        report = validate(args.registry, args.version, args.sample_rtol)
         print(
-            f"validated {report['version']}: members {report['members']}, sample {report['sample']}",
+            f"validated {report['version']}: members {report['members']}, sample {report['sample']}, "
+            f"training-time samples {report['training_samples']}",
             flush=True,
         )
         if args.validate_only:

@@ -19,6 +19,9 @@ Settings: the version's own stored config (its data source, features, models), u
 Writes ``recommendations.parquet`` / ``.csv``, ``skipped.csv`` and ``summary.json`` to ``--out``
 (default ``scoring.out_dir/<as_of>/``) and, when the DSN variable (``postgres.dsn_env``) is set,
 replaces the date's rows of the PostgreSQL table ``scoring.table``. Prints the top buys and sells.
+With ``monitoring.log`` (default on) every scored forecast goes to the prediction log
+(ensemble/predlog.py, source ``score``: ``--log DIR``, else the table ``monitoring.table`` when the
+DSN is set, else ``monitoring.log_dir``), durable before the job reports success.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import pandas as pd
 from ensemble.cli import EXIT_DATA, EXIT_USAGE
 from ensemble.config import Settings, load_settings, parse_overrides, with_overrides
 from ensemble.data.sources import load_prices
+from ensemble.predlog import PredictionLog
 from ensemble.recommend import BUY, SELL, recommend
 from ensemble.registry import ModelRegistry
 from ensemble.registry.errors import VersionNotFoundError
@@ -145,6 +149,7 @@ def run(
     refit: bool = True,
     use_ray: bool = True,
     progress: bool = True,
+    log_dir: str | None = None,
 ) -> dict[str, Any]:
     """Score and recommend; write the outputs; return a summary (``recs``: the recommendations)."""
     t0 = time.perf_counter()
@@ -190,6 +195,11 @@ def run(
         from ensemble.data.recommendations import RecommendationStore
 
         db_rows = RecommendationStore(dsn, table=run_settings.scoring.table).write(recs)
+    logged = None
+    if run_settings.monitoring.log:  # every scored forecast, durable before the job reports success
+        with PredictionLog.from_settings(run_settings, log_dir) as plog:
+            rows = plog.log(result.frame, version=lv.version, source="score", wait=True)
+            logged = {"rows": rows, "to": repr(plog.backend)}
     seconds = {
         "load": t_load - t0,
         "data": t_data - t_load,
@@ -210,6 +220,7 @@ def run(
         "prophet_refit": record.to_dict() if record is not None else None,
         "out": str(out_dir),
         "postgres_rows": db_rows,
+        "prediction_log": logged,
         "seconds": seconds,
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
@@ -227,13 +238,14 @@ def format_top(recs: pd.DataFrame, n: int) -> str:
         f"{'ticker':<10}{'action':<6}{'close':>10}{'exp ret':>9}{'excess':>9}{'target':>10}"
         f"{'conf':>6}{'risk adj':>9}{'vol':>7}{'VaR':>7}{'beta':>6}{'weight':>8}  top features"
     )
-    lines = []
+    counts = recs["action"].value_counts()
+    lines = [f"actions (h={h}): " + ", ".join(f"{a} {int(counts.get(a, 0))}" for a in (BUY, "HOLD", SELL))]
     for title, action, asc in (("top buys", BUY, False), ("top sells", SELL, True)):
         sub = recs.loc[recs["action"] == action].sort_values("risk_adjusted", ascending=asc).head(n)
-        lines.append(f"{title} (h={h}): {int((recs['action'] == action).sum())} of {len(recs)}")
-        if sub.empty:
-            lines.append("  (none)")
-            continue
+        if sub.empty:  # no name passes the thresholds: show the ranking's ends, all HOLD
+            title = f"{'highest' if action == BUY else 'lowest'}-ranked (no {action} passes the thresholds)"
+            sub = recs.sort_values("risk_adjusted", ascending=asc, na_position="last").head(n)
+        lines.append(f"{title}:")
         lines.append(head)
         for r in sub.to_dict("records"):
             lines.append(
@@ -279,6 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--ticker", help="print this ticker's full recommendation")
     ap.add_argument("--out", help="output directory (default: scoring.out_dir/<as_of>/)")
     ap.add_argument("--no-refit", action="store_true", help="score with the Prophet models as stored")
+    ap.add_argument("--log", help="prediction log directory (Parquet); default: the configured log")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -299,6 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             out=args.out,
             refit=not args.no_refit,
             progress=not args.no_progress,
+            log_dir=args.log,
         )
     except ScoringError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -44,6 +44,7 @@ from ensemble.cost import CostMeter
 from ensemble.models import get_model_class
 from ensemble.models.base import Forecaster
 from ensemble.models.ensemble import VOL_COLUMN, EnsembleForecaster
+from ensemble.monitor import training_reference
 from ensemble.registry import ModelRegistry
 from ensemble.training import Prepared, prepare_data
 
@@ -222,6 +223,7 @@ def run(
         o = o[(o["date"] >= split.valid_start) & (o["date"] <= split.valid_end)]
         metrics["oracle"] = forecast_metrics(o, valid, horizons, prefix="valid_")
 
+    samples = _samples(settings, models, pre, ensemble, degraded, prep)
     cost = meter.report()
     registry = ModelRegistry(registry_root or settings.registry_root)
     version = registry.create_version(
@@ -234,6 +236,7 @@ def run(
         extras={
             "preprocessor": pre.to_dict(),
             "ensemble": ensemble.to_dict(),
+            "drift_reference": training_reference(settings, train, pre.selected_, oof),
             "training": {
                 "split": split.as_dict(),
                 "models": details,
@@ -241,6 +244,7 @@ def run(
                 "wall_s": wall,
                 "rows": {"train": len(train), "valid": len(valid)},
             },
+            **({"samples": samples} if samples is not None else {}),
         },
     )
     promotion = None
@@ -259,6 +263,27 @@ def run(
         "wall_s": {**wall, "total": time.perf_counter() - t_start},
         "promotion": promotion,
     }
+
+
+def _samples(
+    settings: Settings,
+    models: dict[str, Forecaster],
+    pre: Any,
+    ensemble: EnsembleForecaster,
+    degraded: dict[str, str],
+    prep: Prepared,
+) -> dict[str, Any] | None:
+    """A few forecasts of the last validation date through ``scoring.score`` (what jobs.deploy checks
+    the stored version against); None, logged, if they cannot be computed."""
+    from ensemble import scoring
+
+    lv = scoring.LoadedVersion("training", settings, pre, ensemble, dict(models), tuple(settings.horizons),
+                               dict(degraded))  # fmt: skip
+    try:
+        return scoring.sample_forecasts(lv, prep.prices, prep.split.valid_end)
+    except Exception:
+        logger.exception("sample forecasts could not be computed: the version records none")
+        return None
 
 
 def format_summary(s: dict[str, Any]) -> str:

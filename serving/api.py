@@ -38,6 +38,7 @@ from fastapi import Body, Depends, FastAPI, Header, HTTPException, Path, Query, 
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.serve.handle import DeploymentHandle
 
 from ensemble.registry import ModelRegistry
@@ -67,6 +68,19 @@ async def _invalid(request: Request, exc: RequestValidationError) -> JSONRespons
 
 async def _await(resp: Any) -> Any:
     return await resp
+
+
+_REPLICA_GONE = (ActorDiedError, ActorUnavailableError, RayActorError)
+
+
+async def _retried(call: Any, *args: Any) -> Any:
+    """``call.remote(*args)``, once more if the replica that took it died (Serve routes the retry to a
+    live replica, or waits for the replacement): the ensemble's calls are reads, safe to repeat."""
+    try:
+        return await call.remote(*args)
+    except _REPLICA_GONE as exc:
+        logger.warning("api: the ensemble replica died (%s); retrying the call once", type(exc).__name__)
+        return await call.remote(*args)
 
 
 KEY_ENV_VAR = "ENSEMBLE_API_KEY_ENV"  # names the variable holding the key; set by Api.__init__
@@ -242,12 +256,13 @@ class Api:
             "loaded_models": loaded_models,
             "fallback_models": [],  # never: a failed member is left out, not replaced
             "models": models,
+            "retries": ens.get("retries", {}),  # member calls the ensemble retried after a replica died
             **({"ensemble": ens["error"]} if "error" in ens else {}),
         }
 
     async def _forecast(self, req: dict[str, Any], response: Response) -> tuple[dict[str, Any], str]:
         arm, version = self._pick()
-        res = await self.ensemble.forecast.remote({**req, "version": version})
+        res = await _retried(self.ensemble.forecast, {**req, "version": version})
         if "error" in res:
             e = res["error"]
             raise HTTPException(e["status"], {"field": e["field"], "detail": e["detail"]})
@@ -291,7 +306,7 @@ class Api:
         top: Annotated[int, Query(ge=1, le=500)] = 10,
     ) -> dict[str, Any]:
         arm, version = self._pick()
-        res = await self.ensemble.recommendations.remote(version, date.isoformat() if date else None, top)
+        res = await _retried(self.ensemble.recommendations, version, date.isoformat() if date else None, top)
         if "error" in res:
             e = res["error"]
             raise HTTPException(e["status"], {"field": e["field"], "detail": e["detail"]})

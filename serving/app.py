@@ -32,6 +32,21 @@ class AppArgs(BaseModel):
     member_timeout_s: float = Field(60.0, gt=0)
     cache_ttl_s: float = Field(60.0, ge=0)
     api_key_env: str = "ENSEMBLE_API_KEY"
+    num_replicas: dict[str, int] = Field(
+        default_factory=dict,
+        description="fixed replica counts by deployment name (a member, Ensemble, Api); "
+        "the Serve config's autoscaling_config replaces them",
+    )
+
+    @field_validator("num_replicas")
+    @classmethod
+    def _deployments(cls, v: dict[str, int]) -> dict[str, int]:
+        unknown = sorted(set(v) - {*MODEL_NAMES, "Ensemble", "Api"})
+        if unknown or any(n < 1 for n in v.values()):
+            raise ValueError(
+                f"num_replicas: deployments of {[*MODEL_NAMES, 'Ensemble', 'Api']}, >= 1; got {v}"
+            )
+        return v
 
     @field_validator("members")
     @classmethod
@@ -48,18 +63,23 @@ def member_config(args: AppArgs) -> dict[str, Any]:
 
 def build_app(args: dict[str, Any] | AppArgs) -> Application:
     a = args if isinstance(args, AppArgs) else AppArgs.model_validate(args)
+
+    def replicas(name: str) -> dict[str, Any]:
+        return {"num_replicas": a.num_replicas[name]} if name in a.num_replicas else {}
+
     members = {
-        name: Member.options(name=name, user_config=member_config(a)).bind(name, a.registry)
+        name: Member.options(name=name, user_config=member_config(a), **replicas(name)).bind(name, a.registry)
         for name in a.members
     }
     ensemble = Ensemble.options(
+        **replicas("Ensemble"),
         user_config={
             "versions": [a.version],
             "shards": a.prophet_shards,
             "member_timeout_s": a.member_timeout_s,
             "cache_ttl_s": a.cache_ttl_s,
-        }
+        },
     ).bind(members, a.registry)
-    return Api.options(user_config={"version": a.version}).bind(
+    return Api.options(user_config={"version": a.version}, **replicas("Api")).bind(
         ensemble, members, a.registry, a.api_key_env, a.prophet_shards
     )

@@ -12,6 +12,11 @@ A member that errors or does not answer within ``member_timeout_s`` is retried o
 died (Serve routes the retry to a live replica), otherwise it is **left out** of the combination and
 reported with the reason, in the response and in ``/api/health``. It is never replaced by anything
 that invents numbers.
+
+A per-ticker member (Prophet) also receives the prices the frame was prepared from, to refit its
+models that are stale on the as-of date as ``jobs.score`` does. Recommendations name their drivers
+(``top_features``) from the tree members' contributions (``Member.contributions``, combined by
+``scoring.explain``), as ``jobs.score``'s do.
 """
 
 from __future__ import annotations
@@ -79,10 +84,12 @@ class Ensemble:
         self.shards = 2
         self._versions: OrderedDict[str, scoring.LoadedVersion] = OrderedDict()
         self._prices: dict[str, tuple[float, pd.DataFrame]] = {}
+        self._prices_refs: dict[str, Any] = {}  # prices stamp -> ObjectRef (for the per-ticker refit)
         self._results: OrderedDict[tuple[str, ...], tuple[float, dict[str, Any]]] = OrderedDict()
         self._inflight: dict[tuple[str, ...], asyncio.Future[dict[str, Any]]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self.left_out: dict[str, dict[str, Any]] = {}  # member -> {reason, version, at}
+        self.retries: dict[str, int] = {}  # member -> calls retried after its replica died
 
     async def reconfigure(self, user_config: dict[str, Any] | None) -> None:
         """``{"member_timeout_s", "cache_ttl_s", "prices_ttl_s", "shards", "versions": [...]}``: the
@@ -142,6 +149,7 @@ class Ensemble:
                 prices = prices.assign(ticker=prices["ticker"].astype(str))
                 hit = (t0, prices)
                 self._prices[key] = hit
+                self._prices_refs = {k: r for k, r in self._prices_refs.items() if not k.startswith(key)}
                 logger.info("ensemble: prices %s loaded in %.1f s", key, time.monotonic() - t0)
         return f"{key}.{hit[0]:.0f}", hit[1]
 
@@ -240,8 +248,20 @@ class Ensemble:
         frame_key = f"{stamp}|{day.date()}|{hkey}"
         box = [ray.put(frame)]
         names = [m for m in lv.ensemble.members_]
+        if any(get_model_class(m).per_ticker for m in names if m in self.members):
+            if custom:
+                prices_ref = ray.put(prices)
+            else:
+                prices_ref = self._prices_refs.get(stamp)
+                if prices_ref is None:
+                    prices_ref = self._prices_refs[stamp] = ray.put(prices)
+            refit = (box + [prices_ref], f"{day.date()}|{hkey}")
+        else:
+            refit = (box, frame_key)
         deadline = time.monotonic() + self.member_timeout_s
-        calls = {m: self._member(lv, m, day, frame_key, box, deadline) for m in names if m in self.members}
+        calls = {
+            m: self._member(lv, m, day, frame_key, box, deadline, refit) for m in names if m in self.members
+        }
         left_out: dict[str, str] = {
             m: "no deployment serves this member" for m in names if m not in self.members
         }
@@ -274,6 +294,8 @@ class Ensemble:
             "members": members_view,
             "member_preds": member_preds,
             "at": at,
+            "frame_box": box,
+            "explained": {},  # horizon -> (contributions, members explained, left out), on first use
             "prices": prices,
             "left_out": left_out,
             "skipped": {
@@ -292,6 +314,7 @@ class Ensemble:
         frame_key: str,
         box: list[Any],
         deadline: float,
+        refit: tuple[list[Any], str],
     ) -> tuple[pd.DataFrame, dict[str, str]]:
         per_ticker = get_model_class(name).per_ticker
         mids = (
@@ -299,7 +322,8 @@ class Ensemble:
             if per_ticker
             else [model_id(lv.version)]
         )
-        parts = await asyncio.gather(*(self._call(name, mid, day, frame_key, box, deadline) for mid in mids))
+        args = (str(day.date()), frame_key, *refit) if per_ticker else (str(day.date()), frame_key, box)
+        parts = await asyncio.gather(*(self._call(name, mid, "predict", args, deadline) for mid in mids))
         preds = pd.concat([p["preds"] for p in parts], ignore_index=True)
         skipped: dict[str, str] = {}
         for p in parts:
@@ -307,7 +331,7 @@ class Ensemble:
         return preds, skipped
 
     async def _call(
-        self, name: str, mid: str, day: pd.Timestamp, frame_key: str, box: list[Any], deadline: float
+        self, name: str, mid: str, method: str, args: tuple[Any, ...], deadline: float
     ) -> dict[str, Any]:
         handle = self.members[name].options(multiplexed_model_id=mid)
         where = f" ({mid.split('@', 1)[1]})" if "@" in mid else ""
@@ -316,12 +340,14 @@ class Ensemble:
             if remaining <= 0:
                 raise LeftOutError(f"timed out after {self.member_timeout_s:.0f} s{where}")
             try:
-                return await asyncio.wait_for(
-                    _await(handle.predict.remote(str(day.date()), frame_key, box)), remaining
+                res: dict[str, Any] = await asyncio.wait_for(
+                    _await(getattr(handle, method).remote(*args)), remaining
                 )
+                return res
             except TimeoutError:
                 raise LeftOutError(f"timed out after {self.member_timeout_s:.0f} s{where}") from None
             except _REPLICA_GONE as exc:
+                self.retries[name] = self.retries.get(name, 0) + 1
                 if attempt == 2:
                     raise LeftOutError(f"replica unavailable twice{where}: {type(exc).__name__}") from exc
                 logger.warning(
@@ -379,7 +405,7 @@ class Ensemble:
 
     # -- introspection --------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        return {"versions": list(self._versions), "left_out": self.left_out}
+        return {"versions": list(self._versions), "left_out": self.left_out, "retries": dict(self.retries)}
 
     async def recommendations(self, vid: str, as_of: str | None, top: int) -> dict[str, Any]:
         """The date's recommendations (``ensemble.recommend.recommend`` over the universe's forecast,
@@ -393,6 +419,8 @@ class Ensemble:
         lv = await self.version(vid)
         result = score_result(lv, uni)
         horizon = lv.settings.action_horizon()
+        contributions, explained, unexplained = await self.explain(lv, uni, result, horizon)
+        result.contributions, result.explain_horizon = contributions, horizon
         day = pd.Timestamp(uni["as_of"])
         upto = uni["prices"].loc[uni["prices"]["date"] <= day]
         recs = await asyncio.to_thread(recommend, result, upto, lv.settings.recommend, horizon)
@@ -403,7 +431,45 @@ class Ensemble:
         ]
         counts = recs["action"].value_counts().to_dict()
         return {"version": uni["version"], "as_of": uni["as_of"], "horizon": horizon, "left_out": uni["left_out"],
-                "actions": {str(k): int(v) for k, v in counts.items()}, "recommendations": records}  # fmt: skip
+                "actions": {str(k): int(v) for k, v in counts.items()}, "recommendations": records,
+                "explained_by": explained, **({"unexplained": unexplained} if unexplained else {})}  # fmt: skip
+
+    async def explain(
+        self, lv: scoring.LoadedVersion, uni: dict[str, Any], result: scoring.ScoreResult, horizon: int
+    ) -> tuple[pd.DataFrame, list[str], dict[str, str]]:
+        """The scored tickers' feature contributions at ``horizon`` (``scoring.explain`` over each tree
+        member's ``Member.contributions``), as ``scoring.score(explain_horizon=...)`` computes them;
+        cached with the forecast. Returns (contributions, members explained, {member: why not})."""
+        hit = uni["explained"].get(horizon)
+        if hit is not None:
+            return hit  # type: ignore[no-any-return]
+        scored = set(result.frame["ticker"].astype(str))
+        frame_box = uni["frame_box"]
+        deadline = time.monotonic() + self.member_timeout_s
+        calls: dict[str, Any] = {}
+        for m, p in uni["member_preds"].items():
+            if m in self.members and hasattr(get_model_class(m), "contributions"):
+                tickers = sorted(scored & set(p["ticker"].astype(str)))
+                args = (frame_box, horizon, tickers)
+                calls[m] = self._call(m, model_id(lv.version), "contributions", args, deadline)
+        results = await asyncio.gather(*calls.values(), return_exceptions=True)
+        parts: dict[str, pd.DataFrame | None] = {}
+        unexplained: dict[str, str] = {}
+        for m, r in zip(calls, results, strict=True):
+            if isinstance(r, BaseException):
+                unexplained[m] = str(r) if isinstance(r, LeftOutError) else f"{type(r).__name__}: {r}"
+                logger.warning("ensemble: %s contributions unavailable: %s", m, unexplained[m])
+            else:
+                parts[m] = r["contributions"]
+        frame = await frame_box[0]
+        frame = frame.loc[frame["ticker"].astype(str).isin(scored)]
+        contributions = await asyncio.to_thread(
+            scoring.explain, lv, uni["member_preds"], frame, horizon, parts
+        )
+        out = (contributions, sorted(m for m, c in parts.items() if c is not None), unexplained)
+        if not unexplained:
+            uni["explained"][horizon] = out
+        return out
 
 
 def score_result(lv: scoring.LoadedVersion, uni: dict[str, Any]) -> scoring.ScoreResult:
@@ -432,18 +498,8 @@ def score_result(lv: scoring.LoadedVersion, uni: dict[str, Any]) -> scoring.Scor
 
 def load_head(registry: ModelRegistry, vid: str) -> scoring.LoadedVersion:
     """A version's settings, preprocessor and ensemble, verified by the registry, without members
-    (they live in the member deployments). ``scoring.load_version`` refuses to load no member, so
-    this reads the same three documents it reads, the same way."""
-    from ensemble.config import Settings
-    from ensemble.features import Preprocessor
-    from ensemble.models.ensemble import EnsembleForecaster
-
-    version = registry.resolve(vid)
-    man = registry.manifest(version)
-    settings = Settings.model_validate(man["config"])
-    pre = Preprocessor.from_dict(registry.load_extra(version, "preprocessor"))
-    ens = EnsembleForecaster.from_dict(registry.load_extra(version, "ensemble"))
-    return scoring.LoadedVersion(version, settings, pre, ens, {}, tuple(settings.horizons), {})
+    (they live in the member deployments)."""
+    return scoring.load_version(registry, vid, members=[])
 
 
 async def _await(resp: Any) -> Any:

@@ -13,11 +13,19 @@
 * ``predict`` forecasts the whole universe of one as-of date (the ensemble needs every ticker of a
   date: it combines per-date z-scores), cached per (version, frame) so concurrent and repeated
   requests for one date compute it once;
+* a per-ticker member first refits its models that are stale on the as-of date, in-process, as
+  ``jobs.score`` does (``scoring.refresh_stale_prophet``: models fitted through a date more than
+  ``scoring.prophet_refit_every_days`` trading dates before it are refitted on the history up to it),
+  so the served numbers equal ``jobs.score``'s; the refit is cached per (version and shard, as-of
+  date, caller's history);
+* ``contributions`` returns a tree member's per-feature contributions (``scoring.member_contributions``)
+  for the recommendations' ``top_features``;
 * ``reconfigure(user_config)`` preloads the versions the application serves (``{"versions": [...]}``);
 * ``check_health`` fails while the member cannot predict: its version failed to load, or its last
   prediction raised (until one succeeds).
 
-No model math here: loading is ``scoring.load_version``, forecasting ``scoring.predict_member``.
+No model math here: loading is ``scoring.load_version``, forecasting ``scoring.predict_member``, the
+refit ``scoring.refresh_stale_prophet``, explaining ``scoring.member_contributions``.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from collections import OrderedDict
 from typing import Any
 
 from ray import serve
+from ray.exceptions import RayError
 
 from ensemble import scoring
 from ensemble.models import get_model_class
@@ -70,7 +79,9 @@ class MemberUnavailableError(RuntimeError):
     health_check_timeout_s=30,
 )
 class Member:
-    def __init__(self, member: str, registry: str, max_cached_frames: int = 8, threads: int = 1) -> None:
+    def __init__(
+        self, member: str, registry: str, max_cached_frames: int = 8, threads: int = 1, max_refits: int = 8
+    ) -> None:
         self.member = member
         self.registry_root = registry
         self.registry = ModelRegistry(registry)
@@ -82,6 +93,10 @@ class Member:
         self.max_cached = max_cached_frames
         self._cache: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
         self._inflight: dict[tuple[str, str], asyncio.Future[dict[str, Any]]] = {}
+        self.max_refits = max_refits
+        self._refits: OrderedDict[tuple[str, str], scoring.LoadedVersion] = OrderedDict()
+        self._refitting: dict[tuple[str, str], asyncio.Task[scoring.LoadedVersion]] = {}
+        self.refits: dict[str, Any] = {}  # the last refit: {as_of, tickers, failed, seconds}
         self.failure: str | None = None
         self.loaded: dict[str, float] = {}  # model id -> load time
         self.wanted: list[str] = []
@@ -133,9 +148,46 @@ class Member:
         return out
 
     # -- forecasting ----------------------------------------------------------------------------------
-    async def predict(self, as_of: str, frame_key: str, frame_box: list[Any]) -> dict[str, Any]:
+    async def _refreshed(
+        self, mid: str, lv: scoring.LoadedVersion, as_of: str, refit_key: str, prices_ref: Any
+    ) -> scoring.LoadedVersion:
+        """``lv`` with its models that are stale on ``as_of`` refitted (cached per ``refit_key``). The
+        refit runs as its own task: a request that times out (and is cancelled) does not cancel it,
+        and the next request for the date waits for the same refit instead of starting another."""
+        key = (mid, refit_key)
+        if key in self._refits:
+            self._refits.move_to_end(key)
+            return self._refits[key]
+        task = self._refitting.get(key)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._refit(key, lv, as_of, prices_ref))
+            self._refitting[key] = task
+            task.add_done_callback(lambda t: (self._refitting.pop(key, None), t.cancelled() or t.exception()))
+        return await asyncio.shield(task)
+
+    async def _refit(
+        self, key: tuple[str, str], lv: scoring.LoadedVersion, as_of: str, prices_ref: Any
+    ) -> scoring.LoadedVersion:
+        prices = await prices_ref
+        fresh, record = await asyncio.to_thread(scoring.refresh_stale_prophet, lv, prices, _ts(as_of))
+        if record is not None:
+            self.refits = {"model": key[0], "as_of": record.as_of, "tickers": len(record.refitted),
+                           "failed": record.failed, "seconds": record.seconds}  # fmt: skip
+            logger.info("%s %s: refitted %d stale tickers as of %s in %.1f s (%d failed)", self.member,
+                        key[0], len(record.refitted), as_of, record.seconds, len(record.failed))  # fmt: skip
+        self._refits[key] = fresh
+        while len(self._refits) > self.max_refits:
+            self._refits.popitem(last=False)
+        return fresh
+
+    async def predict(
+        self, as_of: str, frame_key: str, frame_box: list[Any], refit_key: str | None = None
+    ) -> dict[str, Any]:
         """The member's forecasts for every ticker of ``as_of`` (of this shard, for a per-ticker
-        member). ``frame_box``: ``[ObjectRef]`` of the prepared frame, fetched only on a cache miss."""
+        member). ``frame_box``: ``[ObjectRef]`` of the prepared frame, fetched only on a cache miss;
+        for a per-ticker member also the prices the frame was prepared from (``[frame, prices]``),
+        read to refit the stale models (``refit_key``: what identifies those prices up to ``as_of``,
+        default ``frame_key``)."""
         mid = serve.get_multiplexed_model_id()
         lv = await self.get_model(mid)
         key = (mid, frame_key)
@@ -148,6 +200,8 @@ class Member:
         fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved even if unawaited
         self._inflight[key] = fut
         try:
+            if self.per_ticker and len(frame_box) > 1:
+                lv = await self._refreshed(mid, lv, as_of, refit_key or frame_key, frame_box[1])
             frame = await frame_box[0]
             _, shard, shards = parse_model_id(mid)
             if shard is not None:
@@ -164,8 +218,14 @@ class Member:
                 "skipped": {str(k): str(v) for k, v in skipped.items()},
                 "seconds": time.perf_counter() - t0,
             }
+        except asyncio.CancelledError:  # the caller gave up: whoever waits on this computation retries
+            fut.cancel()
+            raise
         except Exception as exc:
-            self.failure = f"predict failed: {type(exc).__name__}: {exc}"
+            if not isinstance(
+                exc, RayError
+            ):  # not the inputs lost with their owner (a dead ensemble replica)
+                self.failure = f"predict failed: {type(exc).__name__}: {exc}"
             fut.set_exception(exc)
             raise
         finally:
@@ -177,6 +237,16 @@ class Member:
             self._cache.popitem(last=False)
         return result
 
+    async def contributions(self, frame_box: list[Any], horizon: int, tickers: list[str]) -> dict[str, Any]:
+        """A tree member's per-feature contributions at ``horizon`` for the last date of the frame
+        (``[ObjectRef]``), over ``tickers`` (``scoring.member_contributions``; None when the member
+        has none)."""
+        mid = serve.get_multiplexed_model_id()
+        lv = await self.get_model(mid)
+        frame = await frame_box[0]
+        c = await asyncio.to_thread(scoring.member_contributions, lv, self.member, frame, horizon, tickers)
+        return {"member": self.member, "version": lv.version, "contributions": c}
+
     def status(self) -> dict[str, Any]:
         return {
             "member": self.member,
@@ -184,6 +254,7 @@ class Member:
             "detail": self.failure,
             "loaded": sorted(self.loaded),
             "replica": serve.get_replica_context().replica_id.to_full_id_str(),
+            **({"refit": self.refits} if self.refits else {}),
         }
 
     def check_health(self) -> None:

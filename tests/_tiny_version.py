@@ -14,6 +14,7 @@ from ensemble.cost import CostMeter
 from ensemble.models import get_model_class
 from ensemble.models.base import Forecaster
 from ensemble.models.ensemble import VOL_COLUMN, EnsembleForecaster
+from ensemble.monitor import training_reference
 from ensemble.registry import ModelRegistry
 from ensemble.training import Prepared, prepare_data
 
@@ -76,6 +77,7 @@ def train_tiny_version(root: Path, settings: Settings | None = None) -> tuple[Mo
         extras={
             "preprocessor": prep.preprocessor.to_dict(),
             "ensemble": ens.to_dict(),
+            "drift_reference": training_reference(settings, prep.train, prep.preprocessor.selected_),
             "training": {"split": prep.split.as_dict(), "degraded": {}},
         },
     )

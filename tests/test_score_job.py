@@ -19,9 +19,10 @@ ACTIVE = {"recommend": {"buy_threshold": 0.0003, "sell_threshold": -0.0003, "min
 
 
 @pytest.fixture
-def no_dsn(monkeypatch) -> None:
+def no_dsn(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.delenv("ENSEMBLE_PG_DSN", raising=False)
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.chdir(tmp_path)  # the prediction log's default directory lands in the test's own
 
 
 @pytest.mark.postgres
@@ -62,7 +63,8 @@ def test_outputs_and_the_cli_tables(tiny_version, no_dsn, tmp_path: Path, capsys
     argv = ["--registry", registry.root, "--no-refit", "--out", str(tmp_path), "--top", "3", *sets]
     assert job.main(argv) == 0
     out = capsys.readouterr().out
-    assert "top buys (h=5)" in out and "top sells (h=5)" in out and "every ticker scored" in out
+    assert "actions (h=5): BUY" in out and "every ticker scored" in out
+    assert ("top buys:" in out or "highest-ranked" in out) and ("top sells:" in out or "lowest-ranked" in out)
     recs = pd.read_csv(tmp_path / "recommendations.csv")
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert len(recs) == prep.prices["ticker"].nunique() == summary["tickers"]["scored"]

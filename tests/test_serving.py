@@ -1,10 +1,13 @@
 """The Serve application through real HTTP on a local Serve instance (started once for the module: a
 tiny version trained on a private local Ray, then the whole application on 2 CPUs).
 
-Every endpoint; the numbers equal ``scoring.score``'s; bad input is a 4xx naming the field; admin
-routes answer 401 without the key; a killed member replica costs no client a failure; promotion,
-an A/B split and rollback reach the running replicas without restarting them; ``jobs.deploy`` refuses
-a damaged version and keeps serving; and the API, fuzzed from its OpenAPI schema, never answers 5xx.
+Every endpoint; the numbers equal ``jobs.score``'s (``scoring.score`` after the same refit of stale
+Prophet models; recommendations with the same drivers); bad input is a 4xx naming the field; admin
+routes answer 401 without the key; a killed member replica costs no client a failure, also under 20
+concurrent clients with one of two replicas killed, and a killed ensemble or ingress replica none after
+one client retry; promotion, an A/B split and rollback reach the running replicas without restarting
+them; ``jobs.deploy`` refuses a damaged version, and one whose forecasts differ from those recorded at
+training time, and keeps serving; and the API, fuzzed from its OpenAPI schema, never answers 5xx.
 """
 
 from __future__ import annotations
@@ -63,11 +66,13 @@ class Served:
     client: httpx.Client
 
 
-def clone_version(reg: Any, vid: str, bump: float) -> str:
+def clone_version(reg: Any, vid: str, bump: float, edit_extras: Any = None) -> str:
     man = reg.manifest(vid)
     metrics = copy.deepcopy(man["metrics"])
     metrics["ensemble"]["valid_rank_ic_h5"] += bump
     extras = {n: reg.load_extra(vid, n) for n in man["extras"]}
+    if edit_extras is not None:
+        edit_extras(extras)
     return reg.create_version(
         reg.load_version(vid), metrics=metrics, config=man["config"], data_fingerprint=man["data_fingerprint"],
         extras=extras, notes=[f"copy of {vid} (tests)"],
@@ -114,9 +119,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             victim.write_bytes(victim.read_bytes()[:-7] + b"damaged")
             port = free_port()
             serve.start(http_options={"host": "127.0.0.1", "port": port})
-            serve.run(
-                build_app({"registry": root, "member_timeout_s": 120, "cache_ttl_s": 600}), blocking=False
-            )
+            app = {"registry": root, "member_timeout_s": 120, "cache_ttl_s": 600,
+                   "num_replicas": {"random_forest": 2}}  # fmt: skip
+            serve.run(build_app(app), blocking=False)
             client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300)
             wait_until(lambda: client.get("/api/health").json()["healthy"], 600, "a healthy service", 2.0)
             yield Served(f"http://127.0.0.1:{port}", root, v1, v2, bad, settings, client)
@@ -158,14 +163,29 @@ def test_health_reports_every_member_and_the_seed_shape(served: Served) -> None:
     assert all(m == {"status": "healthy", "version": served.v1} for m in h["models"].values()), h["models"]
 
 
-def test_predict_equals_scoring_score(served: Served, prices: Any) -> None:
-    """Same features, same preprocessor, same numbers as ``jobs.score``: the ensemble, its interval and
-    confidence, and every member's forecast in return units."""
+def jobs_score(served: Served, prices: Any, day: Any = None, explain_horizon: int | None = None) -> Any:
+    """What ``jobs.score`` scores: the version with its stale Prophet models refitted (in the Ray
+    fan-out, as ``jobs.score`` runs it), then ``scoring.score``; and how many tickers were refitted."""
+    import pandas as pd
+
     from ensemble import scoring
     from ensemble.registry import ModelRegistry
+    from jobs import score as job
 
     lv = scoring.load_version(ModelRegistry(served.root), served.v1)
-    res = scoring.score(lv, prices)
+    day = pd.Timestamp(day) if day is not None else pd.Timestamp(prices["date"].max())
+    upto = prices.loc[prices["date"] <= day].reset_index(drop=True)
+    fresh, record = job.refresh_prophet(lv, upto, day, lv.settings, progress=False)
+    res = scoring.score(fresh, upto, day, explain_horizon=explain_horizon)
+    return lv, res, 0 if record is None else len(record.refitted)
+
+
+def test_predict_equals_scoring_score(served: Served, prices: Any) -> None:
+    """Same features, same preprocessor, same numbers as ``jobs.score``: the ensemble, its interval and
+    confidence, and every member's forecast in return units, with the Prophet models that are stale
+    on the date refitted as ``jobs.score`` refits them (in the Prophet replicas, in-process)."""
+    lv, res, refitted = jobs_score(served, prices)
+    assert refitted == len(lv.models["prophet"].models_) > 0  # every Prophet model is stale on this date
     ticker = str(res.frame["ticker"].iloc[3])
     r = served.client.post("/api/predict", json={"ticker": ticker})
     assert r.status_code == 200, r.text
@@ -186,6 +206,11 @@ def test_predict_equals_scoring_score(served: Served, prices: Any) -> None:
         )
         for m in lv.models:
             assert got["members"][m] == pytest.approx(want[f"{m}_h{h}"], rel=1e-9, abs=1e-12), (m, h)
+    # the Prophet replica reports its refit
+    from ray import serve
+
+    st = serve.get_deployment_handle("prophet", "default").status.remote().result(timeout_s=60)
+    assert st["refit"]["tickers"] >= 1 and st["refit"]["failed"] == {}, st
 
 
 def test_predict_one_horizon_and_the_batch(served: Served, prices: Any) -> None:
@@ -221,15 +246,18 @@ def test_predict_with_the_callers_own_history(served: Served, prices: Any) -> No
 
 
 def test_recommendations_are_the_librarys(served: Served, prices: Any) -> None:
-    """``ensemble.recommend`` over the served forecast: the same tickers, order, actions and sizes as
-    over ``scoring.score``'s (what ``jobs.score`` writes, less the refit of stale Prophet models)."""
+    """``ensemble.recommend`` over the served forecast: the same tickers, order, actions, sizes and
+    drivers (``top_features``, from the tree members' contributions) as ``jobs.score`` writes."""
     from ensemble import scoring
     from ensemble.recommend import recommend
-    from ensemble.registry import ModelRegistry
 
-    lv = scoring.load_version(ModelRegistry(served.root), served.v1)
-    horizon = lv.settings.action_horizon()
-    want = recommend(scoring.score(lv, prices), prices, lv.settings.recommend, horizon)
+    horizon = served.settings.action_horizon()
+    lv, res, _ = jobs_score(served, prices, explain_horizon=horizon)
+    want = recommend(res, prices, lv.settings.recommend, horizon, descriptions=scoring.feature_descriptions())
+    trees = [
+        m for m in ("lightgbm", "random_forest", "xgboost") if lv.ensemble.weights(horizon).get(m, 0) > 0
+    ]
+    assert want["top_features"].str.len().gt(0).all() == bool(trees)  # no tree weighted: no drivers
     r = served.client.get("/api/recommendations", params={"top": 3})
     assert r.status_code == 200, r.text
     rec = r.json()
@@ -241,7 +269,9 @@ def test_recommendations_are_the_librarys(served: Served, prices: Any) -> None:
         assert x["action"] == w["action"]
         assert x["risk_adjusted"] == pytest.approx(w["risk_adjusted"], rel=1e-9)
         assert x["weight"] == pytest.approx(w["weight"], rel=1e-9, abs=1e-15)
+        assert x["top_features"] == w["top_features"] and bool(x["top_features"]) == bool(trees), x
     assert sum(rec["actions"].values()) == len(want)
+    assert rec["explained_by"] == ["lightgbm", "random_forest", "xgboost"] and "unexplained" not in rec
     day = str(sorted(prices["date"].unique())[-10])[:10]
     r = served.client.get("/api/recommendations", params={"top": 2, "date": day})
     assert r.status_code == 200 and r.json()["as_of"] == day and len(r.json()["recommendations"]) == 2
@@ -334,7 +364,7 @@ def test_a_killed_member_replica_costs_no_client_a_failure(served: Served, price
     c = served.client
     st = c.get("/api/health").json()
     assert st["healthy"]
-    old = _replica(served, "xgboost")
+    (old,) = _replicas("xgboost")
     ray.kill(ray.get_actor(old, namespace="serve"), no_restart=True)
     day = str(sorted(prices["date"].unique())[-3])[:10]  # not cached yet: the members are called
     t = str(sorted(prices["ticker"].unique())[1])
@@ -346,19 +376,29 @@ def test_a_killed_member_replica_costs_no_client_a_failure(served: Served, price
         assert body["left_out"]["xgboost"] and body["forecast"]["horizons"]["5"]["n_models"] == 5
         assert c.get("/api/health").json()["models"]["xgboost"]["status"] in ("degraded", "failed")
     # the replica comes back, and a forecast of a new date uses all six members again
-    wait_until(lambda: _replica(served, "xgboost") != old, 300, "a new replica")
+    wait_until(
+        lambda: len(_replicas("xgboost")) == 1 and old not in _replicas("xgboost"), 300, "a new replica"
+    )
     day2 = str(sorted(prices["date"].unique())[-4])[:10]
     r2 = wait_until(lambda: _all_six(c, t, day2), 300, "a forecast with all six members", 5.0)
     assert r2["left_out"] == {}
     wait_until(lambda: c.get("/api/health").json()["healthy"], 120, "health after the restart")
 
 
-def _replica(served: Served, member: str) -> str:
-    """The Ray actor name of a live replica of ``member`` (what its ``status`` reports)."""
-    from ray import serve
+def _replicas(deployment: str, app: str = "default") -> set[str]:
+    """The Ray actor names of the live replicas of ``deployment`` (the named actors of Serve's
+    namespace, from the GCS: no dashboard needed)."""
+    import ray
+    from ray.serve._private.common import ReplicaID
 
-    h = serve.get_deployment_handle(member, "default")
-    return str(h.status.remote().result(timeout_s=60)["replica"])
+    out = set()
+    for a in ray.util.list_named_actors(all_namespaces=True):
+        name = str(a["name"])
+        if a["namespace"] == "serve" and ReplicaID.is_full_id_str(name):
+            dep = ReplicaID.from_full_id_str(name).deployment_id
+            if dep.name == deployment and dep.app_name == app:
+                out.add(name)
+    return out
 
 
 def _all_six(c: httpx.Client, ticker: str, day: str) -> dict[str, Any] | None:
@@ -368,13 +408,170 @@ def _all_six(c: httpx.Client, ticker: str, day: str) -> dict[str, Any] | None:
     return b if len(b["members"]) == 6 and not b["left_out"] else None
 
 
+def _fresh_dates(served: Served, prices: Any) -> list[str]:
+    """The dates on which no Prophet model is stale (nothing to refit: every request is cheap)."""
+    from ensemble import scoring
+    from ensemble.registry import ModelRegistry
+
+    lv = scoring.load_version(ModelRegistry(served.root), served.v1, ["prophet"])
+    through = scoring.prophet_fitted_through(lv.models["prophet"])
+    every = lv.settings.scoring.prophet_refit_every_days
+    dates = sorted(prices["date"].unique())
+    first = max(through.values())
+    return [str(d)[:10] for d in dates
+            if d >= first and not scoring.stale_prophet_tickers(through, dates, d, every)]  # fmt: skip
+
+
+@dataclass
+class Answer:
+    started: float
+    ended: float
+    attempts: int
+    status: int  # the last attempt's; -1: no HTTP answer (the connection failed)
+    body: Any
+    first: tuple[int, str] | None = None  # the failed first attempt, when retried
+
+
+class Load:
+    """``clients`` threads posting forecasts until stopped, each request unique (the client's ticker
+    with its own bars and a volume no other request sends, on a date with nothing to refit), so that
+    every request reaches the ensemble and all the members. ``retry``: a client repeats a failed
+    request once."""
+
+    def __init__(self, served: Served, prices: Any, dates: list[str], clients: int = 20, retry: bool = False):
+        self.url, self.retry, self.clients = served.url, retry, clients
+        self.dates = dates
+        self.tickers = [str(t) for t in sorted(prices["ticker"].unique())]
+        self.prices = prices
+        self.bars: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        self.answers: list[Answer] = []
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._client, args=(i,), daemon=True) for i in range(clients)]
+
+    def _history(self, ticker: str, day: str, k: int) -> list[dict[str, Any]]:
+        with self.lock:
+            if (ticker, day) not in self.bars:
+                own = self.prices.loc[(self.prices["ticker"] == ticker) & (self.prices["date"] <= day)]
+                self.bars[(ticker, day)] = [
+                    {"date": str(r["date"].date()), **{c: float(r[c]) for c in ("open", "high", "low", "close", "volume")}}
+                    for r in own.to_dict("records")
+                ]  # fmt: skip
+            bars = self.bars[(ticker, day)]
+        return [*bars[:-1], {**bars[-1], "volume": bars[-1]["volume"] + k}]
+
+    @staticmethod
+    def _post(hc: httpx.Client, body: dict[str, Any]) -> tuple[int, Any]:
+        try:
+            r = hc.post("/api/predict", json=body)
+        except httpx.HTTPError as exc:
+            return -1, f"{type(exc).__name__}: {exc}"
+        return r.status_code, (r.json() if r.status_code == 200 else r.text[:300])
+
+    def _client(self, i: int) -> None:
+        n = 0
+        with httpx.Client(base_url=self.url, timeout=300) as hc:
+            while not self.stop.is_set():
+                day = self.dates[(i + n) % len(self.dates)]
+                t = self.tickers[i % len(self.tickers)]
+                body = {
+                    "ticker": t,
+                    "as_of": day,
+                    "horizon": 5,
+                    "history": self._history(t, day, 1 + i * 10_000 + n),
+                }
+                n += 1
+                t0 = time.monotonic()
+                code, res = self._post(hc, body)
+                if code == 200 or not self.retry:
+                    self.answers.append(Answer(t0, time.monotonic(), 1, code, res))
+                    continue
+                first = (code, str(res)[:300])
+                code, res = self._post(hc, body)
+                self.answers.append(Answer(t0, time.monotonic(), 2, code, res, first))
+
+    def __enter__(self) -> Load:
+        for th in self.threads:
+            th.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+        deadline = time.monotonic() + (5 if exc[0] is not None else 650)  # a request may take 2 x 300 s
+        for th in self.threads:
+            th.join(timeout=max(0.1, deadline - time.monotonic()))
+
+    def ended_after(self, t: float) -> int:
+        return sum(1 for a in list(self.answers) if a.ended > t)
+
+    def wait(self, n: int, after: float = 0.0, timeout: float = 300) -> None:
+        wait_until(lambda: self.ended_after(after) >= n, timeout, f"{n} answers", 0.2)
+
+
+def _kill_one(deployment: str) -> tuple[str, float]:
+    import ray
+
+    victim = sorted(_replicas(deployment))[0]
+    ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+    return victim, time.monotonic()
+
+
+def _comes_back(deployment: str, victim: str, n: int) -> None:
+    wait_until(
+        lambda: len(r := _replicas(deployment)) == n and victim not in r, 300, f"a new {deployment} replica"
+    )
+
+
+def test_killed_replicas_under_concurrent_load(served: Served, prices: Any) -> None:
+    """20 concurrent clients, every request reaching all the members. One of the two random_forest
+    replicas is killed: no client sees a failure, without retrying (the ensemble retries the call on
+    the other replica, or answers without the member and says so); the replica comes back. Then the
+    ensemble's replica and the ingress's are killed: no client sees a failure after one retry."""
+    c = served.client
+    dates = _fresh_dates(served, prices)
+    assert len(dates) >= 10, dates
+    wait_until(lambda: len(_replicas("random_forest")) == 2, 120, "two random_forest replicas")
+    before = c.get("/api/health").json()["retries"].get("random_forest", 0)
+    with Load(served, prices, dates, clients=20) as load:
+        load.wait(10)
+        victim, killed = _kill_one("random_forest")
+        load.wait(40, after=killed)
+    answers = load.answers
+    failed = [a for a in answers if a.status != 200]
+    assert not failed, [(a.status, a.body) for a in failed[:3]]
+    without = [a.body for a in answers if "random_forest" in a.body["left_out"]]
+    for b in without:  # answered without it, and said so
+        assert b["left_out"]["random_forest"] and "random_forest" not in b["members"], b
+        assert "random_forest" not in b["forecast"]["horizons"]["5"]["members"], b
+    retried = c.get("/api/health").json()["retries"].get("random_forest", 0) - before
+    print(f"\nmember replica killed: {len(answers)} answers ({load.ended_after(killed)} after the kill), "
+          f"0 failed, {len(without)} without random_forest, {retried} member calls retried")  # fmt: skip
+    _comes_back("random_forest", victim, 2)
+    t = str(sorted(prices["ticker"].unique())[1])
+    wait_until(lambda: _all_six(c, t, dates[-1]), 300, "a forecast with all six members", 5.0)
+    wait_until(lambda: c.get("/api/health").json()["healthy"], 120, "health after the restart")
+
+    for deployment in ("Ensemble", "Api"):
+        with Load(served, prices, dates, clients=20, retry=True) as load:
+            load.wait(10)
+            victim, killed = _kill_one(deployment)
+            load.wait(40, after=killed)
+        failed = [a for a in load.answers if a.status != 200]
+        assert not failed, (deployment, [(a.status, a.body, a.first) for a in failed[:3]])
+        retried = [a.first for a in load.answers if a.attempts == 2]
+        print(f"{deployment} replica killed: {len(load.answers)} answers, {len(retried)} retried once by "
+              f"the client ({retried[:2]}), 0 failed after the retry")  # fmt: skip
+        _comes_back(deployment, victim, 1)
+    wait_until(lambda: c.get("/api/health").json()["healthy"], 120, "health after the restarts")
+
+
 # -- promotion, A/B, rollback, deploy -------------------------------------------------------------------
 def test_promotion_ab_and_rollback_reach_the_running_replicas(served: Served, prices: Any) -> None:
     from ray import serve
 
     c, admin = served.client, {"X-API-Key": KEY}
     t = str(sorted(prices["ticker"].unique())[0])
-    replicas = {m: _replica(served, m) for m in TINY["models"]}
+    replicas = {m: _replicas(m) for m in TINY["models"]}
     # promote under concurrent load: no request fails, and once the switch is done every response
     # carries the new version
     seen: list[tuple[float, int, str | None]] = []
@@ -431,8 +628,40 @@ def test_promotion_ab_and_rollback_reach_the_running_replicas(served: Served, pr
     assert r.status_code == 200 and r.json()["production"] == served.v1, r.text
     assert c.post("/api/predict", json={"ticker": t}).json()["version"] == served.v1
     # no replica was restarted by any of it (reconfigure and broadcasts only)
-    assert {m: _replica(served, m) for m in TINY["models"]} == replicas
+    assert {m: _replicas(m) for m in TINY["models"]} == replicas
     assert serve.status().applications["default"].status == "RUNNING"
+
+
+def test_jobs_deploy_checks_the_forecasts_recorded_at_training_time(served: Served, capsys: Any) -> None:
+    """``jobs.train`` recorded sample forecasts (every member's and the ensemble's, through
+    ``scoring.score``); the stored version forecasts them again to 1e-9, and a version whose recorded
+    forecasts differ is refused while the running version keeps serving."""
+    from ensemble.registry import ModelRegistry
+    from jobs import deploy
+
+    reg = ModelRegistry(served.root)
+    rec = reg.load_extra(served.v1, "samples")
+    split = reg.load_extra(served.v1, "training")["split"]
+    assert rec["as_of"] == split["valid_end"] and len(rec["tickers"]) == 3
+    assert sorted(rec["members"]) == sorted(TINY["models"])
+    assert all(len(rec["members"][m]) == 3 for m in rec["members"])
+    report = deploy.validate(served.root, served.v1)
+    assert report["training_samples"]["tickers"] == rec["tickers"], report
+
+    def drift(extras: dict[str, Any]) -> None:
+        t = extras["samples"]["tickers"][0]
+        extras["samples"]["members"]["lightgbm"][t]["pred_h5"] *= 1 + 1e-6
+
+    drifted = clone_version(reg, served.v1, bump=3.0, edit_extras=drift)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ENSEMBLE_API_KEY", KEY)
+        before = served.client.get("/api/health").json()["version"]
+        args = ["--registry", served.root, "--url", served.url, "--timeout", "300"]
+        assert deploy.main(["--version", drifted, *args]) == 1
+        err = capsys.readouterr().err
+        assert "refused" in err and "recorded at training time" in err and "lightgbm" in err, err
+        assert served.client.get("/api/health").json()["version"] == before  # it keeps serving
+    assert reg.aliases()["production"] == before
 
 
 def test_jobs_deploy_refuses_a_damaged_version_and_keeps_serving(served: Served, capsys: Any) -> None:

@@ -678,7 +678,7 @@ class SequenceForecaster(Forecaster):
         data = self._data_for(frame)
         rows = None
         if dates is not None:
-            rows = np.flatnonzero(np.isin(data.dates, pd.DatetimeIndex(dates).as_unit("ns").asi8))
+            rows = np.flatnonzero(np.isin(data.dates, pd.DatetimeIndex(list(dates)).as_unit("ns").asi8))
         outs = self._batched(data, self.module_, rows)
         z = torch.cat(outs).numpy().astype(np.float64) if outs else np.zeros((0, len(self.horizons)))
         preds_sorted = z * self.target_std_ + self.target_mean_
