@@ -38,8 +38,8 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -47,7 +47,6 @@ from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
-import psycopg2
 import pyarrow as pa
 import pyarrow.parquet as pq
 from psycopg2 import sql
@@ -56,7 +55,7 @@ from psycopg2.extras import Json, execute_values
 
 from ensemble.catalog import MODEL_NAMES
 from ensemble.config import Settings
-from ensemble.data.store import check_table_name, redact_dsn
+from ensemble.data.store import check_table_name, pg_transaction, redact_dsn
 
 logger = logging.getLogger(__name__)
 
@@ -299,20 +298,8 @@ class PostgresLogBackend:
     def __repr__(self) -> str:
         return f"PostgresLogBackend({redact_dsn(self._dsn)!r}, table={self.table!r})"
 
-    @contextmanager
-    def _connect(self) -> Iterator[PgConnection]:
-        try:
-            conn = psycopg2.connect(self._dsn)
-        except psycopg2.OperationalError as exc:
-            raise ConnectionError(
-                f"cannot connect to PostgreSQL at {redact_dsn(self._dsn)}: {str(exc).strip()}"
-            ) from None
-        try:
-            with conn, conn.cursor() as cur:  # commit on success, roll back on any exception
-                cur.execute("SET extra_float_digits = 1")  # floats round-trip bit for bit
-                yield conn
-        finally:
-            conn.close()
+    def _connect(self) -> AbstractContextManager[PgConnection]:
+        return pg_transaction(self._dsn)
 
     def create_schema(self) -> None:
         with self._connect() as conn, conn.cursor() as cur:

@@ -133,9 +133,9 @@ def test_one_predict_call_per_member(lv, prices, monkeypatch) -> None:
     for name, model in lv.models.items():
         orig = model.predict
 
-        def counted(frame, _orig=orig, _name=name):
+        def counted(frame, _orig=orig, _name=name, **kwargs):
             calls[_name] = calls.get(_name, 0) + 1
-            return _orig(frame)
+            return _orig(frame, **kwargs)
 
         monkeypatch.setattr(model, "predict", counted)
     r = score(lv, prices)

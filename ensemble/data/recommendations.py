@@ -15,19 +15,18 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import psycopg2
 from psycopg2 import sql
 from psycopg2.extensions import connection as PgConnection
 from psycopg2.extras import Json, execute_values
 
 from ensemble.config import PostgresConfig
-from ensemble.data.store import check_table_name, redact_dsn
+from ensemble.data.store import check_table_name, pg_transaction, redact_dsn
 
 logger = logging.getLogger(__name__)
 
@@ -109,20 +108,8 @@ class RecommendationStore:
     def __repr__(self) -> str:
         return f"RecommendationStore({redact_dsn(self._dsn)!r}, table={self.table!r})"
 
-    @contextmanager
-    def _connect(self) -> Iterator[PgConnection]:
-        try:
-            conn = psycopg2.connect(self._dsn)
-        except psycopg2.OperationalError as exc:
-            raise ConnectionError(
-                f"cannot connect to PostgreSQL at {redact_dsn(self._dsn)}: {str(exc).strip()}"
-            ) from None
-        try:
-            with conn, conn.cursor() as cur:  # commit on success, roll back on any exception
-                cur.execute("SET extra_float_digits = 1")  # floats round-trip bit for bit
-                yield conn
-        finally:
-            conn.close()
+    def _connect(self) -> AbstractContextManager[PgConnection]:
+        return pg_transaction(self._dsn)
 
     def _create(self, cur: Any) -> None:
         # queue behind any other writer creating this table (concurrent CREATE IF NOT EXISTS can fail)

@@ -94,6 +94,26 @@ def check_table_name(table: str) -> str:
     return table.lower()
 
 
+@contextmanager
+def pg_transaction(dsn: str) -> Iterator[PgConnection]:
+    """A PostgreSQL connection whose transaction commits on success and rolls back on any exception,
+    closed afterwards; floats round-trip bit for bit (shortest exact float text, PostgreSQL >= 12); a
+    failed connect is a ConnectionError naming the server (password redacted). Every store uses it."""
+    try:
+        conn = psycopg2.connect(dsn)
+    except psycopg2.OperationalError as exc:
+        raise ConnectionError(
+            f"cannot connect to PostgreSQL at {redact_dsn(dsn)}: {str(exc).strip()}"
+        ) from None
+    try:
+        with conn:  # commit / rollback
+            with conn.cursor() as cur:
+                cur.execute("SET extra_float_digits = 1")
+            yield conn
+    finally:
+        conn.close()
+
+
 class PriceStore:
     """The contract table in PostgreSQL.
 
@@ -121,25 +141,14 @@ class PriceStore:
 
     @contextmanager
     def _connect(self) -> Iterator[PgConnection]:
-        """A connection whose transaction commits on success and rolls back on any exception."""
+        """:func:`pg_transaction`; a missing table is a LookupError saying how to create it."""
         try:
-            conn = psycopg2.connect(self._dsn)
-        except psycopg2.OperationalError as exc:
-            raise ConnectionError(
-                f"cannot connect to PostgreSQL at {redact_dsn(self._dsn)}: {str(exc).strip()}"
-            ) from None
-        try:
-            with conn:  # commit / rollback
-                with conn.cursor() as cur:
-                    # shortest exact float text (PostgreSQL >= 12), so floats round-trip bit for bit
-                    cur.execute("SET extra_float_digits = 1")
+            with pg_transaction(self._dsn) as conn:
                 yield conn
         except psycopg2.errors.UndefinedTable as exc:
             raise LookupError(
                 f"table {self.table!r} does not exist: call create_schema() or ingest data first ({exc.pgerror})"
             ) from exc
-        finally:
-            conn.close()
 
     # ------------------------------------------------------------------ schema
     def create_schema(self) -> None:
