@@ -39,7 +39,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -567,12 +567,15 @@ def refresh_stale_prophet(
     as_of: Any,
     every_days: int | None = None,
     name: str | None = None,
+    *,
+    fit: Callable[[pd.DataFrame, Forecaster], Forecaster] | None = None,
+    how: str = "local",
 ) -> tuple[LoadedVersion, ProphetRefit | None]:
-    """In this process: refit the per-ticker member's models that are stale on ``as_of`` (of the tickers
-    with a row on ``as_of``; ``every_days`` defaults to the version's
-    ``scoring.prophet_refit_every_days``) on the history up to ``as_of`` and swap them in, as
-    ``jobs.score`` does (there in the Ray fan-out: the same fit). Returns ``lv`` itself and None when
-    nothing is stale (or the version has no per-ticker member)."""
+    """Refit the per-ticker member's models that are stale on ``as_of`` (of the tickers with a row on
+    ``as_of``; ``every_days`` defaults to the version's ``scoring.prophet_refit_every_days``) on the
+    history up to ``as_of`` and swap them in. ``fit(frame, stored_model)`` does the fitting (default:
+    :func:`refit_prophet` in this process; ``jobs.score`` passes the Ray fan-out, recorded as ``how``).
+    Returns ``lv`` itself and None when nothing is stale (or the version has no per-ticker member)."""
     name = name or per_ticker_member(lv)
     if name is None:
         return lv, None
@@ -585,9 +588,10 @@ def refresh_stale_prophet(
     if not stale:
         return lv, None
     t0 = time.perf_counter()
-    fit = refit_prophet(lv, prophet_refit_frame(lv, prices, as_of, list(stale), name), name)
-    record = refit_record(lv, stale, fit, as_of, every, time.perf_counter() - t0, "local", name)
-    return with_prophet(lv, fit, name), record
+    frame = prophet_refit_frame(lv, prices, as_of, list(stale), name)
+    model = refit_prophet(lv, frame, name) if fit is None else fit(frame, lv.models[name])
+    record = refit_record(lv, stale, model, as_of, every, time.perf_counter() - t0, how, name)
+    return with_prophet(lv, model, name), record
 
 
 # -- forecasts recorded at training time ------------------------------------------------------------------

@@ -54,13 +54,8 @@ from ensemble.scoring import (
     history_days,
     load_version,
     per_ticker_member,
-    prophet_fitted_through,
-    prophet_refit_frame,
-    refit_prophet,
-    refit_record,
+    refresh_stale_prophet,
     score,
-    stale_prophet_tickers,
-    with_prophet,
 )
 
 logger = logging.getLogger("jobs.score")
@@ -102,27 +97,17 @@ def refresh_prophet(
     use_ray: bool = True,
     progress: bool = True,
 ) -> tuple[LoadedVersion, ProphetRefit | None]:
-    """Refit the stale per-ticker models (Ray fan-out, or in-process with ``use_ray=False``)."""
-    name = per_ticker_member(lv)
-    if name is None:
-        return lv, None
+    """Refit the stale per-ticker models (``scoring.refresh_stale_prophet``, fitted in the Ray fan-out,
+    or in-process with ``use_ray=False``)."""
     every = settings.scoring.prophet_refit_every_days
-    on_day = prices.loc[prices["date"] == as_of, "ticker"].astype(str).unique()
-    stale = stale_prophet_tickers(
-        prophet_fitted_through(lv.models[name]), prices["date"], as_of, every, tickers=on_day
-    )
-    if not stale:
-        logger.info("prophet: no model older than %d trading dates", every)
-        return lv, None
-    t0 = time.perf_counter()
-    frame = prophet_refit_frame(lv, prices, as_of, list(stale), name)
-    model = lv.models[name]
-    if use_ray:
+
+    def fan_out(frame: pd.DataFrame, model: Any) -> Any:
         from jobs.ray_prophet import fit_prophet_fanout
         from jobs.train import connect_ray
 
-        logger.info("prophet: refitting %d stale tickers on Ray (%s)", len(stale), connect_ray(settings))
-        fit = fit_prophet_fanout(
+        logger.info("prophet: refitting %d stale tickers on Ray (%s)", frame["ticker"].nunique(),
+                    connect_ray(settings))  # fmt: skip
+        return fit_prophet_fanout(
             frame,
             horizons=model.horizons,
             params=dict(model.params),
@@ -130,11 +115,12 @@ def refresh_prophet(
             task_cpus=settings.ray.prophet_task_cpus,
             progress=progress,
         ).model
-    else:
-        fit = refit_prophet(lv, frame, name)
-    seconds = time.perf_counter() - t0
-    record = refit_record(lv, stale, fit, as_of, every, seconds, "ray" if use_ray else "local", name)
-    return with_prophet(lv, fit, name), record
+
+    how = "ray" if use_ray else "local"
+    fresh, record = refresh_stale_prophet(lv, prices, as_of, every, fit=fan_out if use_ray else None, how=how)
+    if record is None and per_ticker_member(lv) is not None:
+        logger.info("prophet: no model older than %d trading dates", every)
+    return fresh, record
 
 
 def run(
