@@ -204,6 +204,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     print("split: " + ", ".join(f"{k} {v.date()}" for k, v in sp.items()), flush=True)
 
+    if args.save_preds:  # the truth of every date (the ensemble and its intervals can be refitted offline)
+        Path(args.save_preds).mkdir(parents=True, exist_ok=True)
+        truth_all.to_parquet(Path(args.save_preds) / "truth.parquet")
+        (Path(args.save_preds) / "split.json").write_text(
+            json.dumps({k: str(v.date()) for k, v in sp.items()})
+        )
     rows: dict[str, dict[str, Any]] = {}
     vrows: dict[str, dict[str, Any]] = {}
     preds: dict[str, pd.DataFrame] = {}
@@ -226,6 +232,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         p = p[p["date"] >= sp["test_start"]].reset_index(drop=True)
         pv = pv[pv["date"] >= sp["valid_start"]].reset_index(drop=True)
         preds[name], vpreds[name] = p, pv
+        if args.save_preds:
+            save_dir = Path(args.save_preds)
+            save_dir.mkdir(parents=True, exist_ok=True)
+            p.to_parquet(save_dir / f"test_{name}.parquet")
+            pv.to_parquet(save_dir / f"valid_{name}.parquet")
         rows[name] = {**score(p, truth), "fit_s": fit_s, "predict_s": time.perf_counter() - t - fit_s}
         vrows[name] = score(pv, vtruth)
         if name == "prophet":
@@ -366,6 +377,10 @@ def main() -> int:
     ap.add_argument("--cs-norm", choices=list(KINDS), default=FeatureConfig().cs_norm)
     ap.add_argument(
         "--params", help='per-model parameters as JSON, e.g. {"xgboost": {"eval_metric": "rmse"}}'
+    )
+    ap.add_argument(
+        "--save-preds",
+        help="write each model's validation and test forecasts and the truth as Parquet to this folder",
     )
     ap.add_argument("--json", help="write the results here (default artifacts/bench/quality_<source>.json)")
     args = ap.parse_args()
