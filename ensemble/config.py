@@ -99,6 +99,10 @@ class TrainingConfig(_Strict):
     training_days: int = Field(1000, ge=60)
     max_epochs: int = Field(50, ge=1)
     tuning_trials: int = Field(30, ge=1)
+    # Tree tuning trials fit on every N-th training date (validation and the refit keep every date):
+    # adjacent dates share most of their features and overlapping labels, so the trials rank
+    # configurations alike at 1/N of the rows (bench/train.py prints each model's validation Rank IC).
+    tuning_date_stride: int = Field(2, ge=1)
     cost_limit_usd: float = Field(5.0, ge=0.0)
     cpu_hour_usd: float = Field(0.05, ge=0.0)
     gpu_hour_usd: float = Field(1.20, ge=0.0)

@@ -9,8 +9,10 @@ trial is the model's own ``fit`` with a :class:`TuneReport` callback (as in Ray'
 of its trees) unless the settings pin those keys; the refit uses the full model.
 
 What a trial optimises
-    A trial fits one model for the tuning horizon (5 days, else the shortest horizon) on ``train``.
-    Two metrics are reported:
+    A trial fits one model for the tuning horizon (5 days, else the shortest horizon) on every
+    ``settings.training.tuning_date_stride``-th date of ``train`` (default 2: adjacent dates share
+    most features and overlapping labels, so configurations rank alike at half the rows) and is
+    scored on every validation date. Two metrics are reported:
 
     * ``valid_rmse``: the validation RMSE of the current boosting round, reported *every round* by
       Ray's XGBoost / LightGBM Tune callback. ASHA (``metric=valid_rmse, mode=min``, time attribute
@@ -21,7 +23,7 @@ What a trial optimises
       model cut at its best-RMSE round so far, refreshed every ``grace_period`` rounds while the best
       round moves, and computed exactly at the end. This is the objective: Optuna maximises it and
       the best trial is the one with the highest final ``rank_ic``. At the end of a completed trial
-      it is the Rank IC of exactly the model the refit builds for that horizon (same data, same
+      it is the Rank IC of the trial's model (the refit then fits every training date, with the same
       early stopping on the validation RMSE).
 
     A model without rounds (the Random Forest) reports once (both metrics) and runs under a FIFO
@@ -337,6 +339,14 @@ def _slim(frame: pd.DataFrame, h: int) -> pd.DataFrame:
     return frame.loc[:, [*KEY_COLUMNS, *feature_columns(frame), target_col(h)]].reset_index(drop=True)
 
 
+def _every_nth_date(frame: pd.DataFrame, stride: int) -> pd.DataFrame:
+    """The rows of every ``stride``-th date of ``frame`` (the first date kept): the trials' training rows."""
+    if stride <= 1:
+        return frame
+    dates = np.sort(frame["date"].unique())
+    return frame[frame["date"].isin(dates[::stride])].reset_index(drop=True)
+
+
 def _tuning_horizon(settings: Settings) -> int:
     return 5 if 5 in settings.horizons else int(min(settings.horizons))
 
@@ -415,7 +425,7 @@ def tune_tree_model(
             "horizon": h,
             "fixed": trial_fixed,
             "n_jobs": max(1, round(rc.trial_cpus)),
-            "train": _slim(train, h),
+            "train": _slim(_every_nth_date(train, tc.tuning_date_stride), h),
             "valid": _slim(valid, h),
             "ic_every": rc.asha_grace_period,
         }
