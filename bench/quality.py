@@ -172,36 +172,51 @@ def prophet_walk_forward(
 def run(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     prices, oracle = load(args.source, args.tickers, args.days, args.seed)
-    feats = build_features(prices, HORIZONS, n_jobs=None)
-    dates = pd.DatetimeIndex(np.sort(feats["date"].unique()))
-    sp = split_dates(dates, args.source)
-    pre = Preprocessor(k=args.k, cs_norm=args.cs_norm).fit(feats, sp["train_end"])
-    close = prices[["date", "ticker", "close"]]
-    frame = (
-        pre.transform(feats)
-        .merge(close, on=["date", "ticker"], how="left")
-        .merge(trailing_volatility(prices), on=["date", "ticker"], how="left")
-    )
     tcols = [f"target_h{h}" for h in HORIZONS]
-    truth_all = frame[["date", "ticker", *tcols, VOL_COLUMN]]
+    saved = Path(args.from_preds) if args.from_preds else None
+    if saved is not None:  # the members' forecasts of an earlier run: only the ensembles are fitted
+        truth_all = pd.read_parquet(saved / "truth.parquet")
+        sp = {k: pd.Timestamp(v) for k, v in json.loads((saved / "split.json").read_text()).items()}
+        dates = pd.DatetimeIndex(np.sort(truth_all["date"].unique()))
+        n_selected = None
+    else:
+        feats = build_features(prices, HORIZONS, n_jobs=None)
+        dates = pd.DatetimeIndex(np.sort(feats["date"].unique()))
+        sp = split_dates(dates, args.source)
+        pre = Preprocessor(k=args.k, cs_norm=args.cs_norm).fit(feats, sp["train_end"])
+        close = prices[["date", "ticker", "close"]]
+        frame = (
+            pre.transform(feats)
+            .merge(close, on=["date", "ticker"], how="left")
+            .merge(trailing_volatility(prices), on=["date", "ticker"], how="left")
+        )
+        del feats
+        n_selected = len(pre.selected_)
+        truth_all = frame[["date", "ticker", *tcols, VOL_COLUMN]]
+        train = window(frame, sp["train_start"], sp["train_end"])
+        valid = window(frame, sp["valid_start"], sp["valid_end"])
+        train_fit = cross_sectional_targets(train, args.target)
+        valid_fit = cross_sectional_targets(valid, args.target)
+        lead_v = dates[max(0, dates.get_loc(sp["valid_start"]) - 70)]  # history for the sequence windows
+        valid_in = frame[(frame["date"] >= lead_v) & (frame["date"] <= sp["valid_end"])].reset_index(
+            drop=True
+        )
+        lead = dates[max(0, dates.get_loc(sp["test_start"]) - 70)]
+        test_in = frame[frame["date"] >= lead].reset_index(drop=True)
     truth = truth_all[truth_all["date"] >= sp["test_start"]].reset_index(drop=True)
-    del feats
-    train = window(frame, sp["train_start"], sp["train_end"])
-    valid = window(frame, sp["valid_start"], sp["valid_end"])
-    vtruth = valid[["date", "ticker", *tcols, VOL_COLUMN]]
-    train_fit = cross_sectional_targets(train, args.target)
-    valid_fit = cross_sectional_targets(valid, args.target)
-    lead_v = dates[max(0, dates.get_loc(sp["valid_start"]) - 70)]  # history for the sequence windows
-    valid_in = frame[(frame["date"] >= lead_v) & (frame["date"] <= sp["valid_end"])].reset_index(drop=True)
-    lead = dates[max(0, dates.get_loc(sp["test_start"]) - 70)]
-    test_in = frame[frame["date"] >= lead].reset_index(drop=True)
+    vtruth = window(truth_all, sp["valid_start"], sp["valid_end"])
+    # every label realised by the validation's end: the ensemble's universe history
+    history = pd.concat([window(truth_all, sp["train_start"], sp["train_end"]), vtruth], ignore_index=True)[
+        ["date", *tcols]
+    ]
     prep_s = time.perf_counter() - t0
     print(
         f"\n== bench/quality.py --source {args.source}: {prices['ticker'].nunique()} tickers x {len(dates)} days, "
-        f"{len(pre.selected_)} features selected (train-only), target {args.target}, cs_norm {args.cs_norm}; "
-        f"prep {prep_s:.0f} s",
+        + (f"forecasts from {saved}" if saved is not None else
+           f"{n_selected} features selected (train-only), target {args.target}, cs_norm {args.cs_norm}")
+        + f"; prep {prep_s:.0f} s",
         flush=True,
-    )
+    )  # fmt: skip
     print("split: " + ", ".join(f"{k} {v.date()}" for k, v in sp.items()), flush=True)
 
     if args.save_preds:  # the truth of every date (the ensemble and its intervals can be refitted offline)
@@ -216,6 +231,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     vpreds: dict[str, pd.DataFrame] = {}
     for name in args.models:
         t = time.perf_counter()
+        if saved is not None:
+            if not (saved / f"test_{name}.parquet").exists():
+                continue
+            p = pd.read_parquet(saved / f"test_{name}.parquet")
+            pv = pd.read_parquet(saved / f"valid_{name}.parquet")
+            preds[name], vpreds[name] = p, pv
+            rows[name], vrows[name] = score(p, truth), score(pv, vtruth)
+            continue
         try:
             if name == "prophet":
                 model: Any = fit_prophet(train, args.prophet_procs)
@@ -256,7 +279,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"test h5 {rows[name]['ic_h5']:+.4f} h20 {rows[name]['ic_h20']:+.4f} h60 {rows[name]['ic_h60']:+.4f}",
             flush=True,
         )
-    if "prophet" in args.models and args.prophet_refit_every > 0:
+    if saved is None and "prophet" in args.models and args.prophet_refit_every > 0:
         t = time.perf_counter()
         test_dates = dates[dates >= sp["test_start"]]
         p, fits = prophet_walk_forward(frame, test_dates, args.prophet_refit_every, args.prophet_procs, 500)
@@ -271,11 +294,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         weights = EnsembleConfig().weights
         levels = EnsembleConfig().interval_levels
         for mode in ("learned", "fixed"):
-            ens = EnsembleForecaster(weights, HORIZONS, mode=mode, levels=levels).fit(vpreds, vtruth)
+            ens = EnsembleForecaster(weights, HORIZONS, mode=mode, levels=levels)
+            ens.fit(vpreds, vtruth, history=history)
             p = ens.predict(preds, truth)
             name = "ensemble" if mode == "learned" else "ensemble_fixed"
             rows[name] = score(p, truth)
-            vrows[name] = score(ens.cross_fit_predict(vpreds, vtruth), vtruth)
+            vrows[name] = score(ens.cross_fit_predict(vpreds, vtruth, history=history), vtruth)
             if mode == "learned":
                 coverage = interval_coverage(p, truth, HORIZONS, levels)
                 rows[name]["weights"] = {h: ens.weights(h) for h in HORIZONS}
@@ -297,7 +321,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "split": {k: str(v.date()) for k, v in sp.items()},
         "n_tickers": int(prices["ticker"].nunique()),
         "n_days": len(dates),
-        "k": len(pre.selected_),
+        "k": n_selected,
         "models": rows,
         "valid": {**vrows, **vref},
         "reference": ref,
@@ -381,6 +405,10 @@ def main() -> int:
     ap.add_argument(
         "--save-preds",
         help="write each model's validation and test forecasts and the truth as Parquet to this folder",
+    )
+    ap.add_argument(
+        "--from-preds",
+        help="take the members' forecasts from a --save-preds folder instead of fitting them (ensembles only)",
     )
     ap.add_argument("--json", help="write the results here (default artifacts/bench/quality_<source>.json)")
     args = ap.parse_args()

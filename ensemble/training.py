@@ -95,6 +95,12 @@ class Prepared:
     train_fit: pd.DataFrame  # the same rows with the learning target (training.target, per date)
     valid_fit: pd.DataFrame
 
+    def label_history(self) -> pd.DataFrame:
+        """(date, ``target_h{h}``...) the realised forward returns of the training and validation rows:
+        every label realised by the cutoff (later ones are NaN). The ensemble's universe history."""
+        cols = ["date", *[c for c in self.train.columns if c.startswith("target_h")]]
+        return pd.concat([self.train[cols], self.valid[cols]], ignore_index=True)
+
 
 def prepare_data(
     settings: Settings,

@@ -210,10 +210,11 @@ def run(
     with meter.stage("ensemble", cpus=1):
         truth = valid[["date", "ticker", *[f"target_h{h}" for h in horizons], VOL_COLUMN]]
         ensemble = EnsembleForecaster(ec.weights, horizons, mode=ec.mode, levels=ec.interval_levels)
-        ensemble.fit(preds, truth)
+        history = prep.label_history()
+        ensemble.fit(preds, truth, history=history)
         # scored out of fold: the ensemble learns on the validation dates, so each half of them is
         # predicted by an ensemble fitted on the other half
-        oof = ensemble.cross_fit_predict(preds, truth)
+        oof = ensemble.cross_fit_predict(preds, truth, history=history)
     metrics["ensemble"] = {
         **forecast_metrics(oof, valid, horizons, prefix="valid_"),
         **interval_coverage(oof, valid, horizons, ec.interval_levels, prefix="valid_"),

@@ -200,3 +200,42 @@ def test_trailing_volatility_is_point_in_time() -> None:
     np.testing.assert_array_equal(v.loc[early, VOL_COLUMN].to_numpy(), w.loc[early, VOL_COLUMN].to_numpy())
     last = v[v["date"] == dates[-1]].set_index("ticker")[VOL_COLUMN]
     assert last["B"] == pytest.approx(0.03, rel=0.3) and last["A"] == pytest.approx(0.01, rel=0.3)
+
+
+def test_the_calibration_never_reverses_the_ranking() -> None:
+    """Members whose validation skill is negative still forecast in their combined order: the
+    calibration's slope is floored at a tiny positive number (no excess return), never negative."""
+    members, truth = panel(n_dates=60, n_tickers=40, seed=3)
+    flipped = {m: p.assign(**{f"pred_h{h}": -p[f"pred_h{h}"] for h in HORIZONS}) for m, p in members.items()}
+    ens = EnsembleForecaster(PRIOR, HORIZONS, mode="fixed").fit(flipped, truth)
+    out = ens.predict(flipped, truth)
+    plain = EnsembleForecaster(PRIOR, HORIZONS, mode="fixed").fit(members, truth).predict(members, truth)
+    d = truth["date"].to_numpy()
+    for h in HORIZONS:
+        assert 0 < ens.beta_[h] < 1e-5
+        # the same weights on negated members: exactly the reverse order of the plain ensemble
+        assert rank_ic(d, out[f"pred_h{h}"].to_numpy(), plain[f"pred_h{h}"].to_numpy()) == pytest.approx(-1)
+        assert rank_ic(d, out[f"pred_h{h}"].to_numpy(), truth[f"target_h{h}"].to_numpy()) < 0
+        assert np.abs(out[f"excess_h{h}"]).max() < 1e-4
+
+
+def test_history_sets_the_universe_part_of_the_intervals_and_the_expected_return() -> None:
+    """The validation dates' universe barely moves; the history's moves a lot: with the history the
+    expected universe return is its mean and the intervals widen to cover its moves."""
+    members, truth = panel(n_dates=80, n_tickers=40, seed=4)
+    rng = np.random.default_rng(5)
+    hist_dates = pd.bdate_range("2018-01-01", periods=400)
+    history = pd.DataFrame({"date": hist_dates})
+    for h in HORIZONS:
+        history[f"target_h{h}"] = 0.01 + 0.2 * rng.normal(size=len(hist_dates))
+    plain = EnsembleForecaster(PRIOR, HORIZONS).fit(members, truth)
+    wide = EnsembleForecaster(PRIOR, HORIZONS).fit(members, truth, history=history)
+    for h in HORIZONS:
+        assert wide.market_[h] == pytest.approx(history[f"target_h{h}"].mean())
+        assert wide.quantiles_[h]["80"] > 2 * plain.quantiles_[h]["80"]
+        assert wide.weights(h) == plain.weights(h)  # the history changes neither weights nor ranking
+    # a history of the same universe moves as the validation dates keeps the intervals alike
+    same = truth.groupby("date")[[f"target_h{h}" for h in HORIZONS]].mean().reset_index()
+    alike = EnsembleForecaster(PRIOR, HORIZONS).fit(members, truth, history=same)
+    for h in HORIZONS:
+        assert alike.quantiles_[h]["80"] == pytest.approx(plain.quantiles_[h]["80"], rel=0.1)

@@ -261,7 +261,7 @@ def fit_fold(
     t = time.perf_counter()
     with meter.stage("ensemble", cpus=1):
         ens = EnsembleForecaster(ec.weights, horizons, mode=ec.mode, levels=ec.interval_levels)
-        ens.fit(vpreds, valid_truth)
+        ens.fit(vpreds, valid_truth, history=prep.label_history())
         ens_test = ens.predict(scores, truth)
     wall["ensemble"] = time.perf_counter() - t
     member_preds = {m: ens.member_returns(m, p) if m in ens.members_ else p for m, p in scores.items()}

@@ -19,13 +19,22 @@ Per horizon, :meth:`EnsembleForecaster.fit` learns on the validation dates (neve
   refitted on all validation dates. ``mode='fixed'``: the prior. A member that is missing (failed,
   or no forecast for a row) drops out and the others renormalise, row by row.
 * **Calibration** to return units: the expected excess return over the universe is
-  ``beta * score`` (``beta``: least squares of the per-date demeaned realised return on the
-  ensemble score), the expected return adds the universe's mean forward return over the validation
-  dates. Each member gets its own ``beta`` too (:meth:`member_returns`).
+  ``beta * score`` with ``beta = max(Rank IC, 1e-6) x spread(realised excess return) / spread(score)``
+  on the validation dates (spreads: per-date standard deviations, averaged; Grinold's
+  alpha = IC x volatility x score, robust to a few extreme returns, and never negative, so the
+  calibration cannot reverse the ensemble's ranking); the expected return adds the universe's mean
+  forward return. Each member gets its own ``beta`` too (:meth:`member_returns`).
 * **Intervals**: split-conformal on the validation residuals, scaled by each ticker's trailing
   volatility (``ref_vol * sqrt(h)``): a volatile stock gets a wider interval. For level ``a`` the
   half-width is ``q_a * ref_vol * sqrt(h)``, ``q_a`` the ``ceil((n+1) a) / n`` quantile of
-  ``|residual| / (ref_vol * sqrt(h))``.
+  ``|residual| / (ref_vol * sqrt(h))``. A residual is the ticker's own part (its realised return
+  less the date's universe mean, less the forecast excess return) plus the universe's part (the
+  date's universe mean less the expected one). The validation dates hold many independent own
+  parts but few independent universe moves at long horizons (about 190 dates / 60 = 3 at h=60), so
+  when ``history`` is given (the realised targets of every labelled date up to the fit's cutoff:
+  training + validation), the universe's part is drawn from all of its dates instead: each
+  validation row's own part is paired with ``HISTORY_DRAWS`` universe deviations drawn (seeded)
+  from the history, and the expected universe return is the history's mean.
 * **Confidence** in [0, 1] per forecast: the skill-weighted share of the members that agree with the
   ensemble's sign (each member weighted by its ensemble weight x its positive validation Rank IC),
   times the share of the ensemble's weight that is present for the row.
@@ -52,6 +61,7 @@ logger = logging.getLogger(__name__)
 
 VOL_COLUMN = "ref_vol"
 LAMBDAS: tuple[float, ...] = (0.0, 0.01, 0.1, 1.0, 10.0, 100.0)
+HISTORY_DRAWS = 8  # universe deviations paired with each validation row's own residual
 FORMAT_VERSION = 1
 
 
@@ -65,6 +75,17 @@ def trailing_volatility(prices: pd.DataFrame, window: int = 60, min_periods: int
     out = p[["date", "ticker"]].copy()
     out[VOL_COLUMN] = vol.reset_index(level=0, drop=True).reindex(p.index).to_numpy()
     return out.reset_index(drop=True)
+
+
+def universe_means(history: pd.DataFrame, h: int) -> np.ndarray:
+    """The universe's mean realised ``target_h{h}`` of each date of ``history`` with one (dates with
+    no realised label left out), in date order."""
+    col = target_col(h)
+    if col not in history.columns:
+        raise ValueError(f"ensemble history: no column {col!r}")
+    y = history[["date", col]].dropna()
+    y = y[np.isfinite(y[col].to_numpy(dtype=np.float64))]
+    return y.groupby("date", sort=True)[col].mean().to_numpy(dtype=np.float64)
 
 
 def _zscores(member_preds: Mapping[str, pd.DataFrame], keys: pd.DataFrame, h: int) -> np.ndarray:
@@ -117,7 +138,16 @@ class EnsembleForecaster:
         self.levels = tuple(float(a) for a in levels)
 
     # ------------------------------------------------------------------------------------------- fit
-    def fit(self, member_preds: Mapping[str, pd.DataFrame], truth: pd.DataFrame) -> EnsembleForecaster:
+    def fit(
+        self,
+        member_preds: Mapping[str, pd.DataFrame],
+        truth: pd.DataFrame,
+        history: pd.DataFrame | None = None,
+    ) -> EnsembleForecaster:
+        """Learn on ``truth``'s (validation) dates. ``history``: optional (date, ticker?,
+        ``target_h{h}``) realised forward returns of every labelled date up to the cutoff (the
+        training and validation rows; NaN where not yet realised): the universe's expected return
+        and the universe part of the intervals come from all of its dates (module docstring)."""
         members = [m for m in member_preds if self.prior.get(m, 0.0) > 0]
         if not members:
             raise ValueError(f"ensemble: no member with a positive prior weight among {sorted(member_preds)}")
@@ -173,16 +203,28 @@ class EnsembleForecaster:
                 self.lambda_[h] = None
             self.weights_[h] = [float(v) for v in w]
             score, _ = _combine(z, w)
-            self.beta_[h] = _slope(score, y_dm)
-            self.member_beta_[h] = {m: _slope(z[:, j], y_dm) for j, m in enumerate(members)}
+            self.beta_[h] = _calibration_slope(dates, score, y_dm)
+            self.member_beta_[h] = {
+                m: _calibration_slope(dates, z[:, j], y_dm) for j, m in enumerate(members)
+            }
             ok = np.isfinite(y_raw)
-            self.market_[h] = (
-                float(np.nanmean(pd.Series(y_raw[ok]).groupby(dates[ok]).mean())) if ok.any() else 0.0
-            )
+            day_mean = pd.Series(y_raw[ok]).groupby(dates[ok]).mean()
+            hist_mean = universe_means(history, h) if history is not None else np.zeros(0)
+            if hist_mean.size >= 2:
+                self.market_[h] = float(hist_mean.mean())
+            else:
+                self.market_[h] = float(day_mean.mean()) if ok.any() else 0.0
             pred = self.market_[h] + self.beta_[h] * np.where(np.isfinite(score), score, 0.0)
             scale = vol * math.sqrt(h)
-            nc = np.abs(y_raw - pred) / scale
-            nc = nc[np.isfinite(nc) & np.isfinite(score)]
+            if hist_mean.size >= 2:  # own part from validation, universe part from the history
+                own = y_dm - self.beta_[h] * np.where(np.isfinite(score), score, 0.0)
+                keep = np.isfinite(own) & np.isfinite(scale) & (scale > 0) & np.isfinite(score)
+                rng = np.random.default_rng(h)
+                draws = rng.choice(hist_mean - self.market_[h], size=(int(keep.sum()), HISTORY_DRAWS))
+                nc = (np.abs(own[keep][:, None] + draws) / scale[keep][:, None]).ravel()
+            else:
+                nc = np.abs(y_raw - pred) / scale
+                nc = nc[np.isfinite(nc) & np.isfinite(score)]
             self.n_valid_[h] = int(nc.size)
             if nc.size == 0:
                 raise ValueError(
@@ -252,11 +294,16 @@ class EnsembleForecaster:
         return out
 
     def cross_fit_predict(
-        self, member_preds: Mapping[str, pd.DataFrame], truth: pd.DataFrame, folds: int = 2
+        self,
+        member_preds: Mapping[str, pd.DataFrame],
+        truth: pd.DataFrame,
+        folds: int = 2,
+        history: pd.DataFrame | None = None,
     ) -> pd.DataFrame:
         """Out-of-fold forecasts on ``truth``'s dates: the dates split into ``folds`` consecutive
-        blocks, each predicted by an ensemble (same settings) fitted on the other blocks. An honest
-        validation score for a model that learns on the validation dates."""
+        blocks, each predicted by an ensemble (same settings) fitted on the other blocks (and on
+        ``history`` less the block's dates). An honest validation score for a model that learns on
+        the validation dates."""
         dates = truth["date"].to_numpy()
         blocks = np.array_split(np.unique(dates), folds)
         parts = []
@@ -264,7 +311,11 @@ class EnsembleForecaster:
             held = np.isin(dates, block)
             rest = truth.loc[~held].reset_index(drop=True)
             fold = EnsembleForecaster(self.prior, self.horizons, mode=self.mode, levels=self.levels)
-            fold.fit({m: p[~np.isin(p["date"].to_numpy(), block)] for m, p in member_preds.items()}, rest)
+            fold.fit(
+                {m: p[~np.isin(p["date"].to_numpy(), block)] for m, p in member_preds.items()},
+                rest,
+                history=None if history is None else history[~history["date"].isin(block)],
+            )
             test = truth.loc[held].reset_index(drop=True)
             parts.append(
                 fold.predict(
@@ -331,11 +382,23 @@ def _level_key(a: float) -> str:
     return f"{round(a * 100):d}"
 
 
-def _slope(x: np.ndarray, y: np.ndarray) -> float:
-    """Least-squares slope through the origin of y on x over the rows where both are finite."""
-    ok = np.isfinite(x) & np.isfinite(y)
-    den = float((x[ok] ** 2).sum())
-    return float((x[ok] * y[ok]).sum() / den) if den > 0 else 0.0
+def _per_date_std(dates: np.ndarray, x: np.ndarray) -> float:
+    ok = np.isfinite(x)
+    sd = pd.Series(x[ok]).groupby(dates[ok]).std().dropna()
+    return float(sd.mean()) if len(sd) else 0.0
+
+
+def _calibration_slope(dates: np.ndarray, score: np.ndarray, y_dm: np.ndarray) -> float:
+    """Expected excess return per unit of ``score``: Rank IC x the per-date spread of the realised
+    excess return / the per-date spread of the score (Grinold's alpha = IC x volatility x score),
+    robust where a least-squares slope follows a few extreme returns. Never below a tiny positive
+    number: a score without validation skill forecasts (almost) no excess return, and never has its
+    ranking turned upside down."""
+    sd_y, sd_s = _per_date_std(dates, y_dm), _per_date_std(dates, score)
+    if not (sd_y > 0 and sd_s > 0):
+        return 0.0
+    ic = rank_ic(dates, score, y_dm)
+    return max(ic, 1e-6) * sd_y / sd_s
 
 
 def _conformal_quantile(scores: np.ndarray, level: float) -> float:
