@@ -126,7 +126,8 @@ def test_learned_ensemble_ranks_at_least_as_well_as_the_fixed_weights(fitted) ->
         learned = rank_ic(d, ens.predict(members, truth)[f"pred_h{h}"].to_numpy(), y)
         base = rank_ic(d, fixed.predict(members, truth)[f"pred_h{h}"].to_numpy(), y)
         best = rank_ic(d, members["good"][f"pred_h{h}"].to_numpy(), y)
-        assert learned > base and learned >= best - 0.01, (learned, base, best)
+        # the one-standard-error rule keeps the weights a little nearer the prior than the best fit
+        assert learned > base and learned >= best - 0.02, (learned, base, best)
 
 
 def test_forecasts_are_returns_and_intervals_cover_at_their_level(fitted) -> None:
@@ -227,7 +228,7 @@ def test_history_sets_the_universe_part_of_the_intervals_and_the_expected_return
     hist_dates = pd.bdate_range("2018-01-01", periods=400)
     history = pd.DataFrame({"date": hist_dates})
     for h in HORIZONS:
-        history[f"target_h{h}"] = 0.01 + 0.2 * rng.normal(size=len(hist_dates))
+        history[f"target_h{h}"] = 0.01 + 0.5 * rng.normal(size=len(hist_dates))
     plain = EnsembleForecaster(PRIOR, HORIZONS).fit(members, truth)
     wide = EnsembleForecaster(PRIOR, HORIZONS).fit(members, truth, history=history)
     for h in HORIZONS:
