@@ -206,9 +206,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     truth = truth_all[truth_all["date"] >= sp["test_start"]].reset_index(drop=True)
     vtruth = window(truth_all, sp["valid_start"], sp["valid_end"])
     # every label realised by the validation's end: the ensemble's universe history
-    history = pd.concat([window(truth_all, sp["train_start"], sp["train_end"]), vtruth], ignore_index=True)[
-        ["date", *tcols]
-    ]
+    history = pd.concat([window(truth_all, sp["train_start"], sp["train_end"]), vtruth], ignore_index=True)
     prep_s = time.perf_counter() - t0
     print(
         f"\n== bench/quality.py --source {args.source}: {prices['ticker'].nunique()} tickers x {len(dates)} days, "

@@ -96,9 +96,10 @@ class Prepared:
     valid_fit: pd.DataFrame
 
     def label_history(self) -> pd.DataFrame:
-        """(date, ``target_h{h}``...) the realised forward returns of the training and validation rows:
+        """(date, ticker, ``target_h{h}``..., ``ref_vol``) the realised forward returns of the training and validation rows:
         every label realised by the cutoff (later ones are NaN). The ensemble's universe history."""
-        cols = ["date", *[c for c in self.train.columns if c.startswith("target_h")]]
+        cols = ["date", "ticker", *[c for c in self.train.columns if c.startswith("target_h")]]
+        cols += [c for c in ("ref_vol",) if c in self.train.columns]
         return pd.concat([self.train[cols], self.valid[cols]], ignore_index=True)
 
 

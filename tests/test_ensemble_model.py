@@ -240,3 +240,27 @@ def test_history_sets_the_universe_part_of_the_intervals_and_the_expected_return
     alike = EnsembleForecaster(PRIOR, HORIZONS).fit(members, truth, history=same)
     for h in HORIZONS:
         assert alike.quantiles_[h]["80"] == pytest.approx(plain.quantiles_[h]["80"], rel=0.1)
+
+
+def test_history_own_parts_before_validation_join_the_interval_calibration() -> None:
+    """Dates before validation whose own (excess) returns are three times as dispersed as the
+    validation dates' widen the intervals; the same dates dated inside validation are ignored."""
+    members, truth = panel(n_dates=80, n_tickers=40, seed=6)
+    rng = np.random.default_rng(7)
+    early = pd.DataFrame(
+        {
+            "date": np.repeat(pd.bdate_range("2018-01-01", periods=300), 40),
+            "ticker": np.tile([f"T{i:02d}" for i in range(40)], 300),
+        }
+    )
+    early[VOL_COLUMN] = 0.02
+    for h in HORIZONS:
+        early[f"target_h{h}"] = 0.002 * h + 3 * 0.02 * np.sqrt(h) * rng.normal(size=len(early))
+    same_market = truth.groupby("date")[[f"target_h{h}" for h in HORIZONS]].mean().reset_index()
+    base = EnsembleForecaster(PRIOR, HORIZONS).fit(members, truth, history=same_market)
+    wide = EnsembleForecaster(PRIOR, HORIZONS).fit(members, truth, history=pd.concat([early, same_market]))
+    late = early.assign(date=early["date"] + pd.Timedelta(days=5000))  # after the validation's first date
+    ignored = EnsembleForecaster(PRIOR, HORIZONS).fit(members, truth, history=pd.concat([same_market, late]))
+    for h in HORIZONS:
+        assert wide.quantiles_[h]["80"] > 1.5 * base.quantiles_[h]["80"]
+        assert ignored.quantiles_[h]["80"] < 1.2 * base.quantiles_[h]["80"]

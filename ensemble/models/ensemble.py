@@ -35,9 +35,12 @@ Per horizon, :meth:`EnsembleForecaster.fit` learns on the validation dates (neve
   date's universe mean less the expected one). The validation dates hold many independent own
   parts but few independent universe moves at long horizons (about 190 dates / 60 = 3 at h=60), so
   when ``history`` is given (the realised targets of every labelled date up to the fit's cutoff:
-  training + validation), the universe's part is drawn from all of its dates instead: each
-  validation row's own part is paired with ``HISTORY_DRAWS`` universe deviations drawn (seeded)
-  from the history, and the expected universe return is the history's mean.
+  training + validation, with ``ref_vol``), the universe's part is drawn from all of its dates
+  instead, and the own parts of the dates before validation join the validation rows' (a
+  dispersion measured over years, not one regime; there, without a forecast, the own part is the
+  whole excess return, which the forecasts explain less than 1% of): each own part is paired with
+  ``HISTORY_DRAWS`` universe deviations drawn (seeded) from the history, and the expected universe
+  return is the history's mean.
 * **Confidence** in [0, 1] per forecast: the skill-weighted share of the members that agree with the
   ensemble's sign (each member weighted by its ensemble weight x its positive validation Rank IC),
   times the share of the ensemble's weight that is present for the row.
@@ -89,6 +92,17 @@ def universe_means(history: pd.DataFrame, h: int) -> np.ndarray:
     y = history[["date", col]].dropna()
     y = y[np.isfinite(y[col].to_numpy(dtype=np.float64))]
     return y.groupby("date", sort=True)[col].mean().to_numpy(dtype=np.float64)
+
+
+def _own_returns(history: pd.DataFrame, h: int, before: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Each labelled row of ``history`` dated before ``before``: its realised ``target_h{h}`` less its
+    date's universe mean, and its scale ``ref_vol * sqrt(h)`` (rows without either left out)."""
+    hist = history[history["date"] < before]
+    y = hist[target_col(h)].to_numpy(dtype=np.float64)
+    own = y - pd.Series(y).groupby(hist["date"].to_numpy()).transform("mean").to_numpy()
+    scale = hist[VOL_COLUMN].to_numpy(dtype=np.float64) * math.sqrt(h)
+    ok = np.isfinite(own) & np.isfinite(scale) & (scale > 0)
+    return own[ok], scale[ok]
 
 
 def _zscores(member_preds: Mapping[str, pd.DataFrame], keys: pd.DataFrame, h: int) -> np.ndarray:
@@ -222,8 +236,15 @@ class EnsembleForecaster:
                 own = y_dm - self.beta_[h] * np.where(np.isfinite(score), score, 0.0)
                 keep = np.isfinite(own) & np.isfinite(scale) & (scale > 0) & np.isfinite(score)
                 rng = np.random.default_rng(h)
-                draws = rng.choice(hist_mean - self.market_[h], size=(int(keep.sum()), HISTORY_DRAWS))
-                nc = (np.abs(own[keep][:, None] + draws) / scale[keep][:, None]).ravel()
+                own_r, own_scale = own[keep], scale[keep]
+                if VOL_COLUMN in history.columns:  # + the own parts of the dates before validation
+                    more_r, more_scale = _own_returns(history, h, before=udates[0])
+                    own_r, own_scale = (
+                        np.concatenate([own_r, more_r]),
+                        np.concatenate([own_scale, more_scale]),
+                    )
+                draws = rng.choice(hist_mean - self.market_[h], size=(own_r.size, HISTORY_DRAWS))
+                nc = (np.abs(own_r[:, None] + draws) / own_scale[:, None]).ravel()
             else:
                 nc = np.abs(y_raw - pred) / scale
                 nc = nc[np.isfinite(nc) & np.isfinite(score)]
