@@ -237,7 +237,9 @@ class EnsembleForecaster:
                 keep = np.isfinite(own) & np.isfinite(scale) & (scale > 0) & np.isfinite(score)
                 rng = np.random.default_rng(h)
                 own_r, own_scale = own[keep], scale[keep]
-                if VOL_COLUMN in history.columns:  # + the own parts of the dates before validation
+                if (
+                    history is not None and VOL_COLUMN in history.columns
+                ):  # + the own parts of the dates before validation
                     more_r, more_scale = _own_returns(history, h, before=udates[0])
                     own_r, own_scale = (
                         np.concatenate([own_r, more_r]),
