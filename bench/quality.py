@@ -217,12 +217,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )  # fmt: skip
     print("split: " + ", ".join(f"{k} {v.date()}" for k, v in sp.items()), flush=True)
 
-    if args.save_preds:  # the truth of every date (the ensemble and its intervals can be refitted offline)
-        Path(args.save_preds).mkdir(parents=True, exist_ok=True)
-        truth_all.to_parquet(Path(args.save_preds) / "truth.parquet")
-        (Path(args.save_preds) / "split.json").write_text(
-            json.dumps({k: str(v.date()) for k, v in sp.items()})
-        )
+    save_dir = Path(args.save_preds) if args.save_preds else None
+    if (
+        save_dir is not None
+    ):  # the truth of every date (the ensemble and its intervals can be refitted offline)
+        save_dir.mkdir(parents=True, exist_ok=True)
+        truth_all.to_parquet(save_dir / "truth.parquet")
+        (save_dir / "split.json").write_text(json.dumps({k: str(v.date()) for k, v in sp.items()}))
     rows: dict[str, dict[str, Any]] = {}
     vrows: dict[str, dict[str, Any]] = {}
     preds: dict[str, pd.DataFrame] = {}
@@ -253,9 +254,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         p = p[p["date"] >= sp["test_start"]].reset_index(drop=True)
         pv = pv[pv["date"] >= sp["valid_start"]].reset_index(drop=True)
         preds[name], vpreds[name] = p, pv
-        if args.save_preds:
-            save_dir = Path(args.save_preds)
-            save_dir.mkdir(parents=True, exist_ok=True)
+        if save_dir is not None:
             p.to_parquet(save_dir / f"test_{name}.parquet")
             pv.to_parquet(save_dir / f"valid_{name}.parquet")
         rows[name] = {**score(p, truth), "fit_s": fit_s, "predict_s": time.perf_counter() - t - fit_s}

@@ -140,13 +140,13 @@ def rf_trial_seconds(prep, settings, repeat: int) -> dict[str, float]:  # type: 
     """Median wall seconds of one Random Forest tuning trial as it was in the 2,409 s run (every
     training date) and as it is (every ``tuning_date_stride``-th date), same parameters, alternated."""
     from ensemble.models import get_model_class
-    from jobs.ray_tune_trees import _every_nth_date
+    from jobs.ray_tune_trees import every_nth_date
 
     cls = get_model_class("random_forest")
     h = 5 if 5 in settings.horizons else min(settings.horizons)
     n_jobs = max(1, round(settings.ray.trial_cpus))
     params = {**cls.trial_overrides, "random_state": settings.training.seed, "n_jobs": n_jobs}
-    strided = _every_nth_date(prep.train, settings.training.tuning_date_stride)
+    strided = every_nth_date(prep.train, settings.training.tuning_date_stride)
     times: dict[str, list[float]] = {"before": [], "after": []}
     for _ in range(repeat):
         for label, train in (("before", prep.train), ("after", strided)):

@@ -339,7 +339,7 @@ def _slim(frame: pd.DataFrame, h: int) -> pd.DataFrame:
     return frame.loc[:, [*KEY_COLUMNS, *feature_columns(frame), target_col(h)]].reset_index(drop=True)
 
 
-def _every_nth_date(frame: pd.DataFrame, stride: int) -> pd.DataFrame:
+def every_nth_date(frame: pd.DataFrame, stride: int) -> pd.DataFrame:
     """The rows of every ``stride``-th date of ``frame`` (the first date kept): the trials' training rows."""
     if stride <= 1:
         return frame
@@ -425,7 +425,7 @@ def tune_tree_model(
             "horizon": h,
             "fixed": trial_fixed,
             "n_jobs": max(1, round(rc.trial_cpus)),
-            "train": _slim(_every_nth_date(train, tc.tuning_date_stride), h),
+            "train": _slim(every_nth_date(train, tc.tuning_date_stride), h),
             "valid": _slim(valid, h),
             "ic_every": rc.asha_grace_period,
         }
@@ -557,4 +557,4 @@ def tune_tree_model(
     return outcome
 
 
-__all__ = ["TuneOutcome", "TuneReport", "search_space", "tune_tree_model"]
+__all__ = ["TuneOutcome", "TuneReport", "every_nth_date", "search_space", "tune_tree_model"]

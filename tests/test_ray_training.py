@@ -236,12 +236,12 @@ def test_torch_trainer_resumes_from_checkpoint_after_a_failure(ray_local, frames
 
 def test_tuning_trials_fit_every_nth_training_date() -> None:
     """Trials fit every ``tuning_date_stride``-th training date, with every ticker of those dates."""
-    from jobs.ray_tune_trees import _every_nth_date
+    from jobs.ray_tune_trees import every_nth_date
 
     dates = pd.bdate_range("2024-01-01", periods=9)
     frame = pd.DataFrame([(d, t) for d in dates for t in ("AAA", "BBB")], columns=["date", "ticker"])
-    half = _every_nth_date(frame, 2)
+    half = every_nth_date(frame, 2)
     assert list(pd.DatetimeIndex(half["date"].unique())) == list(dates[::2])
     assert (half.groupby("date")["ticker"].count() == 2).all()
-    assert _every_nth_date(frame, 1) is frame
+    assert every_nth_date(frame, 1) is frame
     assert Settings().training.tuning_date_stride == 2

@@ -98,8 +98,7 @@ def _own_returns(history: pd.DataFrame, h: int, before: Any) -> tuple[np.ndarray
     """Each labelled row of ``history`` dated before ``before``: its realised ``target_h{h}`` less its
     date's universe mean, and its scale ``ref_vol * sqrt(h)`` (rows without either left out)."""
     hist = history[history["date"] < before]
-    y = hist[target_col(h)].to_numpy(dtype=np.float64)
-    own = y - pd.Series(y).groupby(hist["date"].to_numpy()).transform("mean").to_numpy()
+    own = per_date(hist, [target_col(h)], "demean")[target_col(h)].to_numpy()
     scale = hist[VOL_COLUMN].to_numpy(dtype=np.float64) * math.sqrt(h)
     ok = np.isfinite(own) & np.isfinite(scale) & (scale > 0)
     return own[ok], scale[ok]
@@ -224,31 +223,31 @@ class EnsembleForecaster:
                 m: _calibration_slope(dates, z[:, j], y_dm) for j, m in enumerate(members)
             }
             ok = np.isfinite(y_raw)
-            day_mean = pd.Series(y_raw[ok]).groupby(dates[ok]).mean()
             hist_mean = universe_means(history, h) if history is not None else np.zeros(0)
-            if hist_mean.size >= 2:
+            if history is not None and hist_mean.size >= 2:  # the universe's moves of every labelled date
                 self.market_[h] = float(hist_mean.mean())
             else:
-                self.market_[h] = float(day_mean.mean()) if ok.any() else 0.0
-            pred = self.market_[h] + self.beta_[h] * np.where(np.isfinite(score), score, 0.0)
+                self.market_[h] = (
+                    float(pd.Series(y_raw[ok]).groupby(dates[ok]).mean().mean()) if ok.any() else 0.0
+                )
+            excess = self.beta_[h] * np.where(np.isfinite(score), score, 0.0)
             scale = vol * math.sqrt(h)
-            if hist_mean.size >= 2:  # own part from validation, universe part from the history
-                own = y_dm - self.beta_[h] * np.where(np.isfinite(score), score, 0.0)
+            if history is not None and hist_mean.size >= 2:  # own parts + universe parts from the history
+                own = y_dm - excess
                 keep = np.isfinite(own) & np.isfinite(scale) & (scale > 0) & np.isfinite(score)
-                rng = np.random.default_rng(h)
                 own_r, own_scale = own[keep], scale[keep]
-                if (
-                    history is not None and VOL_COLUMN in history.columns
-                ):  # + the own parts of the dates before validation
+                if VOL_COLUMN in history.columns:  # + the own parts of the dates before validation
                     more_r, more_scale = _own_returns(history, h, before=udates[0])
                     own_r, own_scale = (
                         np.concatenate([own_r, more_r]),
                         np.concatenate([own_scale, more_scale]),
                     )
-                draws = rng.choice(hist_mean - self.market_[h], size=(own_r.size, HISTORY_DRAWS))
+                draws = np.random.default_rng(h).choice(
+                    hist_mean - self.market_[h], size=(own_r.size, HISTORY_DRAWS)
+                )
                 nc = (np.abs(own_r[:, None] + draws) / own_scale[:, None]).ravel()
             else:
-                nc = np.abs(y_raw - pred) / scale
+                nc = np.abs(y_raw - (self.market_[h] + excess)) / scale
                 nc = nc[np.isfinite(nc) & np.isfinite(score)]
             self.n_valid_[h] = int(nc.size)
             if nc.size == 0:
