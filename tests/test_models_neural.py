@@ -284,3 +284,29 @@ def test_cuda_fit_predict(name: str, frame: pd.DataFrame, tmp_path: Path) -> Non
     assert np.array_equal(again.predict(frame)[PRED_COLS].to_numpy(), pred)
     loaded = get_model_class(name).load(model.save(tmp_path / name))
     assert np.array_equal(loaded.predict(frame)[PRED_COLS].to_numpy(), pred)
+
+
+def test_transformer_last_step_readout_equals_the_full_encoder() -> None:
+    """'last' pooling runs the final layer for the last step only: the same output as the whole
+    nn.TransformerEncoder read at that step (same parameters), padded windows included, and the
+    gradients reach the same parameters."""
+    import torch
+
+    from ensemble.models.transformer import WindowTransformer
+
+    torch.manual_seed(3)
+    net = WindowTransformer(7, 2, seq_len=12, d_model=16, nhead=4, layers=3, dim_feedforward=32,
+                            dropout=0.1, pooling="last").eval()  # fmt: skip
+    x = torch.randn(9, 12, 7)
+    pad = torch.zeros(9, 12, dtype=torch.bool)
+    pad[:4, :5] = True  # left-padded windows, as a ticker's first dates have
+    with torch.no_grad():
+        fast = net(x, pad)
+        h = net.dropout(net.pos(net.input_proj(x)))
+        full = net.norm(net.encoder(h, src_key_padding_mask=pad))[:, -1, :]
+        ref = torch.cat([head(full) for head in net.heads], dim=1)
+    assert torch.allclose(fast, ref, atol=1e-5), (fast - ref).abs().max()
+    net.train()
+    net(x, pad).sum().backward()
+    unused = [n for n, p in net.named_parameters() if p.grad is None]
+    assert unused == [], unused
