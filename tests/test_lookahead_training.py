@@ -21,12 +21,12 @@ import pandas as pd
 import pytest
 from test_train_job import TINY
 
-from ensemble.combine import weighted_mean
 from ensemble.config import MODEL_NAMES, load_settings
 from ensemble.cost import CostMeter
 from ensemble.data.synthetic import generate_market
 from ensemble.features.pipeline import feature_columns
 from ensemble.models.base import KEY_COLUMNS, pred_col
+from ensemble.models.ensemble import EnsembleForecaster
 from ensemble.registry import ModelRegistry
 from jobs.train import Prepared, prepare_data, run
 
@@ -99,6 +99,17 @@ def test_poisoning_every_price_after_as_of_changes_no_fitted_artifact(ray_local,
 
     # every difference is collected, so that a leak names every artifact it reaches
     leaks: list[str] = []
+    # the ensemble's universe history (its interval and expected-return calibration): the labels
+    # realised by as_of, the same in both runs; a label whose window passes as_of is NaN in both
+    hist_c, hist_d = clean.label_history(), dirty.label_history()
+    if not hist_c.equals(hist_d):
+        leaks.append("label history (the ensemble's calibration history) differs")
+    assert hist_c["date"].max() == as_of
+    for h in horizons:
+        realised_by = dates[dates.get_loc(as_of) - h]
+        late_labels = hist_c.loc[hist_c["date"] > realised_by, f"target_h{h}"]
+        assert len(late_labels) > 0 and late_labels.isna().all(), h
+        assert hist_c.loc[hist_c["date"] <= realised_by, f"target_h{h}"].notna().any(), h
     reg_c, reg_d = ModelRegistry(tmp_path / "clean"), ModelRegistry(tmp_path / "poisoned")
     v_c, v_d = s_clean["version"], s_dirty["version"]
     assert reg_c.manifest(v_c)["data_fingerprint"] != reg_d.manifest(v_d)["data_fingerprint"]
@@ -121,10 +132,10 @@ def test_poisoning_every_price_after_as_of_changes_no_fitted_artifact(ray_local,
     models_c, models_d = reg_c.load_version(v_c), reg_d.load_version(v_d)
     assert sorted(models_c) == sorted(models_d) == sorted(MODEL_NAMES)
 
-    def compare(name: str, pc: pd.DataFrame, pd_: pd.DataFrame) -> None:
+    def compare(name: str, pc: pd.DataFrame, pd_: pd.DataFrame, hs: list[int] = horizons) -> None:
         assert pc[list(KEY_COLUMNS)].equals(frame[list(KEY_COLUMNS)]), name
         assert pd_[list(KEY_COLUMNS)].equals(frame[list(KEY_COLUMNS)]), name
-        for h in horizons:
+        for h in hs:
             a, b = pc[pred_col(h)].to_numpy(), pd_[pred_col(h)].to_numpy()
             assert np.isfinite(a).mean() > 0.5, (name, h)  # forecasts to compare, not NaN == NaN
             if not np.array_equal(a, b, equal_nan=True):
@@ -140,9 +151,16 @@ def test_poisoning_every_price_after_as_of_changes_no_fitted_artifact(ray_local,
             leaks.append(f"{name}: {exc}")
             continue
         compare(name, preds_c[name], preds_d[name])
-    if preds_d.keys() == preds_c.keys():
-        w = settings.ensemble.weights
-        compare("ensemble", weighted_mean(preds_c, w, horizons), weighted_mean(preds_d, w, horizons))
+    if preds_d.keys() == preds_c.keys():  # the learned ensemble: weights, calibration, intervals
+        ens_c = EnsembleForecaster.from_dict(reg_c.load_extra(v_c, "ensemble"))
+        ens_d = EnsembleForecaster.from_dict(reg_d.load_extra(v_d, "ensemble"))
+        out_c, out_d = ens_c.predict(preds_c, frame), ens_d.predict(preds_d, frame)
+        # the horizons whose labels the tiny validation window holds (the others forecast NaN)
+        usable = [h for h in horizons if ens_c.usable_[h]]
+        assert usable and usable == [h for h in horizons if ens_d.usable_[h]], (ens_c.usable_, ens_d.usable_)
+        compare("ensemble", out_c, out_d, usable)
+        if not out_c.equals(out_d):
+            leaks.append("ensemble: its excess returns, intervals or confidence differ")
 
     # the same tuning outcomes (Optuna's trials, ASHA's decisions, the best trial) and validation metrics
     tuned = sorted(n for n, d in s_clean["details"].items() if "best_params" in d)
