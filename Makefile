@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 export RAY_AUTH_MODE ?= disabled
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install run test test-fast lint format bench clean
+.PHONY: install run run-full test test-fast lint format bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,9 +20,14 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-## the main job on the embedded default (synthetic market)
+## the main job on the embedded default (synthetic market, the quick profile): data, train, score,
+## serve on 127.0.0.1:8000, backtest; serves until Ctrl-C
 run: install
-	$(PY) -m jobs.pipeline
+	$(PY) -m jobs.pipeline --config cluster/quick.yaml
+
+## the full run: 500 tickers x 1,000 training days, 30 trials per tree model (about 30 minutes), served
+run-full: install
+	$(PY) -m jobs.pipeline --config cluster/train.yaml --no-backtest
 
 ## the whole test suite (starts its own PostgreSQL and Ray; needs nothing running)
 test: install

@@ -1,16 +1,29 @@
-"""The main job on the embedded default (``make run``): data -> train -> (later) backtest, serve, recommend.
+"""The main job (``make run``): data -> train -> score -> serve -> backtest, then serve until Ctrl-C.
 
-1. Data: generate the default synthetic market, validate it, write it to Parquet and load it back
-   through the file loader, load it into PostgreSQL (the server named by ``$ENSEMBLE_PG_DSN``, or
-   else a throwaway local server when the binaries exist) and read one year back, then print a
-   short summary with the market's stylised facts.
-2. Train: the training job of ``jobs.train`` on the same settings, on a local Ray (or the cluster
-   named by ``ray.address`` / ``$RAY_ADDRESS``): features, the six models (Prophet fan-out, Ray
-   Train, Ray Tune), a new registry version under ``registry_root``, promoted when it beats
-   production; the per-stage cost and the validation Rank IC are printed.
+1. Data: generate the synthetic market, validate it, write it to Parquet and load it back through
+   the file loader, load it into PostgreSQL (the server named by ``$ENSEMBLE_PG_DSN``, or else a
+   throwaway local server when the binaries exist, stopped after this stage) and read one year back,
+   then print a short summary with the market's stylised facts.
+2. Train: ``jobs.train.run`` (the six models on Ray: Prophet fan-out, Ray Train, Ray Tune; a new
+   registry version under ``registry_root``, promoted when it beats production); the per-stage cost
+   and the validation Rank IC are printed.
+3. Score: ``jobs.score.run`` on the production version as of the market's last date; the top buys
+   and sells are printed and written under ``scoring.out_dir``.
+4. Serve: the Serve application of ``serving.app.build_app`` (one deployment per member, the
+   ensemble, the FastAPI ingress) on ``--host``:``--port`` (127.0.0.1:8000), serving the production
+   version; ready-to-paste curl commands are printed once ``/api/health`` says healthy.
+5. Backtest: ``jobs.backtest.run`` (the walk-forward backtest of the ``backtest`` settings) while the
+   service answers; its table and the report's path are printed.
+Then the job serves until Ctrl-C (or SIGTERM), and stops what it started (Serve, the local Ray).
+
+One Ray for every stage: the private local one of ``jobs.train.connect_ray`` (or the cluster of
+``ray.address`` / ``$RAY_ADDRESS``). Admin routes need ``$ENSEMBLE_API_KEY``; when it is unset the job
+makes a key for this session (printed once, never written to a file) before Ray starts, so that the
+replicas see it.
 
 ``python -m jobs.pipeline [--config FILE] [--set key=value ...] [--tickers N --days N] [--out DIR]
-[--no-train]``
+[--no-train] [--no-backtest] [--no-serve] [--host H --port P] [--top N]``
+(``make run``: ``--config cluster/quick.yaml``; ``make run-full``: ``--config cluster/train.yaml``.)
 """
 
 from __future__ import annotations
@@ -18,6 +31,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
+import secrets
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,6 +121,56 @@ def run_data_stage(settings: Settings, out_dir: Path) -> pd.DataFrame:
     return prices
 
 
+def _stop_on_signals() -> None:
+    """Ctrl-C (SIGINT) and SIGTERM end the job with KeyboardInterrupt, so that everything it started
+    is stopped. Installed after ``ray.init`` (whose handlers would replace these) and also when the
+    job was started with SIGINT ignored (a shell's background job)."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    with contextlib.suppress(ValueError):  # not the main thread (e.g. called from a test)
+        signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGTERM, handler)
+
+
+def start_serving(registry_root: str, host: str, port: int, timeout_s: float = 600.0) -> str:
+    """Start Serve on ``host``:``port`` with the application of ``serving.app.build_app`` serving the
+    registry's production version; return its URL once ``/api/health`` reports it healthy."""
+    import httpx
+    from ray import serve
+
+    from serving.app import build_app
+
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(build_app({"registry": str(Path(registry_root).resolve())}), name="forecast", blocking=False)
+    url = f"http://{host}:{port}"
+    deadline = time.monotonic() + timeout_s
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            health = httpx.get(f"{url}/api/health", timeout=30).json()
+            if health.get("healthy"):
+                return url
+            last = health
+        except (httpx.HTTPError, ValueError) as exc:  # still starting
+            last = exc
+        time.sleep(2)
+    raise RuntimeError(f"the service at {url} was not healthy after {timeout_s:.0f} s: {last!r}")
+
+
+def curl_examples(url: str, ticker: str) -> str:
+    return "\n".join(
+        [
+            f"  curl -s {url}/api/health",
+            f"  curl -s -XPOST {url}/api/predict -H 'Content-Type: application/json' -d '{{\"ticker\": \"{ticker}\"}}'",
+            f"  curl -s '{url}/api/recommendations?top=5'",
+            f"  curl -s {url}/api/models",
+            f"  open {url}/docs   # the OpenAPI page",
+        ]
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--config", type=Path, default=None, help="YAML settings (defaults: ensemble/config.py)")
@@ -113,10 +179,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("artifacts/run"))
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
     ap.add_argument("--no-train", action="store_true", help="stop after the data stage")
+    ap.add_argument("--no-backtest", action="store_true", help="skip the walk-forward backtest")
+    ap.add_argument("--no-serve", action="store_true", help="exit after scoring (and the backtest)")
+    ap.add_argument("--host", default="127.0.0.1", help="the service's address (default 127.0.0.1)")
+    ap.add_argument("--port", type=int, default=8000, help="the service's port (default 8000)")
+    ap.add_argument("--top", type=int, default=10, help="buys and sells to print (default 10)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from jobs.train import format_summary
-    from jobs.train import run as train
+    logging.getLogger("prophet.plot").setLevel(logging.CRITICAL)
 
     items = list(args.set)
     if args.tickers is not None:
@@ -127,12 +197,71 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings(args.config, overrides)  # every setting checked before any work
     t0 = time.perf_counter()
     run_data_stage(settings, args.out)
-    if not args.no_train:
+    if args.no_train:
+        print(f"\npipeline finished in {time.perf_counter() - t0:.1f}s")
+        return 0
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local Ray on loopback
+    made_key = False
+    if not args.no_serve and not os.environ.get("ENSEMBLE_API_KEY"):
+        os.environ["ENSEMBLE_API_KEY"] = secrets.token_urlsafe(24)  # before Ray: the replicas inherit it
+        made_key = True
+
+    import ray
+
+    from jobs import backtest, score, train
+
+    how = train.connect_ray(settings)
+    _stop_on_signals()
+    serving = finished = False
+    try:
         print("\n== train stage ==", flush=True)
-        summary = train(settings)
-        print(format_summary(summary), flush=True)
-    print(f"\npipeline finished in {time.perf_counter() - t0:.1f}s")
-    return 0
+        summary = train.run(settings)
+        print(train.format_summary(summary), flush=True)
+
+        print("\n== score stage ==", flush=True)
+        scored = score.run(settings, registry_root=settings.registry_root)
+        recs = scored.pop("recs")
+        print(f"version {scored['version']} as of {scored['as_of']}: {len(recs)} of "
+              f"{scored['tickers']['universe']} tickers scored; written to {scored['out']}")  # fmt: skip
+        print(score.format_top(recs, args.top), flush=True)
+
+        if not args.no_serve:
+            print("\n== serve stage ==", flush=True)
+            url = start_serving(settings.registry_root, args.host, args.port)
+            serving = True
+            ticker = str(recs["ticker"].iloc[0]) if len(recs) else "TICKER"
+            print(
+                f"serving {url} (version {scored['version']}), {time.perf_counter() - t0:.0f} s after the start"
+            )
+            print(curl_examples(url, ticker), flush=True)
+            if made_key:
+                print(f"admin key for this session (X-API-Key): {os.environ['ENSEMBLE_API_KEY']}")
+
+        if not args.no_backtest:
+            print("\n== backtest stage ==", flush=True)
+            bt = backtest.run(settings)
+            res = bt["result"]
+            print(f"{res['title']}: test {res['test']['start']} .. {res['test']['end']} "
+                  f"({res['test']['dates']} dates, {res['test']['tickers']} tickers)")  # fmt: skip
+            print(backtest.format_table(res))
+            print(f"report: {bt['report']}", flush=True)
+
+        print(f"\npipeline finished in {time.perf_counter() - t0:.1f}s", flush=True)
+        finished = True
+        if serving:
+            print(f"serving {url} until Ctrl-C", flush=True)
+            while True:
+                time.sleep(3600)
+    except KeyboardInterrupt:
+        print("\nstopping", flush=True)
+    finally:
+        if serving:
+            from ray import serve
+
+            serve.shutdown()
+        if how == "local Ray":  # the Ray this job started, never a cluster it joined
+            ray.shutdown()
+    return 0 if finished else 130  # interrupted before the job finished: the shell's Ctrl-C status
 
 
 if __name__ == "__main__":
