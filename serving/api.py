@@ -7,6 +7,7 @@ Routes (OpenAPI at ``/docs`` and ``/openapi.json``)::
     POST /api/predict/batch              many tickers, one call
     GET  /api/recommendations?date=&top= the day's recommendations (ensemble.recommend)
     GET  /api/models                     versions, aliases, metrics, A/B arms and per-arm counts
+                                         (summed over every ingress replica)
     POST /api/models/{version}/promote   admin
     POST /api/rollback                   admin
     PUT  /api/ab                         admin: traffic split between production and a version
@@ -200,6 +201,24 @@ class Api:
         )
         return problems
 
+    async def arm_counts(self) -> dict[str, int]:
+        """This replica's answered forecasts per A/B arm (``/api/models`` sums every replica's)."""
+        return dict(self.counts)
+
+    async def _counts_everywhere(self) -> tuple[dict[str, int], int]:
+        """Per-arm counts summed over every ingress replica (broadcast), and how many answered; this
+        replica's own counts when none can be asked."""
+        ctx = serve.get_replica_context()
+        me = serve.get_deployment_handle(ctx.deployment, ctx.app_name)
+        parts = await me.broadcast("arm_counts").results_async(timeout_s=30, return_exceptions=True)
+        total: Counter[str] = Counter()
+        answered = 0
+        for part in parts:
+            if isinstance(part, dict):
+                total.update(part)
+                answered += 1
+        return (dict(total), answered) if answered else (dict(self.counts), 1)
+
     async def _refresh_everywhere(self) -> None:
         ctx = serve.get_replica_context()
         me = serve.get_deployment_handle(ctx.deployment, ctx.app_name)
@@ -339,10 +358,11 @@ class Api:
                     "history": self.registry.alias_history()[-20:]}  # fmt: skip
 
         data = await asyncio.to_thread(read)
+        counts, replicas = await self._counts_everywhere()
         arm, version = self.arms[0][0], self.arms[0][1]
         self._stamp(response, version, arm)
         return {"version": version, "arm": arm, "serving": self._serving(),
-                "counts": dict(self.counts), **data}  # fmt: skip
+                "counts": counts, "counted_replicas": replicas, **data}  # fmt: skip
 
     @app.post("/api/models/{version}/promote", dependencies=ADMIN)
     async def promote(

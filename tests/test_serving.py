@@ -120,7 +120,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             port = free_port()
             serve.start(http_options={"host": "127.0.0.1", "port": port})
             app = {"registry": root, "member_timeout_s": 120, "cache_ttl_s": 600,
-                   "num_replicas": {"random_forest": 2}}  # fmt: skip
+                   "num_replicas": {"random_forest": 2, "Api": 2}}  # fmt: skip
             serve.run(build_app(app), blocking=False)
             client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300)
             wait_until(lambda: client.get("/api/health").json()["healthy"], 600, "a healthy service", 2.0)
@@ -561,7 +561,7 @@ def test_killed_replicas_under_concurrent_load(served: Served, prices: Any) -> N
         retried = [a.first for a in load.answers if a.attempts == 2]
         print(f"{deployment} replica killed: {len(load.answers)} answers, {len(retried)} retried once by "
               f"the client ({retried[:2]}), 0 failed after the retry")  # fmt: skip
-        _comes_back(deployment, victim, 1)
+        _comes_back(deployment, victim, 2 if deployment == "Api" else 1)
     wait_until(lambda: c.get("/api/health").json()["healthy"], 120, "health after the restarts")
 
 
@@ -614,13 +614,15 @@ def test_promotion_ab_and_rollback_reach_the_running_replicas(served: Served, pr
     p = c.post("/api/predict", json={"ticker": t}).json()
     assert (p["arm"], p["version"]) == ("B", served.v1)
     c.put("/api/ab", json={"version": served.v1, "weight": 0.5}, headers=admin)
-    seen = {
-        (b["arm"], b["version"])
-        for b in (c.post("/api/predict", json={"ticker": t}).json() for _ in range(24))
-    }
-    assert seen == {("A", served.v2), ("B", served.v1)}
-    counts = c.get("/api/models").json()["counts"]
-    assert counts["A"] >= 1 and counts["B"] >= 1
+    before = c.get("/api/models").json()
+    answers = [c.post("/api/predict", json={"ticker": t}).json() for _ in range(24)]
+    assert {(b["arm"], b["version"]) for b in answers} == {("A", served.v2), ("B", served.v1)}
+    # the per-arm counts are the whole service's: every ingress replica's (two here), exactly
+    after = c.get("/api/models").json()
+    assert before["counted_replicas"] == after["counted_replicas"] == 2, after
+    for arm in ("A", "B"):
+        sent = sum(b["arm"] == arm for b in answers)
+        assert after["counts"].get(arm, 0) - before["counts"].get(arm, 0) == sent, (arm, before, after)
     c.put("/api/ab", json={"weight": 0}, headers=admin)
     assert c.post("/api/predict", json={"ticker": t}).json()["arm"] == "A"
     # rollback: back to v1 everywhere
