@@ -44,22 +44,23 @@ class _Strict(BaseModel):
 
 
 class SyntheticConfig(_Strict):
-    n_tickers: int = Field(500, ge=2)
-    n_days: int = Field(1260, ge=80)
-    n_sectors: int = Field(11, ge=1, le=11)
-    seed: int = 7
-    start: str = "2019-01-02"
+    n_tickers: int = Field(500, ge=2)  # tickers in the generated market
+    n_days: int = Field(1260, ge=80)  # trading days in the generated market
+    n_sectors: int = Field(11, ge=1, le=11)  # sectors (at most the 11 GICS sectors)
+    seed: int = 7  # generator seed (same seed, same market)
+    start: str = "2019-01-02"  # first trading date
     # Strength of the planted predictive signal (1.0 = the calibrated default, 0.0 = none).
     signal_strength: float = Field(1.0, ge=0.0)
 
 
 class DataConfig(_Strict):
-    source: Literal["synthetic", "files", "postgres"] = "synthetic"
+    source: Literal["synthetic", "files", "postgres"] = "synthetic"  # where prices come from
     path: str | None = None  # Parquet/CSV file (source=files)
     sectors_path: str | None = None  # optional ticker->sector CSV joined onto files
     tickers: list[str] | None = None  # restrict to these tickers (None = all)
-    start: str | None = None
-    end: str | None = None
+    start: str | None = None  # first date to load, YYYY-MM-DD (None: all)
+    end: str | None = None  # last date to load, YYYY-MM-DD (None: all)
+    # contract violations: none = refuse, drop = drop rows, repair = fix (reported)
     clean: Literal["none", "drop", "repair"] = "none"
 
     @model_validator(mode="after")
@@ -71,7 +72,7 @@ class DataConfig(_Strict):
 
 class PostgresConfig(_Strict):
     dsn_env: str = "ENSEMBLE_PG_DSN"  # the DSN itself is a secret: read from this variable
-    table: str = "prices"
+    table: str = "prices"  # the prices table
 
     @field_validator("table")
     @classmethod
@@ -95,18 +96,18 @@ class FeatureConfig(_Strict):
 
 
 class TrainingConfig(_Strict):
-    training_stocks: int = Field(500, ge=1)
-    training_days: int = Field(1000, ge=60)
-    max_epochs: int = Field(50, ge=1)
-    tuning_trials: int = Field(30, ge=1)
+    training_stocks: int = Field(500, ge=1)  # tickers sampled for training
+    training_days: int = Field(1000, ge=60)  # trading dates of training before the validation dates
+    max_epochs: int = Field(50, ge=1)  # most epochs of a sequence model (early stopping ends sooner)
+    tuning_trials: int = Field(30, ge=1)  # Ray Tune trials per tree model
     # Tree tuning trials fit on every N-th training date (validation and the refit keep every date):
     # adjacent dates share most of their features and overlapping labels, so the trials rank
     # configurations alike at 1/N of the rows (bench/train.py prints each model's validation Rank IC).
     tuning_date_stride: int = Field(2, ge=1)
-    cost_limit_usd: float = Field(5.0, ge=0.0)
-    cpu_hour_usd: float = Field(0.05, ge=0.0)
-    gpu_hour_usd: float = Field(1.20, ge=0.0)
-    seed: int = 0
+    cost_limit_usd: float = Field(5.0, ge=0.0)  # no trial is launched once the cost estimate would pass this
+    cpu_hour_usd: float = Field(0.05, ge=0.0)  # price of one CPU-hour for the cost estimate
+    gpu_hour_usd: float = Field(1.20, ge=0.0)  # price of one GPU-hour for the cost estimate
+    seed: int = 0  # seed of every model and of the tuning
     # Which models a training run fits (default: all six).
     models: list[str] = Field(default_factory=lambda: list(MODEL_NAMES))
     # Fraction of the dates (after the training window) held out for validation; the horizon is
@@ -149,16 +150,16 @@ class RayConfig(_Strict):
     storage_path: str = "artifacts/ray_results"  # Tune/Train results and checkpoints (path or URI)
     # Ray Tune (XGBoost, LightGBM, Random Forest)
     trial_cpus: float = Field(1.0, gt=0.0)
-    max_concurrent_trials: int = Field(2, ge=1)
+    max_concurrent_trials: int = Field(2, ge=1)  # trials running at once
     asha_grace_period: int = Field(20, ge=1)  # boosting rounds before ASHA may stop a trial
     # Ray Train (LSTM, Transformer)
     num_workers: int = Field(1, ge=1)
     cpus_per_worker: float = Field(2.0, gt=0.0)  # torch threads per worker; 2 fills a 2-core box
     use_gpu: Literal["auto", "yes", "no"] = "auto"  # auto: when the cluster has a GPU
-    max_failures: int = Field(2, ge=0)
+    max_failures: int = Field(2, ge=0)  # Ray Train restarts from the latest checkpoint after a worker fails
     # Prophet fan-out: tickers per Ray task (None: about 4 tasks per CPU)
     prophet_chunk_size: int | None = Field(None, ge=1)
-    prophet_task_cpus: float = Field(1.0, gt=0.0)
+    prophet_task_cpus: float = Field(1.0, gt=0.0)  # CPUs each Prophet task reserves
 
     @field_validator("use_gpu", mode="before")
     @classmethod
@@ -177,10 +178,11 @@ class EnsembleConfig(_Strict):
             "random_forest": 0.10,
             "prophet": 0.20,
         }
-    )
+    )  # per member, the prior of the learned weights (mode: learned) or the weights (fixed)
     # learned: weights fitted on the members' validation forecasts, shrunk toward `weights` (the
     # prior); fixed: `weights` as given (ensemble/models/ensemble.py)
     mode: Literal["learned", "fixed"] = "learned"
+    # central coverage of the prediction intervals
     interval_levels: list[float] = Field(default_factory=lambda: [0.8, 0.95])
 
     @field_validator("interval_levels")
@@ -262,17 +264,17 @@ class RecommendConfig(_Strict):
     # thresholds apply to the expected return in excess of the universe's ('excess', the part the
     # models rank on) or to the whole expected return ('return', which includes the market's drift)
     signal: Literal["excess", "return"] = "excess"
-    buy_threshold: float = 0.005
-    sell_threshold: float = -0.005
-    min_confidence: float = Field(0.5, ge=0.0, le=1.0)
+    buy_threshold: float = 0.005  # BUY at or above this expected log return
+    sell_threshold: float = -0.005  # SELL at or below this expected log return
+    min_confidence: float = Field(0.5, ge=0.0, le=1.0)  # below this confidence: HOLD
     # Position size: vol_target / the name's annualised volatility, capped at max_weight per name;
     # if the gross weight passes max_total, every weight is scaled down to it
     vol_target: float = Field(0.02, gt=0.0)
-    max_weight: float = Field(0.05, gt=0.0, le=1.0)
-    max_total: float = Field(1.0, gt=0.0)
+    max_weight: float = Field(0.05, gt=0.0, le=1.0)  # largest weight of one name
+    max_total: float = Field(1.0, gt=0.0)  # largest gross weight of the book
     allow_short: bool = False  # a SELL holds a negative weight (else 0: out of the name)
     risk_window: int = Field(252, ge=20)  # trading days of returns behind vol, VaR, CVaR, drawdown, beta
-    var_level: float = Field(0.95, gt=0.5, lt=1.0)
+    var_level: float = Field(0.95, gt=0.5, lt=1.0)  # confidence level of VaR and CVaR
     top_features: int = Field(3, ge=0)  # features named behind each forecast
 
     @model_validator(mode="after")
@@ -298,8 +300,8 @@ class MonitoringConfig(_Strict):
     # The prediction log: PostgreSQL table `table` when the DSN variable (postgres.dsn_env) is set,
     # else Parquet part files under `log_dir`. jobs.score logs every forecast it scores when `log` is on
     log: bool = True
-    log_dir: str = "artifacts/predlog"
-    table: str = "prediction_log"
+    log_dir: str = "artifacts/predlog"  # Parquet part files of the prediction log (no DSN)
+    table: str = "prediction_log"  # PostgreSQL table of the prediction log (with a DSN)
     flush_rows: int = Field(1000, ge=1)  # the background writer flushes at this many buffered rows...
     flush_seconds: float = Field(5.0, gt=0.0)  # ...or when the oldest buffered row is this old
     max_buffer_rows: int = Field(1_000_000, ge=1)  # rows beyond it are refused (logged), never blocking
@@ -307,15 +309,17 @@ class MonitoringConfig(_Strict):
     # Accuracy: the last `rolling_window` as-of dates whose horizon has passed; a date needs
     # `min_tickers` tickers for a Rank IC; a table row needs `min_dates` dates before it can alert
     rolling_window: int = Field(63, ge=2)
-    min_tickers: int = Field(10, ge=2)
-    min_dates: int = Field(5, ge=1)
+    min_tickers: int = Field(10, ge=2)  # tickers a date needs for a Rank IC
+    min_dates: int = Field(5, ge=1)  # dates a row needs before it can alert
     min_rank_ic: float = 0.0  # alert when the rolling Rank IC falls below it
     max_rank_ic_drop: float | None = Field(0.05, ge=0.0)  # ... or this far below the version's validation
+    # alert when the rolling directional accuracy falls below it
     min_directional_accuracy: float = Field(0.5, ge=0.0, le=1.0)
     coverage_tolerance: float = Field(0.10, ge=0.0, le=1.0)  # alert when coverage < level - tolerance
     # Drift: the model inputs of the last `drift_days` trading dates against the training reference
     # stored with the version (features: the version's selected features, or these)
     drift_days: int = Field(21, ge=1)
+    # features watched for drift (None: the version's selected features)
     drift_features: list[str] | None = None
     drift_bins: int = Field(10, ge=2)  # quantile bins of the reference (PSI)
     drift_sample: int = Field(1000, ge=100)  # reference values kept per feature (KS)
@@ -333,11 +337,12 @@ class MonitoringConfig(_Strict):
 
 class ServingConfig(_Strict):
     host: str = "127.0.0.1"  # never 0.0.0.0 by default
-    port: int = Field(8000, ge=1, le=65535)
-    api_key_env: str = "ENSEMBLE_API_KEY"
+    port: int = Field(8000, ge=1, le=65535)  # the service's port
+    api_key_env: str = "ENSEMBLE_API_KEY"  # the environment variable holding the admin API key
 
 
 class Settings(_Strict):
+    # forecast horizons in trading days
     horizons: list[int] = Field(default_factory=lambda: list(DEFAULT_HORIZONS))
     data: DataConfig = Field(default_factory=DataConfig)
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
@@ -354,7 +359,7 @@ class Settings(_Strict):
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     recommend: RecommendConfig = Field(default_factory=RecommendConfig)
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
-    registry_root: str = "artifacts/registry"
+    registry_root: str = "artifacts/registry"  # the model registry: a path or a URI
 
     @field_validator("horizons")
     @classmethod
@@ -550,3 +555,69 @@ def _model_by_title(title: str) -> type[BaseModel] | None:
         return Settings
     section = _SECTIONS.get(title)
     return _section_class(Settings, [section]) if section else None
+
+
+# -- the configuration reference (README) -------------------------------------------------------------
+def _field_comments() -> dict[tuple[str, str], str]:
+    """(class name, field name) -> the comment written beside the field in this file (its trailing
+    comment, else the comment lines just above it): the settings' descriptions, kept in one place."""
+    import ast
+    import io
+    import tokenize
+
+    source = Path(__file__).read_text(encoding="utf-8")
+    lines = source.splitlines()
+    trailing: dict[int, str] = {}  # a comment after code on its line
+    comments: dict[int, str] = {}  # a line that is only a comment
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            row, text = tok.start[0], tok.string.lstrip("#").strip()
+            own_line = lines[row - 1].lstrip().startswith("#")
+            (comments if own_line else trailing)[row] = text
+    out: dict[tuple[str, str], str] = {}
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.ClassDef):
+            continue
+        for stmt in node.body:
+            if not (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)):
+                continue
+            text = trailing.get(stmt.end_lineno or stmt.lineno, "")
+            if not text:
+                above: list[str] = []
+                line = stmt.lineno - 1
+                while line in comments:
+                    above.insert(0, comments[line])
+                    line -= 1
+                text = " ".join(above)
+            out[(node.name, stmt.target.id)] = text
+    return out
+
+
+def config_reference() -> str:
+    """Every setting of :class:`Settings` as a Markdown table: its dotted key, its default and what
+    it means (the comment beside it in this file). README's configuration reference is this output
+    (``python -m ensemble.config``; a test keeps them equal)."""
+    import json
+
+    notes = _field_comments()
+    rows = ["| setting | default | meaning |", "|---|---|---|"]
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    def walk(model: type[BaseModel], instance: BaseModel, prefix: str) -> None:
+        for name in type(instance).model_fields:
+            value = getattr(instance, name)
+            key = f"{prefix}{name}"
+            if isinstance(value, BaseModel):
+                walk(type(value), value, f"{key}.")
+                continue
+            default = json.dumps(value, default=str)
+            rows.append(f"| `{key}` | `{cell(default)}` | {cell(notes.get((model.__name__, name), ''))} |")
+
+    walk(Settings, Settings(), "")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(config_reference(), end="")

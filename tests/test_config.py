@@ -236,3 +236,23 @@ def test_validation_errors_are_described_one_line_each_with_the_dotted_field() -
     assert describe_validation_error(ei.value) == [
         "synthetic.n_tickers: Input should be greater than or equal to 2 (got 1)"
     ]
+
+
+def test_readme_configuration_reference_is_generated_from_the_settings() -> None:
+    """README's configuration table is ``python -m ensemble.config``'s output: every setting with its
+    current default and the comment beside it; it cannot drift from the code."""
+    from pathlib import Path
+
+    from ensemble.config import Settings, config_reference
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    start, end = "<!-- config-reference:start -->\n", "<!-- config-reference:end -->"
+    assert start in readme and end in readme
+    block = readme.split(start, 1)[1].split(end, 1)[0]
+    generated = config_reference()
+    assert block == generated, "README's configuration reference is stale: paste `python -m ensemble.config`"
+    # every leaf setting is a row, with its default
+    rows = {line.split("`")[1]: line for line in generated.splitlines()[2:]}
+    assert {"horizons", "training.tuning_trials", "ray.cpus_per_worker", "ensemble.weights"} <= set(rows)
+    assert f"`{Settings().training.tuning_trials}`" in rows["training.tuning_trials"]
+    assert len(rows) > 100
