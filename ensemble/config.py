@@ -605,17 +605,18 @@ def config_reference() -> str:
     def cell(text: str) -> str:
         return text.replace("|", "\\|")
 
-    def walk(model: type[BaseModel], instance: BaseModel, prefix: str) -> None:
-        for name in type(instance).model_fields:
-            value = getattr(instance, name)
+    def walk(section: BaseModel, prefix: str) -> None:
+        cls = type(section).__name__
+        for name in type(section).model_fields:
+            value = getattr(section, name)
             key = f"{prefix}{name}"
             if isinstance(value, BaseModel):
-                walk(type(value), value, f"{key}.")
+                walk(value, f"{key}.")
                 continue
             default = json.dumps(value, default=str)
-            rows.append(f"| `{key}` | `{cell(default)}` | {cell(notes.get((model.__name__, name), ''))} |")
+            rows.append(f"| `{key}` | `{cell(default)}` | {cell(notes.get((cls, name), ''))} |")
 
-    walk(Settings, Settings(), "")
+    walk(Settings(), "")
     return "\n".join(rows) + "\n"
 
 

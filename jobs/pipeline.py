@@ -17,7 +17,8 @@
 Then the job serves until Ctrl-C (or SIGTERM), and stops what it started (Serve, the local Ray).
 
 One Ray for every stage: the private local one of ``jobs.train.connect_ray`` (or the cluster of
-``ray.address`` / ``$RAY_ADDRESS``). Admin routes need ``$ENSEMBLE_API_KEY``; when it is unset the job
+``ray.address`` / ``$RAY_ADDRESS``). The service's address and key variable come from ``serving``
+(``--host`` / ``--port`` override them). Admin routes need ``$ENSEMBLE_API_KEY``; when it is unset the job
 makes a key for this session (printed once, never written to a file) before Ray starts, so that the
 replicas see it.
 
@@ -134,16 +135,20 @@ def _stop_on_signals() -> None:
         signal.signal(signal.SIGTERM, handler)
 
 
-def start_serving(registry_root: str, host: str, port: int, timeout_s: float = 600.0) -> str:
+def start_serving(
+    registry_root: str, host: str, port: int, api_key_env: str, timeout_s: float = 600.0
+) -> str:
     """Start Serve on ``host``:``port`` with the application of ``serving.app.build_app`` serving the
-    registry's production version; return its URL once ``/api/health`` reports it healthy."""
+    registry's production version (admin key from ``$api_key_env``); return its URL once
+    ``/api/health`` reports it healthy."""
     import httpx
     from ray import serve
 
     from serving.app import build_app
 
     serve.start(http_options={"host": host, "port": port})
-    serve.run(build_app({"registry": str(Path(registry_root).resolve())}), name="forecast", blocking=False)
+    app = build_app({"registry": str(Path(registry_root).resolve()), "api_key_env": api_key_env})
+    serve.run(app, name="forecast", blocking=False)
     url = f"http://{host}:{port}"
     deadline = time.monotonic() + timeout_s
     last: object = None
@@ -181,8 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-train", action="store_true", help="stop after the data stage")
     ap.add_argument("--no-backtest", action="store_true", help="skip the walk-forward backtest")
     ap.add_argument("--no-serve", action="store_true", help="exit after scoring (and the backtest)")
-    ap.add_argument("--host", default="127.0.0.1", help="the service's address (default 127.0.0.1)")
-    ap.add_argument("--port", type=int, default=8000, help="the service's port (default 8000)")
+    ap.add_argument("--host", default=None, help="the service's address (default: serving.host, 127.0.0.1)")
+    ap.add_argument("--port", type=int, default=None, help="the service's port (default: serving.port, 8000)")
     ap.add_argument("--top", type=int, default=10, help="buys and sells to print (default 10)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -201,9 +206,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\npipeline finished in {time.perf_counter() - t0:.1f}s")
         return 0
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local Ray on loopback
+    sc = settings.serving
     made_key = False
-    if not args.no_serve and not os.environ.get("ENSEMBLE_API_KEY"):
-        os.environ["ENSEMBLE_API_KEY"] = secrets.token_urlsafe(24)  # before Ray: the replicas inherit it
+    if not args.no_serve and not os.environ.get(sc.api_key_env):
+        os.environ[sc.api_key_env] = secrets.token_urlsafe(24)  # before Ray: the replicas inherit it
         made_key = True
 
     import ray
@@ -227,7 +233,9 @@ def main(argv: list[str] | None = None) -> int:
 
         if not args.no_serve:
             print("\n== serve stage ==", flush=True)
-            url = start_serving(settings.registry_root, args.host, args.port)
+            url = start_serving(
+                settings.registry_root, args.host or sc.host, args.port or sc.port, sc.api_key_env
+            )
             serving = True
             ticker = str(recs["ticker"].iloc[0]) if len(recs) else "TICKER"
             print(
@@ -235,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(curl_examples(url, ticker), flush=True)
             if made_key:
-                print(f"admin key for this session (X-API-Key): {os.environ['ENSEMBLE_API_KEY']}")
+                print(f"admin key for this session (X-API-Key): {os.environ[sc.api_key_env]}")
 
         if not args.no_backtest:
             print("\n== backtest stage ==", flush=True)
