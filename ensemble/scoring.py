@@ -463,26 +463,35 @@ def stale_prophet_tickers(
 def prophet_refit_frame(
     lv: LoadedVersion, prices: pd.DataFrame, as_of: Any, tickers: Sequence[str], name: str | None = None
 ) -> pd.DataFrame:
-    """What a refit of ``tickers``' per-ticker models fits on: ``date, ticker, close`` and the model's
-    regressors over the last ``training.training_days`` trading dates up to ``as_of`` (the length of
-    the version's training window), nothing after ``as_of``."""
+    """What a refit of ``tickers``' per-ticker models fits on (:func:`per_ticker_fit_frame` with the
+    version's settings and stored member)."""
     name = name or per_ticker_member(lv)
     if name is None:
         raise ValueError(f"version {lv.version} has no per-ticker member loaded")
+    return per_ticker_fit_frame(lv.settings, lv.models[name], prices, as_of, tickers)
+
+
+def per_ticker_fit_frame(
+    settings: Settings, model: Any, prices: pd.DataFrame, as_of: Any, tickers: Sequence[str]
+) -> pd.DataFrame:
+    """What a per-ticker member (``model``, fitted or not) fits on as of ``as_of``: ``date, ticker,
+    close`` and the model's regressors over the last ``training.training_days`` trading dates up to
+    ``as_of`` (the length of the training window), nothing after ``as_of``. Used by the refits of
+    scoring and serving, and by ``jobs.train`` for the stored fit through the validation end."""
     as_of = pd.Timestamp(as_of)
-    window = _window(prices, as_of, lv.settings.training.training_days)
-    regs = list(getattr(lv.models[name], "regressors", []))
+    window = _window(prices, as_of, settings.training.training_days)
+    regs = list(getattr(model, "regressors", []))
     from ensemble.models.prophet_model import MARKET_LEVEL
 
     need_features = any(r != MARKET_LEVEL for r in regs)
     feats = (
-        build_features(window, lv.settings.horizons, n_jobs=None)
+        build_features(window, settings.horizons, n_jobs=None)
         if need_features
         else window[["date", "ticker"]]
     )
     frame = window[["date", "ticker", "close"]]
     if regs:
-        frame = add_prophet_regressors(frame, lv.settings, window, feats)
+        frame = add_prophet_regressors(frame, settings, window, feats)
     want = {str(t) for t in tickers}
     return frame.loc[frame["ticker"].astype(str).isin(want)].reset_index(drop=True)
 
@@ -503,7 +512,12 @@ def with_prophet(lv: LoadedVersion, refit: Any, name: str | None = None) -> Load
     name = name or per_ticker_member(lv)
     if name is None:
         raise ValueError(f"version {lv.version} has no per-ticker member loaded")
-    old: Any = lv.models[name]
+    return dataclasses.replace(lv, models={**lv.models, name: merge_refit(lv.models[name], refit)})
+
+
+def merge_refit(old: Any, refit: Any) -> Any:
+    """A per-ticker member: ``old``'s models with the tickers fitted in ``refit`` replaced (a ticker
+    whose refit failed keeps its old model; neither input is changed)."""
     cls: Any = type(old)
     keep = cls(horizons=old.horizons, **old.params)
     keep.models_ = {t: m for t, m in old.models_.items() if t not in refit.models_}
@@ -512,8 +526,7 @@ def with_prophet(lv: LoadedVersion, refit: Any, name: str | None = None) -> Load
     fresh = cls(horizons=old.horizons, **old.params)
     fresh.models_, fresh.failed_ = dict(refit.models_), {}
     fresh.fit_seconds_ = dict(getattr(refit, "fit_seconds_", {}))
-    merged = cls.merge([keep, fresh])
-    return dataclasses.replace(lv, models={**lv.models, name: merged})
+    return cls.merge([keep, fresh])
 
 
 @dataclass

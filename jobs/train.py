@@ -7,7 +7,8 @@
 Stages (each metered for the cost report):
   data      load_prices(settings): synthetic (default), files or PostgreSQL
   features  build_features + a Preprocessor fitted on the training dates only (k from config)
-  prophet   one fit per ticker, Ray tasks over chunks of tickers (jobs.ray_prophet)
+  prophet   one fit per ticker, Ray tasks over chunks of tickers (jobs.ray_prophet); validated as
+            fitted through the training end, then stored refitted through the validation end
   lstm, transformer   Ray Train TorchTrainer, checkpoint per epoch, resumable (jobs.ray_train_torch)
   xgboost, lightgbm, random_forest   Ray Tune, Optuna + ASHA, trials within the budget (jobs.ray_tune_trees)
   validate  each model's and the weighted ensemble's Rank IC on the validation dates
@@ -95,6 +96,26 @@ def connect_ray(settings: Settings) -> str:
     return "local Ray"
 
 
+def _prophet_fanout(
+    name: str, frame: pd.DataFrame, settings: Settings, meter: CostMeter, progress: bool, stage: str = ""
+) -> Any:
+    """One fit per ticker of ``frame`` in the Ray fan-out (jobs.ray_prophet), metered as ``stage``."""
+    from jobs.ray_prophet import fit_prophet_fanout
+
+    stage = stage or name
+    with meter.stage(f"{stage}.driver", cpus=0.0):
+        r = fit_prophet_fanout(
+            frame,
+            horizons=settings.horizons,
+            params=settings.models.get(name, {}),
+            chunk_size=settings.ray.prophet_chunk_size,
+            task_cpus=settings.ray.prophet_task_cpus,
+            progress=progress,
+        )
+    meter.record(stage, cpu_s=r.task_cpu_s)
+    return r
+
+
 def _fit_model(
     name: str, train: pd.DataFrame, valid: pd.DataFrame, settings: Settings, meter: CostMeter, progress: bool
 ) -> tuple[Forecaster, dict[str, Any]]:
@@ -102,18 +123,7 @@ def _fit_model(
     tasks; sequences -> Ray Train; tunable -> Ray Tune; otherwise a plain fit, metered."""
     cls = get_model_class(name)
     if cls.per_ticker:
-        from jobs.ray_prophet import fit_prophet_fanout
-
-        with meter.stage(f"{name}.driver", cpus=0.0):
-            r = fit_prophet_fanout(
-                train,
-                horizons=settings.horizons,
-                params=settings.models.get(name, {}),
-                chunk_size=settings.ray.prophet_chunk_size,
-                task_cpus=settings.ray.prophet_task_cpus,
-                progress=progress,
-            )
-        meter.record(name, cpu_s=r.task_cpu_s)
+        r = _prophet_fanout(name, train, settings, meter, progress)
         if not r.model.tickers_:
             raise RuntimeError(f"{name}: no ticker could be fitted ({len(r.failures)} failures)")
         return r.model, {
@@ -146,6 +156,35 @@ def _fit_model(
         }
     with meter.stage(name, cpus=1):
         return cls(horizons=settings.horizons, **settings.models.get(name, {})).fit(train, valid), {}
+
+
+def _refit_through(
+    name: str,
+    model: Forecaster,
+    through: pd.Timestamp,
+    prep: Prepared,
+    settings: Settings,
+    meter: CostMeter,
+    progress: bool,
+) -> tuple[Forecaster, dict[str, Any]]:
+    """The per-ticker member as stored: refitted on the history up to ``through`` (the validation
+    end), the way scoring refits a stale model (``scoring.per_ticker_fit_frame``), after its
+    validation forecasts were made by the fit through the training end. So a fresh version serves
+    the dates after its validation end without refitting all its per-ticker models on the first
+    request. A ticker whose refit fails keeps its training-end model (listed)."""
+    from ensemble import scoring
+
+    t0 = time.perf_counter()
+    fitted: Any = model
+    frame = scoring.per_ticker_fit_frame(settings, fitted, prep.prices, through, fitted.tickers_)
+    r = _prophet_fanout(name, frame, settings, meter, progress, stage=f"{name}.refit")
+    kept = sorted(set(fitted.tickers_) - set(r.model.tickers_))
+    return scoring.merge_refit(fitted, r.model), {
+        "through": str(pd.Timestamp(through).date()),
+        "tickers": len(r.model.tickers_),
+        "kept_training_end_fit": kept,
+        "wall_s": time.perf_counter() - t0,
+    }
 
 
 def run(
@@ -181,6 +220,10 @@ def run(
         with meter.stage(f"{name}.validate", cpus=1):
             p = model.predict(eval_frame)
             p = p[p["date"] >= split.valid_start].reset_index(drop=True)
+        if get_model_class(name).per_ticker:  # validated as fitted through train_end; stored fresher
+            model, info["stored_fit"] = _refit_through(
+                name, model, split.valid_end, prep, settings, meter, progress
+            )
         return model, info, p, time.perf_counter() - t0
 
     for group in stage_groups([m for m in MODEL_NAMES if m in tr.models]):

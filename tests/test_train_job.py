@@ -96,6 +96,15 @@ def test_ray_job_submit_trains_and_registers_a_version(head, tmp_path: Path) -> 
     loaded = reg.load_version("production", models=["xgboost", "prophet"])
     assert loaded["xgboost"].horizons == (5, 20, 60)
     assert loaded["prophet"].regressors == ["mkt_log_level"] and len(loaded["prophet"].tickers_) == 24
+    # Prophet was validated as fitted through the training end and is stored refitted through the
+    # validation end (the latest it can be without looking past the cutoff)
+    from ensemble.scoring import prophet_fitted_through
+
+    training = reg.load_extra(version, "training")
+    split, stored = training["split"], training["models"]["prophet"]["stored_fit"]
+    assert stored["through"] == split["valid_end"][:10] and stored["tickers"] == 24, stored
+    through = prophet_fitted_through(loaded["prophet"])
+    assert {str(d.date()) for d in through.values()} == {split["valid_end"][:10]}, through
 
 
 def test_without_a_token_the_submission_is_refused(head, tmp_path: Path) -> None:
