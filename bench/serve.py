@@ -11,7 +11,9 @@ members) and a no-op deployment, then prints, for 1 and 16 concurrent clients:
   * the no-op's latency, and the ratio ensemble p50 / no-op p50 (aim: warm <= 3x);
   * ``/api/predict/batch`` for every ticker of the universe (seconds per call, cold and warm) on the
     latest date and, unless ``--cold-dates 0``, on an earlier one (every Prophet model refitted first);
-  * the resident memory of the application's replicas.
+  * the resident memory of the application's replicas;
+  * the cost of the prediction log: warm ``/api/predict`` with logging on and off (the application
+    reconfigured in place between the two, alternated over rounds), p50 ratio on / off.
 The machine is shared and noisy: read the ratios, not the absolute times.
 """
 
@@ -97,6 +99,7 @@ def main() -> int:
         help="new-date requests per client count (default 6 and 16; 0 skips them: on a large universe "
         "each earlier date refits every Prophet model through it)",
     )  # fmt: skip
+    ap.add_argument("--log-rounds", type=int, default=3, help="rounds of logging off / on (alternated)")
     args = ap.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import httpx
@@ -129,12 +132,17 @@ def main() -> int:
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         t0 = time.perf_counter()
-        serve.run(
-            build_app({"registry": root, "member_timeout_s": 300}),
-            name="forecast",
-            route_prefix="/",
-            blocking=False,
-        )
+        log_dir = str(Path(tmp.name) / "predlog")
+
+        def deploy(log: bool) -> None:  # a change of user_config only: reconfigured, not restarted
+            serve.run(
+                build_app({"registry": root, "member_timeout_s": 300, "log": log, "log_dir": log_dir}),
+                name="forecast",
+                route_prefix="/",
+                blocking=False,
+            )
+
+        deploy(True)
         serve.run(Noop.bind(), name="noop", route_prefix="/noop", blocking=False)
         url = f"http://127.0.0.1:{port}"
         while True:
@@ -191,6 +199,22 @@ def main() -> int:
                     f"{clients:>7} {what:<22} {m['p50'] * 1e3:>9.1f} {m['p99'] * 1e3:>9.1f} {m['rps']:>8.1f} {ratio:>11.1f}x"
                 )
         print(f"resident memory of the application's replicas: {replica_rss_mb():.0f} MiB")
+
+        # the prediction log's cost on the request path: warm predicts, logging on vs off, alternated
+        on: list[float] = []
+        off: list[float] = []
+        for _ in range(args.log_rounds):
+            for log, into in ((False, off), (True, on)):
+                deploy(log)
+                m = load(url, lambda k: ("POST", "/api/predict", {"ticker": tickers[k % len(tickers)]}), n, 1)
+                into.append(m["p50"])
+        from ensemble.predlog import ParquetLogBackend
+
+        logged = ParquetLogBackend(log_dir).read()
+        on_p50, off_p50 = sorted(on)[len(on) // 2], sorted(off)[len(off) // 2]
+        print(f"prediction log: warm predict p50 {on_p50 * 1e3:.1f} ms logging on, {off_p50 * 1e3:.1f} ms off "
+              f"(median of {args.log_rounds} rounds of {n}): on / off {on_p50 / off_p50:.2f}x; "
+              f"{len(logged)} rows logged", flush=True)  # fmt: skip
     finally:
         serve.shutdown()
         ray.shutdown()

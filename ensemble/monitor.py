@@ -28,9 +28,12 @@ them. Nothing here imports Ray.
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,7 +43,7 @@ from scipy import stats
 from ensemble.backtest.evaluation import daily_rank_ic, evaluate
 from ensemble.config import MonitoringConfig, Settings
 from ensemble.features import Preprocessor, build_features
-from ensemble.features.targets import forward_log_returns, target_name
+from ensemble.features.targets import realised_forward_returns, target_name
 from ensemble.predlog import interval_columns, member_columns
 
 logger = logging.getLogger(__name__)
@@ -63,9 +66,7 @@ def latest_forecasts(log: pd.DataFrame) -> pd.DataFrame:
 def realised_returns(prices: pd.DataFrame, horizons: Sequence[int]) -> pd.DataFrame:
     """Long ``as_of, ticker, horizon, realised``: the forward log return of every (date, ticker) of
     ``prices`` whose horizon lies inside them (the training target's definition)."""
-    p = prices[["date", "ticker", "close"]].sort_values(["ticker", "date"], kind="stable")
-    p = p.reset_index(drop=True)
-    t = forward_log_returns(p, horizons)
+    t = realised_forward_returns(prices, horizons)
     parts = []
     for h in horizons:
         v = t[target_name(h)].to_numpy(np.float64)
@@ -73,8 +74,8 @@ def realised_returns(prices: pd.DataFrame, horizons: Sequence[int]) -> pd.DataFr
         parts.append(
             pd.DataFrame(
                 {
-                    "as_of": pd.to_datetime(p.loc[ok, "date"]).to_numpy(dtype="datetime64[ns]"),
-                    "ticker": p.loc[ok, "ticker"].astype(str).to_numpy(),
+                    "as_of": pd.to_datetime(t.loc[ok, "date"]).to_numpy(dtype="datetime64[ns]"),
+                    "ticker": t.loc[ok, "ticker"].astype(str).to_numpy(),
                     "horizon": np.full(int(ok.sum()), int(h), dtype=np.int64),
                     "realised": v[ok],
                 }
@@ -125,6 +126,8 @@ def _as_eval(sub: pd.DataFrame, model: str, h: int) -> tuple[pd.DataFrame, pd.Da
 def _levels(frame: pd.DataFrame) -> list[float]:
     return sorted({int(c[2:]) / 100 for c in interval_columns(frame.columns)})
 
+
+_ISO_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")  # jobs.monitor's report names: <as_of>.json
 
 ACCURACY_COLUMNS = (
     "version", "arm", "horizon", "model", "first", "last", "dates", "rows",
@@ -485,3 +488,32 @@ def training_reference(
     return build_drift_reference(
         frame, features, forecasts=forecasts, bins=mc.drift_bins, sample=mc.drift_sample
     )
+
+
+def latest_report(directory: str | Path) -> tuple[str, dict[str, Any]] | None:
+    """The newest report ``python -m jobs.monitor`` wrote into ``directory`` (``<as_of>.json``: the
+    latest as-of date), as (path, report); None when there is none."""
+    d = Path(directory)
+    files = sorted(p for p in d.glob("*.json") if _ISO_DAY.fullmatch(p.stem)) if d.is_dir() else []
+    if not files:
+        return None
+    return str(files[-1]), json.loads(files[-1].read_text())
+
+
+def report_summary(path: str, report: Mapping[str, Any]) -> dict[str, Any]:
+    """What ``/api/health`` shows of a monitoring report: its date and version, ``status``
+    (``alerting`` when any alert fired, else ``ok``), the alerts, the rolling Rank IC per version, arm,
+    horizon and model, and the input drift per feature."""
+    alerts = list(report.get("alerts") or [])
+    acc = ("version", "arm", "horizon", "model", "dates", "rank_ic", "directional_accuracy")
+    return {
+        "report": path,
+        "as_of": report.get("as_of"),
+        "version": report.get("version"),
+        "status": "alerting" if alerts else "ok",
+        "alerts": alerts,
+        "rank_ic": [{k: r.get(k) for k in acc} for r in report.get("accuracy") or []],
+        "drift": [
+            {k: r.get(k) for k in ("subject", "psi", "ks", "drift")} for r in report.get("drift") or []
+        ],
+    }

@@ -23,6 +23,9 @@ Promotion, rollback and a new A/B split change the registry first, have every me
 version (a version that does not load is refused and nothing changes), then every ingress replica
 re-reads what to serve (``refresh``, broadcast): no replica restarts. Every response names the
 version and the A/B arm that produced it (body and ``X-Model-Version`` / ``X-AB-Arm`` headers).
+A predict or batch request that names a ``version`` (admin key required) is scored by that version,
+outside the A/B split (arm ``pinned``): ``jobs.deploy`` checks a version through the running service
+this way before it promotes it.
 """
 
 import asyncio
@@ -40,8 +43,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from ray.serve import metrics as serve_metrics
 from ray.serve.handle import DeploymentHandle
 
+from ensemble.monitor import latest_report, report_summary
 from ensemble.registry import ModelRegistry
 from ensemble.registry.errors import RegistryError, VersionNotFoundError
 from serving.schemas import ABRequest, BatchRequest, Day, PredictRequest, PromoteRequest, RollbackRequest
@@ -101,6 +106,8 @@ def require_admin(x_api_key: Annotated[str | None, Header()] = None) -> None:
 
 
 ADMIN = [Depends(require_admin)]
+MONITOR_REFRESH_S = 15.0  # /api/health re-reads the latest monitoring report at most this often
+PINNED_ARM = "pinned"  # a forecast by the version a request named (admin), outside the A/B split
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=64, health_check_period_s=10)
@@ -125,6 +132,24 @@ class Api:
         self.config: dict[str, Any] = {"version": "production"}
         self.arms: list[tuple[str, str, float]] = []  # (arm, version id, weight)
         self.counts: Counter[str] = Counter()
+        self._mon: tuple[float, dict[str, Any]] | None = None  # (read at, the monitoring section)
+        # Prometheus, through Ray's metrics export (prefixed ray_; Serve adds deployment and replica)
+        self.m_forecasts = serve_metrics.Counter(
+            "ensemble_forecasts", description="forecast requests answered, by version and A/B arm",
+            tag_keys=("version", "arm"),
+        )  # fmt: skip
+        self.m_alerts = serve_metrics.Gauge(
+            "ensemble_monitoring_alerts", description="alerts in the latest monitoring report",
+            tag_keys=("version",),
+        )  # fmt: skip
+        self.m_rank_ic = serve_metrics.Gauge(
+            "ensemble_rolling_rank_ic", description="rolling Rank IC of the logged forecasts (monitoring)",
+            tag_keys=("version", "arm", "horizon", "model"),
+        )  # fmt: skip
+        self.m_psi = serve_metrics.Gauge(
+            "ensemble_drift_psi", description="population stability index of a model input (monitoring)",
+            tag_keys=("version", "feature"),
+        )  # fmt: skip
 
     # -- what is served --------------------------------------------------------------------------------
     async def reconfigure(self, user_config: dict[str, Any] | None) -> None:
@@ -225,6 +250,47 @@ class Api:
         await me.broadcast("refresh").results_async(timeout_s=60, return_exceptions=True)
         await self.refresh()
 
+    async def _monitoring(self, version: str) -> dict[str, Any]:
+        """The latest ``jobs.monitor`` report's summary (``ensemble.monitor.report_summary``), re-read
+        at most every MONITOR_REFRESH_S; its alerts are logged once and exported as gauges. Alerts
+        do not make the service unhealthy: they say the forecasts need attention, not that it is down."""
+        now = time.monotonic()
+        if self._mon is None or now - self._mon[0] > MONITOR_REFRESH_S:
+            previous = self._mon[1].get("report") if self._mon else None
+            try:
+                section = await asyncio.to_thread(self._read_monitoring, version)
+            except Exception as exc:  # a damaged report is reported, never the health check's failure
+                section = {"status": "unreadable", "alerts": [], "detail": f"{type(exc).__name__}: {exc}"}
+            if section.get("report") and section["report"] != previous:
+                for a in section["alerts"]:
+                    logger.warning("monitoring alert (%s): %s: %s = %.4f (threshold %.4f)", section["report"],
+                                   a["rule"], a["subject"], a["value"], a["threshold"])  # fmt: skip
+                self._export(section)
+            self._mon = (now, section)
+        return self._mon[1]
+
+    def _read_monitoring(self, version: str) -> dict[str, Any]:
+        where = self.config.get("monitor_dir")
+        if not where:
+            cfg = self.registry.manifest(version).get("config", {})
+            where = cfg.get("monitoring", {}).get("out_dir", "artifacts/monitor")
+        found = latest_report(where)
+        if found is None:
+            return {"status": "no report", "report": None, "alerts": [],
+                    "detail": f"no python -m jobs.monitor report in {where} yet"}  # fmt: skip
+        return report_summary(*found)
+
+    def _export(self, section: dict[str, Any]) -> None:
+        v = str(section.get("version"))
+        self.m_alerts.set(len(section["alerts"]), tags={"version": v})
+        for r in section["rank_ic"]:
+            if r.get("rank_ic") is not None:
+                tags = {k: str(r[k]) for k in ("version", "arm", "horizon", "model")}
+                self.m_rank_ic.set(float(r["rank_ic"]), tags=tags)
+        for r in section["drift"]:
+            if r.get("psi") is not None:
+                self.m_psi.set(float(r["psi"]), tags={"version": v, "feature": str(r["subject"])})
+
     def _resolve(self, version: str) -> str:
         try:
             return self.registry.resolve(version)
@@ -276,21 +342,34 @@ class Api:
             "fallback_models": [],  # never: a failed member is left out, not replaced
             "models": models,
             "retries": ens.get("retries", {}),  # member calls the ensemble retried after a replica died
+            "monitoring": {**await self._monitoring(version), "prediction_log": ens.get("log")},
             **({"ensemble": ens["error"]} if "error" in ens else {}),
         }
 
-    async def _forecast(self, req: dict[str, Any], response: Response) -> tuple[dict[str, Any], str]:
-        arm, version = self._pick()
-        res = await _retried(self.ensemble.forecast, {**req, "version": version})
+    async def _forecast(
+        self, req: dict[str, Any], response: Response, pinned: str | None = None, key: str | None = None
+    ) -> tuple[dict[str, Any], str]:
+        """The ensemble's forecast by the version of an A/B arm, or of ``pinned`` (admin only: the
+        key is checked first; arm ``pinned``, not counted in the arms' counts)."""
+        if pinned is not None:
+            require_admin(key)
+            arm, version = PINNED_ARM, self._resolve(pinned)
+        else:
+            arm, version = self._pick()
+        res = await _retried(self.ensemble.forecast, {**req, "version": version, "arm": arm})
         if "error" in res:
             e = res["error"]
             raise HTTPException(e["status"], {"field": e["field"], "detail": e["detail"]})
-        self.counts[arm] += 1
+        if pinned is None:
+            self.counts[arm] += 1
+        self.m_forecasts.inc(tags={"version": res["version"], "arm": arm})
         self._stamp(response, res["version"], arm)
         return res, arm
 
     @app.post("/api/predict")
-    async def predict(self, req: PredictRequest, response: Response) -> dict[str, Any]:
+    async def predict(
+        self, req: PredictRequest, response: Response, x_api_key: Annotated[str | None, Header()] = None
+    ) -> dict[str, Any]:
         history = None
         if req.history:
             history = [{**b.model_dump(), "ticker": req.ticker} for b in req.history]
@@ -300,7 +379,7 @@ class Api:
             "horizon": req.horizon,
             "history": history,
         }
-        res, arm = await self._forecast(body, response)
+        res, arm = await self._forecast(body, response, req.version, x_api_key)
         return {
             "version": res["version"],
             "arm": arm,
@@ -311,10 +390,12 @@ class Api:
         }
 
     @app.post("/api/predict/batch")
-    async def predict_batch(self, req: BatchRequest, response: Response) -> dict[str, Any]:
+    async def predict_batch(
+        self, req: BatchRequest, response: Response, x_api_key: Annotated[str | None, Header()] = None
+    ) -> dict[str, Any]:
         body = {"tickers": req.tickers, "as_of": req.as_of.isoformat() if req.as_of else None,
                 "horizon": req.horizon, "history": None}  # fmt: skip
-        res, arm = await self._forecast(body, response)
+        res, arm = await self._forecast(body, response, req.version, x_api_key)
         return {"arm": arm, **res}
 
     @app.get("/api/recommendations")

@@ -32,6 +32,15 @@ class AppArgs(BaseModel):
     member_timeout_s: float = Field(60.0, gt=0)
     cache_ttl_s: float = Field(60.0, ge=0)
     api_key_env: str = "ENSEMBLE_API_KEY"
+    log: bool = Field(True, description="log every served forecast (the prediction log, source 'serve')")
+    log_dir: str | None = Field(
+        None, description="Parquet directory of the prediction log; default: the served version's "
+        "monitoring.log_dir (PostgreSQL instead when its DSN variable is set)",
+    )  # fmt: skip
+    monitor_dir: str | None = Field(
+        None, description="where jobs.monitor writes its reports (the latest is shown in /api/health); "
+        "default: the served version's monitoring.out_dir",
+    )  # fmt: skip
     num_replicas: dict[str, int] = Field(
         default_factory=dict,
         description="fixed replica counts by deployment name (a member, Ensemble, Api); "
@@ -78,8 +87,11 @@ def build_app(args: dict[str, Any] | AppArgs) -> Application:
             "shards": a.prophet_shards,
             "member_timeout_s": a.member_timeout_s,
             "cache_ttl_s": a.cache_ttl_s,
+            "log": a.log,
+            "log_dir": a.log_dir,
         },
     ).bind(members, a.registry)
-    return Api.options(user_config={"version": a.version}, **replicas("Api")).bind(
+    api_config = {"version": a.version, "monitor_dir": a.monitor_dir}
+    return Api.options(user_config=api_config, **replicas("Api")).bind(
         ensemble, members, a.registry, a.api_key_env, a.prophet_shards
     )

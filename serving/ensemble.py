@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 import time
 from collections import OrderedDict
 from typing import Any
@@ -41,6 +42,7 @@ from ensemble.data import schema
 from ensemble.data.sources import load_prices
 from ensemble.models import get_model_class
 from ensemble.models.ensemble import VOL_COLUMN
+from ensemble.predlog import PredictionLog
 from ensemble.registry import ModelRegistry
 from serving.members import model_id
 from serving.schemas import error_body
@@ -90,6 +92,8 @@ class Ensemble:
         self._locks: dict[str, asyncio.Lock] = {}
         self.left_out: dict[str, dict[str, Any]] = {}  # member -> {reason, version, at}
         self.retries: dict[str, int] = {}  # member -> calls retried after its replica died
+        self.log_on, self.log_dir = True, None  # the prediction log (source "serve")
+        self._plog: PredictionLog | None = None
 
     async def reconfigure(self, user_config: dict[str, Any] | None) -> None:
         """``{"member_timeout_s", "cache_ttl_s", "prices_ttl_s", "shards", "versions": [...]}``: the
@@ -99,6 +103,11 @@ class Ensemble:
         self.cache_ttl_s = float(cfg.get("cache_ttl_s", self.cache_ttl_s))
         self.prices_ttl_s = float(cfg.get("prices_ttl_s", self.prices_ttl_s))
         self.shards = max(1, int(cfg.get("shards", self.shards)))
+        log_on, log_dir = bool(cfg.get("log", self.log_on)), cfg.get("log_dir", self.log_dir)
+        if (log_on, log_dir) != (self.log_on, self.log_dir) and self._plog is not None:
+            old, self._plog = self._plog, None
+            await asyncio.to_thread(old.close, 30.0)  # what it acknowledged is written first
+        self.log_on, self.log_dir = log_on, log_dir
         await self.reconfigure_versions([str(v) for v in cfg.get("versions", [])])
 
     async def reconfigure_versions(self, versions: list[str]) -> dict[str, str]:
@@ -161,17 +170,49 @@ class Ensemble:
             hit = self._results.get((req["version"], str(req.get("as_of")), "-"))
             if hit is not None and time.monotonic() - hit[0] <= self.cache_ttl_s:
                 try:
-                    return self._select(hit[1], req)
+                    return self._served(hit[1], req, self._select(hit[1], req))
                 except RequestError as e:
                     return error_body(e.status, e.field, e.detail)
         return await self._batched(req)
+
+    def _served(self, uni: dict[str, Any], req: dict[str, Any], res: dict[str, Any]) -> dict[str, Any]:
+        """``res``, with its forecasts logged (buffered: the request does not wait for the write;
+        a logging problem is logged, never the request's failure)."""
+        if self.log_on:
+            try:
+                self._log(uni, req, res)
+            except Exception:
+                logger.exception("ensemble: could not log the forecasts of %s", uni.get("version"))
+        return res
+
+    def _log(self, uni: dict[str, Any], req: dict[str, Any], res: dict[str, Any]) -> None:
+        lv = self._versions.get(uni["version"])
+        if lv is None:
+            return
+        scored = uni.get("scored")
+        if scored is None:  # the universe's rows as jobs.score logs them, built once per universe
+            scored = uni["scored"] = score_result(lv, uni).frame
+        served = {f["ticker"] for f in res["forecasts"] if "horizons" in f}
+        rows = scored[scored["ticker"].isin(served)]
+        h = req.get("horizon")
+        if h is not None:  # only the horizon served
+            rows = rows[[c for c in rows.columns if not re.search(r"_h\d+$", c) or c.endswith(f"_h{h}")]]
+        if len(rows):
+            if self._plog is None:
+                self._plog = PredictionLog.from_settings(lv.settings, self.log_dir)
+            source = "serve+history" if req.get("history") else "serve"
+            self._plog.log(rows, version=uni["version"], source=source, arm=req.get("arm"))
+
+    def __del__(self) -> None:  # Serve calls it when the replica shuts down: flush the log
+        if getattr(self, "_plog", None) is not None:
+            self._plog.close(30.0)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def _batched(self, reqs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         async def one(req: dict[str, Any]) -> dict[str, Any]:
             try:
                 uni = await self.universe(req["version"], req.get("as_of"), req.get("history"))
-                return self._select(uni, req)
+                return self._served(uni, req, self._select(uni, req))
             except RequestError as e:
                 return error_body(e.status, e.field, e.detail)
             except scoring.ScoringError as e:
@@ -405,7 +446,12 @@ class Ensemble:
 
     # -- introspection --------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        return {"versions": list(self._versions), "left_out": self.left_out, "retries": dict(self.retries)}
+        return {
+            "versions": list(self._versions),
+            "left_out": self.left_out,
+            "retries": dict(self.retries),
+            "log": (self._plog.stats() if self._plog is not None else None) if self.log_on else "off",
+        }
 
     async def recommendations(self, vid: str, as_of: str | None, top: int) -> dict[str, Any]:
         """The date's recommendations (``ensemble.recommend.recommend`` over the universe's forecast,

@@ -66,6 +66,12 @@ class PredictRequest(_Strict):
         max_length=MAX_HISTORY,
         description="recent OHLCV bars of this ticker, scored against the stored universe of that date",
     )
+    version: str | None = Field(
+        None,
+        max_length=100,
+        description="score with this registry version (id or alias) instead of the served one; "
+        "admin only (X-API-Key), e.g. to check a version before promoting it",
+    )
 
     @field_validator("history")
     @classmethod
@@ -85,6 +91,12 @@ class BatchRequest(_Strict):
     tickers: list[Ticker] = Field(min_length=1, max_length=MAX_BATCH)
     horizon: int | None = None
     as_of: Day | None = None
+    version: str | None = Field(
+        None,
+        max_length=100,
+        description="score with this registry version (id or alias) instead of the served one; "
+        "admin only (X-API-Key), e.g. to check a version before promoting it",
+    )
 
     @field_validator("tickers")
     @classmethod

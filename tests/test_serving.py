@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pandas as pd
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given
@@ -64,6 +65,8 @@ class Served:
     bad: str  # a copy of v1 with a damaged artifact
     settings: Any
     client: httpx.Client
+    log_dir: str  # the prediction log the service writes (Parquet)
+    monitor_dir: str  # where jobs.monitor reports go (the latest is in /api/health)
 
 
 def clone_version(reg: Any, vid: str, bump: float, edit_extras: Any = None) -> str:
@@ -110,7 +113,14 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         mp.setenv("ENSEMBLE_API_KEY", KEY)  # before ray.init: the replicas inherit it
         ray.init(address="local", num_cpus=2, include_dashboard=False)
         try:
-            settings = load_settings(overrides={**TINY, "registry_root": root})
+            # trained as of 40 trading dates before the data's end: the stored Prophet models (fitted
+            # through the validation end) are fresh for 21 dates after it and stale on the latest dates
+            from ensemble.data.sources import load_prices
+
+            dates = sorted(load_prices(load_settings(overrides=TINY))[0]["date"].unique())
+            as_of = str(dates[-41])[:10]
+            over = {**TINY, "training": {**TINY["training"], "as_of": as_of}, "registry_root": root}
+            settings = load_settings(overrides=over)
             v1 = train.run(settings, registry_root=root, progress=False)["version"]
             reg = ModelRegistry(root)
             v2 = clone_version(reg, v1, bump=1.0)
@@ -119,12 +129,15 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             victim.write_bytes(victim.read_bytes()[:-7] + b"damaged")
             port = free_port()
             serve.start(http_options={"host": "127.0.0.1", "port": port})
-            app = {"registry": root, "member_timeout_s": 120, "cache_ttl_s": 600,
-                   "num_replicas": {"random_forest": 2, "Api": 2}}  # fmt: skip
+            log_dir, monitor_dir = str(Path(root).parent / "predlog"), str(Path(root).parent / "monitor")
+            app = {"registry": root, "member_timeout_s": 120, "cache_ttl_s": 600, "log_dir": log_dir,
+                   "monitor_dir": monitor_dir, "num_replicas": {"random_forest": 2, "prophet": 2, "Api": 2}}  # fmt: skip
             serve.run(build_app(app), blocking=False)
             client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300)
             wait_until(lambda: client.get("/api/health").json()["healthy"], 600, "a healthy service", 2.0)
-            yield Served(f"http://127.0.0.1:{port}", root, v1, v2, bad, settings, client)
+            yield Served(
+                f"http://127.0.0.1:{port}", root, v1, v2, bad, settings, client, log_dir, monitor_dir
+            )
             client.close()
         finally:
             serve.shutdown()
@@ -286,6 +299,29 @@ def test_models_lists_versions_aliases_and_counts(served: Served) -> None:
     assert m["serving"] == {"A": {"version": served.v1, "weight": 1.0}}
     assert m["counts"].get("A", 0) >= 1
     assert "valid_rank_ic_h5" in next(v for v in m["versions"] if v["version"] == served.v1)["metrics"]
+
+
+def test_a_pinned_version_needs_the_key_and_stays_outside_the_split(served: Served, prices: Any) -> None:
+    """A batch or predict request naming a ``version`` is scored by it (arm ``pinned``, not counted),
+    and only with the admin key: 401 without it, 404 naming the field for an unknown version."""
+    c = served.client
+    t = str(sorted(prices["ticker"].unique())[2])
+    body = {"tickers": [t], "version": served.v2}
+    r = c.post("/api/predict/batch", json=body)
+    assert r.status_code == 401, r.text
+    r = c.post("/api/predict", json={"ticker": t, "version": served.v2}, headers={"X-API-Key": "wrong"})
+    assert r.status_code == 401, r.text
+    counts = c.get("/api/models").json()["counts"]
+    r = c.post("/api/predict/batch", json=body, headers={"X-API-Key": KEY})
+    assert r.status_code == 200, r.text
+    assert r.json()["version"] == served.v2 and r.json()["arm"] == "pinned"
+    assert r.headers["X-Model-Version"] == served.v2 and r.headers["X-AB-Arm"] == "pinned"
+    r = c.post("/api/predict", json={"ticker": t, "version": served.v2}, headers={"X-API-Key": KEY})
+    assert r.status_code == 200 and r.json()["version"] == served.v2 and r.json()["arm"] == "pinned"
+    r = c.post("/api/predict", json={"ticker": t, "version": "v-none"}, headers={"X-API-Key": KEY})
+    assert r.status_code == 404 and _detail(r)["field"] == "version", r.text
+    assert c.get("/api/models").json()["counts"] == counts  # outside the A/B counts
+    assert c.post("/api/predict", json={"ticker": t}).json()["version"] == served.v1  # production as before
 
 
 def test_openapi_is_served(served: Served) -> None:
@@ -516,6 +552,23 @@ def _kill_one(deployment: str) -> tuple[str, float]:
     return victim, time.monotonic()
 
 
+def _freeze_then_kill(deployment: str, hold_s: float) -> tuple[str, float]:
+    """Stop one replica's process (SIGSTOP) for ``hold_s`` seconds, then SIGKILL it. While it is
+    stopped, the calls the ensemble routes to it (Serve's router keeps using its cached queue lengths
+    for a while) hang there, so the kill finds calls in flight, as a crash under load does."""
+    import os
+    import signal
+
+    import ray
+
+    victim = sorted(_replicas(deployment))[0]
+    pid = int(ray.get(ray.get_actor(victim, namespace="serve").__ray_call__.remote(lambda _: os.getpid())))
+    os.kill(pid, signal.SIGSTOP)
+    time.sleep(hold_s)
+    os.kill(pid, signal.SIGKILL)
+    return victim, time.monotonic()
+
+
 def _comes_back(deployment: str, victim: str, n: int) -> None:
     wait_until(
         lambda: len(r := _replicas(deployment)) == n and victim not in r, 300, f"a new {deployment} replica"
@@ -524,9 +577,10 @@ def _comes_back(deployment: str, victim: str, n: int) -> None:
 
 def test_killed_replicas_under_concurrent_load(served: Served, prices: Any) -> None:
     """20 concurrent clients, every request reaching all the members. One of the two random_forest
-    replicas is killed: no client sees a failure, without retrying (the ensemble retries the call on
-    the other replica, or answers without the member and says so); the replica comes back. Then the
-    ensemble's replica and the ingress's are killed: no client sees a failure after one retry."""
+    replicas is stopped with calls routed to it, then killed: no client sees a failure, without
+    retrying (Serve re-sends the calls the replica had not accepted; the ensemble retries those it
+    had, or answers without the member and says so); the replica comes back. Then the ensemble's replica and the
+    ingress's are killed: no client sees a failure after one retry."""
     c = served.client
     dates = _fresh_dates(served, prices)
     assert len(dates) >= 10, dates
@@ -534,7 +588,7 @@ def test_killed_replicas_under_concurrent_load(served: Served, prices: Any) -> N
     before = c.get("/api/health").json()["retries"].get("random_forest", 0)
     with Load(served, prices, dates, clients=20) as load:
         load.wait(10)
-        victim, killed = _kill_one("random_forest")
+        victim, killed = _freeze_then_kill("random_forest", hold_s=3.0)
         load.wait(40, after=killed)
     answers = load.answers
     failed = [a for a in answers if a.status != 200]
@@ -563,6 +617,64 @@ def test_killed_replicas_under_concurrent_load(served: Served, prices: Any) -> N
               f"the client ({retried[:2]}), 0 failed after the retry")  # fmt: skip
         _comes_back(deployment, victim, 2 if deployment == "Api" else 1)
     wait_until(lambda: c.get("/api/health").json()["healthy"], 120, "health after the restarts")
+
+
+def _stale_dates(served: Served, prices: Any) -> list[str]:
+    """The dates on which every Prophet model is stale (a first request refits them: seconds)."""
+    from ensemble import scoring
+    from ensemble.registry import ModelRegistry
+
+    lv = scoring.load_version(ModelRegistry(served.root), served.v1, ["prophet"])
+    through = scoring.prophet_fitted_through(lv.models["prophet"])
+    every = lv.settings.scoring.prophet_refit_every_days
+    dates = sorted(prices["date"].unique())
+    stale = [d for d in dates if len(scoring.stale_prophet_tickers(through, dates, d, every)) == len(through)]
+    return [str(d)[:10] for d in stale]
+
+
+def test_a_member_replica_killed_with_calls_in_flight(served: Served, prices: Any) -> None:
+    """Requests on dates where every Prophet model is stale, so each Prophet call refits (seconds).
+    One of the two Prophet replicas is killed while it has calls in flight (its queue length, read
+    from the replica, > 0): no client sees a failure, without retrying; the ensemble retried those
+    calls on the other replica (its retry count grew) or answered without Prophet and said so; the
+    replica comes back."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import ray
+
+    c = served.client
+    wait_until(lambda: len(_replicas("prophet")) == 2, 120, "two prophet replicas")
+    days = _stale_dates(served, prices)[-12:-6]  # not asked by the other tests: nothing cached
+    assert len(days) == 6, days
+    tickers = [str(t) for t in sorted(prices["ticker"].unique())]
+    before = c.get("/api/health").json()["retries"].get("prophet", 0)
+
+    def ask(i: int) -> httpx.Response:
+        with httpx.Client(base_url=served.url, timeout=600) as hc:
+            return hc.post("/api/predict", json={"ticker": tickers[i], "as_of": days[i]})
+
+    def busy() -> str | None:
+        for name in sorted(_replicas("prophet")):
+            if ray.get(ray.get_actor(name, namespace="serve").get_num_ongoing_requests.remote(), timeout=10):
+                return name
+        return None
+
+    with ThreadPoolExecutor(len(days)) as ex:
+        futures = [ex.submit(ask, i) for i in range(len(days))]
+        victim = wait_until(busy, 120, "a prophet replica with calls in flight", 0.05)
+        ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+        answers = [f.result() for f in futures]
+    failed = [(r.status_code, r.text[:300]) for r in answers if r.status_code != 200]
+    assert not failed, failed
+    retried = c.get("/api/health").json()["retries"].get("prophet", 0) - before
+    without = [r.json() for r in answers if "prophet" in r.json()["left_out"]]
+    for b in without:  # answered without it, and said so
+        assert b["left_out"]["prophet"] and "prophet" not in b["members"], b
+    print(f"\nprophet replica killed with calls in flight: {len(answers)} answers, 0 failed, "
+          f"{retried} member calls retried by the ensemble, {len(without)} answered without prophet")  # fmt: skip
+    assert retried >= 1
+    _comes_back("prophet", victim, 2)
+    wait_until(lambda: c.get("/api/health").json()["healthy"], 120, "health after the restart")
 
 
 # -- promotion, A/B, rollback, deploy -------------------------------------------------------------------
@@ -665,6 +777,16 @@ def test_jobs_deploy_checks_the_forecasts_recorded_at_training_time(served: Serv
         assert served.client.get("/api/health").json()["version"] == before  # it keeps serving
     assert reg.aliases()["production"] == before
 
+    # through the running service: the version pinned, every value it answers against the recorded one
+    good = deploy.check_served_samples(served.client, served.v1, rec, {"X-API-Key": KEY})
+    assert good["tickers"] == rec["tickers"] and good["values"] >= 3 * 3 * 6, good  # 3 tickers x 3 h x 6+
+    off = copy.deepcopy(rec)
+    off["frame"][rec["tickers"][1]]["confidence_h20"] += 1e-6
+    with pytest.raises(deploy.DeployRefusedError, match=r"service's forecasts .* confidence_h20"):
+        deploy.deploy(served.url, served.v2, KEY, 300, recorded=off)
+    assert served.client.get("/api/health").json()["version"] == before  # nothing was promoted
+    assert reg.aliases()["production"] == before
+
 
 def test_jobs_deploy_refuses_a_damaged_version_and_keeps_serving(served: Served, capsys: Any) -> None:
     from jobs import deploy
@@ -679,7 +801,7 @@ def test_jobs_deploy_refuses_a_damaged_version_and_keeps_serving(served: Served,
         assert served.client.get("/api/health").json()["version"] == before  # it keeps serving
         assert deploy.main(["--version", served.v2, *args]) == 0
         out = capsys.readouterr().out
-        assert f"deployed {served.v2}" in out, out
+        assert f"deployed {served.v2}" in out and "samples through the service {'as_of'" in out, out
     h = served.client.get("/api/health").json()
     assert h["version"] == served.v2 and h["healthy"]
 
@@ -715,3 +837,176 @@ def test_fuzzed_requests_never_get_a_5xx(served: Served) -> None:
     assert len(calls) >= 8 * 2 * 3
     assert {code for _, code in calls} & {200, 401, 404, 422}
     assert served.client.get("/api/health").json()["healthy"]
+
+
+# -- monitoring (issue 15) ----------------------------------------------------------------------------------
+def _metrics_text() -> str:
+    import ray
+
+    port = ray._private.worker.global_worker.node.metrics_export_port  # the node's Prometheus endpoint
+    return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
+
+
+def test_served_forecasts_are_logged_and_health_shows_a_planted_accuracy_drop(
+    served: Served, prices: Any
+) -> None:
+    """Every served forecast lands in the prediction log (source ``serve``, its version and arm, the
+    numbers of the response); ``jobs.monitor`` over a stream with a planted accuracy drop raises the
+    alert, and ``/api/health`` shows it in its ``monitoring`` section (the service stays healthy), as
+    do the Prometheus metrics."""
+    from ensemble.features.targets import realised_forward_returns
+    from ensemble.predlog import ParquetLogBackend, PredictionLog, normalise
+    from jobs import monitor as monitor_job
+
+    c = served.client
+    t = str(sorted(prices["ticker"].unique())[5])
+    r = c.post("/api/predict", json={"ticker": t, "horizon": 20})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    log = ParquetLogBackend(served.log_dir)
+
+    def logged() -> Any:
+        rows = log.read()
+        rows = rows[(rows["source"] == "serve") & (rows["ticker"] == t) & (rows["version"] == served.v1)]
+        return [rows] if len(rows) else None
+
+    (rows,) = wait_until(logged, 60, "the served forecast in the prediction log", 1.0)
+    row = rows.iloc[-1]
+    f = body["forecast"]["horizons"]["20"]
+    assert row["horizon"] == 20 and row["arm"] == "A" and str(row["as_of"].date()) == body["as_of"]
+    assert set(rows["horizon"]) == {20}  # only the horizon served
+    assert row["ensemble"] == pytest.approx(f["ensemble"], rel=1e-12)
+    assert row["lightgbm"] == pytest.approx(f["members"]["lightgbm"], rel=1e-12)
+    assert [row["lo80"], row["hi80"]] == pytest.approx(f["interval"]["80"], rel=1e-12)
+    h = c.get("/api/health").json()
+    assert h["healthy"] and h["monitoring"]["status"] == "no report", h["monitoring"]
+    assert h["monitoring"]["prediction_log"]["enqueued"] >= 1
+
+    # a stream the service "served" over the last 60 realised dates: the ensemble's forecasts noise,
+    # lightgbm's informative; jobs.monitor raises the ensemble's accuracy alert only
+    rng = np.random.default_rng(7)
+    real = realised_forward_returns(prices, [5])
+    days = sorted(prices["date"].unique())[-66:-6]
+    real = real[real["date"].isin(days)]
+    planted = normalise(pd.DataFrame({
+        "logged_at": pd.Timestamp.now(tz="UTC"), "as_of": real["date"], "ticker": real["ticker"].astype(str),
+        "horizon": 5, "version": served.v1, "arm": "A", "source": "serve",
+        "ensemble": rng.normal(0, 0.03, len(real)),
+        "lightgbm": real["target_h5"].to_numpy() + rng.normal(0, 0.005, len(real)),
+    }))  # fmt: skip
+    with PredictionLog(ParquetLogBackend(served.log_dir)) as plog:
+        plog.log_records(planted, wait=True)
+    report = monitor_job.run(
+        registry_root=served.root, version=served.v1, log_dir=served.log_dir,
+        overrides={"monitoring": {"rolling_window": 40, "min_rank_ic": 0.05, "min_tickers": 10}},
+        out=str(Path(served.monitor_dir) / f"{str(days[-1])[:10]}.json"),
+    )  # fmt: skip
+    fired = {(a["rule"], a["subject"]) for a in report["alerts"]}
+    assert ("rank_ic_low", f"{served.v1}/A/h5/ensemble") in fired, report["alerts"]
+    assert not [s for _, s in fired if s.endswith("/lightgbm")], fired
+
+    def alerting() -> Any:
+        m = c.get("/api/health").json()["monitoring"]
+        return m if m["status"] == "alerting" else None
+
+    m = wait_until(alerting, 120, "the alert in /api/health", 2.0)
+    assert m["report"] == report["out"] and m["version"] == served.v1
+    assert {(a["rule"], a["subject"]) for a in m["alerts"]} == fired
+    ens = next(x for x in m["rank_ic"] if x["model"] == "ensemble" and x["horizon"] == 5)
+    assert abs(ens["rank_ic"]) < 0.05 < next(x for x in m["rank_ic"] if x["model"] == "lightgbm")["rank_ic"]
+    assert c.get("/api/health").json()["healthy"]  # alerts do not take the service down
+
+    def exported() -> Any:
+        text = _metrics_text()
+        return text if "ray_ensemble_monitoring_alerts" in text and "ray_ensemble_forecasts" in text else None
+
+    text = wait_until(exported, 120, "the Prometheus metrics", 5.0)
+    line = next(
+        x for x in text.splitlines() if x.startswith("ray_ensemble_monitoring_alerts{") and served.v1 in x
+    )
+    assert float(line.rsplit(" ", 1)[1]) == len(fired), line
+    assert any(x.startswith("ray_ensemble_forecasts") and 'arm="A"' in x for x in text.splitlines())
+    assert "ray_serve_deployment_request_counter" in text  # Serve's own request counts per deployment
+
+
+def test_the_retraining_gate_promotes_only_a_better_candidate(served: Served, prices: Any) -> None:
+    """``jobs.retrain`` trains a candidate through the one training path as of the walk-forward cutoff
+    and scores it beside production on the window after it, both as served. Judged against realised
+    returns planted to equal production's forecasts, the candidate is worse and is not promoted;
+    against returns equal to the candidate's forecasts, it is better and is promoted through the
+    running service under concurrent load: no request fails, and every response after the switch
+    carries it. Both decisions and their evidence are recorded in the registry."""
+    from ensemble import retrain as gate_lib
+    from ensemble.config import load_settings
+    from ensemble.registry import ModelRegistry
+    from jobs import retrain
+
+    c = served.client
+    reg = ModelRegistry(served.root)
+    wait_until(lambda: c.get("/api/health").json()["healthy"], 300, "a healthy service")
+    production = c.get("/api/health").json()["version"]
+    window = 30
+    cutoff = gate_lib.cutoff_for(prices["date"], window, 5)
+    dates = gate_lib.window_dates(prices["date"], cutoff, window, 5)
+    assert len(dates) == window
+
+    def planted(vid: str) -> Any:  # realised returns that rank exactly as ``vid``'s served forecasts
+        lv = retrain.as_served(reg, vid, prices, cutoff, progress=False)
+        f = gate_lib.score_on_dates(lv, prices, dates)
+        return f.rename(columns={f"pred_h{h}": f"target_h{h}" for h in lv.horizons})
+
+    settings = load_settings(overrides={**TINY, "registry_root": served.root})
+    r1 = retrain.run(settings, registry_root=served.root, url=served.url, api_key=KEY, window=window,
+                     progress=False, truth=planted(production))  # fmt: skip
+    cand = r1["candidate"]
+    print(
+        f"\ngate 1: {r1['reason']}; candidate {r1['candidate_metrics']}, production {r1['production_metrics']}"
+    )
+    assert r1["window"] == {"cutoff": str(cutoff.date()), "first": str(dates[0].date()),
+                            "last": str(dates[-1].date()), "dates": window}  # fmt: skip
+    assert reg.load_extra(cand, "training")["split"]["valid_end"] == str(cutoff.date())  # trained as of it
+    assert r1["production_metrics"]["rank_ic_h5"] == pytest.approx(1.0)
+    assert r1["candidate_metrics"]["rank_ic_h5"] < 1.0 and not r1["promoted"], r1
+    assert reg.aliases()["production"] == production and c.get("/api/health").json()["version"] == production
+    assert json.loads(Path(r1["record"]).read_text())["promote"] is False
+
+    answers: list[tuple[float, float, int, str]] = []  # (sent, answered, status, version)
+    stop = threading.Event()
+    tickers = [str(t) for t in sorted(prices["ticker"].unique())]
+
+    def client(i: int) -> None:
+        with httpx.Client(base_url=served.url, timeout=300) as hc:
+            while not stop.is_set():
+                t0 = time.monotonic()
+                try:
+                    r = hc.post("/api/predict", json={"ticker": tickers[i], "horizon": 5})
+                    got = r.json()["version"] if r.status_code == 200 else r.text[:300]
+                    answers.append((t0, time.monotonic(), r.status_code, got))
+                except Exception as exc:  # any failure is an answer the test sees
+                    answers.append((t0, time.monotonic(), -1, f"{type(exc).__name__}: {exc}"))
+                time.sleep(0.05)
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(4)]
+    for th in threads:
+        th.start()
+    try:
+        r2 = retrain.run(settings, registry_root=served.root, candidate=cand, url=served.url, api_key=KEY,
+                         window=window, progress=False, truth=planted(cand))  # fmt: skip
+        switched = time.monotonic()
+        wait_until(lambda: sum(a[1] > switched and a[0] > switched for a in answers) >= 8, 120,
+                   "answers to requests sent after the switch", 0.2)  # fmt: skip
+    finally:
+        stop.set()
+        for th in threads:
+            th.join(timeout=330)
+    print(f"gate 2: {r2['reason']}; {len(answers)} requests during it")
+    assert r2["promoted"] and r2["candidate_metrics"]["rank_ic_h5"] == pytest.approx(1.0), r2
+    assert r2["service"]["version"] == cand and r2["service"]["served_samples"]["values"] > 0, r2["service"]
+    failed = [a for a in answers if a[2] != 200]
+    assert not failed and len(answers) >= 8, failed[:3]
+    assert all(th.is_alive() is False for th in threads)
+    after = {v for sent, _, _, v in answers if sent > switched}
+    assert after == {cand}, (after, len(answers), answers[-3:])
+    assert reg.aliases()["production"] == cand
+    assert reg.alias_history("production")[-1]["reason"].startswith("jobs.retrain: ")
+    assert json.loads(Path(r2["record"]).read_text())["promoted"] is True

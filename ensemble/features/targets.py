@@ -65,6 +65,19 @@ def forward_log_returns(prices: pd.DataFrame, horizons: Iterable[int]) -> pd.Dat
     return pd.DataFrame(out, index=prices.index)
 
 
+def realised_forward_returns(prices: pd.DataFrame, horizons: Iterable[int]) -> pd.DataFrame:
+    """``date, ticker, target_h{h}``: every row's forward log return (:func:`forward_log_returns`: the
+    training target's definition; NaN where the horizon runs past the data), rows sorted by ticker
+    and date. What monitoring and the retraining gate judge forecasts by."""
+    p = (
+        prices[["date", "ticker", "close"]]
+        .sort_values(["ticker", "date"], kind="stable")
+        .reset_index(drop=True)
+    )
+    t = forward_log_returns(p, horizons)
+    return pd.concat([p[["date", "ticker"]], t], axis=1)
+
+
 def realisation_dates(frame: pd.DataFrame, h: int) -> np.ndarray:
     """The date each row's h-row target becomes known (NaT where it is not in ``frame``)."""
     j = shifted_rows(frame["ticker"], h)
