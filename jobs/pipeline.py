@@ -42,7 +42,7 @@ from typing import Any
 
 import pandas as pd
 
-from ensemble.config import Settings, load_settings, parse_overrides
+from ensemble.config import Settings, load_settings, parse_overrides, with_overrides
 from ensemble.data.files import load_file
 from ensemble.data.schema import validate
 from ensemble.data.stylized import format_facts, stylized_facts
@@ -122,6 +122,48 @@ def run_data_stage(settings: Settings, out_dir: Path) -> pd.DataFrame:
     return prices
 
 
+def run_file_stage(
+    settings: Settings, path: Path, sectors: Path | None, clean: str | None, stack: contextlib.ExitStack
+) -> Settings:
+    """Ingest a price file: load it through the file loader (the contract checked; cleaned as
+    ``clean``, default ``data.clean``), write it into PostgreSQL (the server of ``$ENSEMBLE_PG_DSN``,
+    else a throwaway local one that lives until the job ends, its DSN put in the environment before Ray
+    starts so that the replicas read it too), read it back, and return the settings every later stage
+    uses: ``data.source: postgres``. Without a server (no DSN, no binaries) the stages read the file."""
+    t0 = time.perf_counter()
+    mode = clean or settings.data.clean
+    prices, report = load_file(path, sectors_path=sectors, clean=mode)  # type: ignore[arg-type]
+    t_load = time.perf_counter() - t0
+    print("\n== data stage ==")
+    print(
+        f"{path}: {prices['ticker'].nunique()} tickers x {prices['date'].nunique()} days = {len(prices):,} rows, "
+        f"{prices['date'].min():%Y-%m-%d} .. {prices['date'].max():%Y-%m-%d}; loaded and checked in {t_load:.1f}s"
+        + (f" (clean={mode}: {report.summary()})" if report is not None else "")
+    )
+    dsn, where = stack.enter_context(_postgres(settings))
+    if dsn is None:
+        print(f"PostgreSQL: {where}; every stage reads {path}")
+        data = {"source": "files", "path": str(path), "clean": mode}
+        data["sectors_path"] = str(sectors) if sectors else None
+        return with_overrides(settings, {"data": data})
+    from ensemble.data.store import PriceStore
+
+    store = PriceStore(dsn, table=settings.postgres.table)
+    store.create_schema()
+    t1 = time.perf_counter()
+    store.write(prices)
+    t_write = time.perf_counter() - t1
+    back = store.read()
+    if len(back) != len(prices):
+        raise RuntimeError(
+            f"PostgreSQL ({where}) gave back {len(back):,} rows of the {len(prices):,} written"
+        )
+    os.environ[settings.postgres.dsn_env] = dsn  # before Ray starts: the replicas inherit it
+    print(f"PostgreSQL ({where}): {len(prices):,} rows written in {t_write:.1f}s and read back; every stage "
+          f"reads table {settings.postgres.table} from here")  # fmt: skip
+    return with_overrides(settings, {"data": {"source": "postgres", "path": None, "sectors_path": None}})
+
+
 def _stop_on_signals() -> None:
     """Ctrl-C (SIGINT) and SIGTERM end the job with KeyboardInterrupt, so that everything it started
     is stopped. Installed after ``ray.init`` (whose handlers would replace these) and also when the
@@ -189,6 +231,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--host", default=None, help="the service's address (default: serving.host, 127.0.0.1)")
     ap.add_argument("--port", type=int, default=None, help="the service's port (default: serving.port, 8000)")
     ap.add_argument("--top", type=int, default=10, help="buys and sells to print (default 10)")
+    ap.add_argument(
+        "--data", type=Path, default=None,
+        help="a Parquet/CSV price file: ingested into PostgreSQL, then every stage reads it from there "
+        "(default: the synthetic market)",
+    )  # fmt: skip
+    ap.add_argument("--sectors", type=Path, default=None, help="with --data: a ticker,sector CSV")
+    ap.add_argument(
+        "--clean", choices=["none", "drop", "repair"], default=None, help="with --data (default data.clean)"
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("prophet.plot").setLevel(logging.CRITICAL)
@@ -200,8 +251,18 @@ def main(argv: list[str] | None = None) -> int:
         items.append(f"synthetic.n_days={args.days}")
     overrides: dict[str, Any] = parse_overrides(items)
     settings = load_settings(args.config, overrides)  # every setting checked before any work
+    if args.data is not None and not args.data.is_file():
+        ap.error(f"--data {args.data}: no such file")
+    with contextlib.ExitStack() as stack:  # a throwaway PostgreSQL of --data lives until the end
+        return _run(args, settings, stack)
+
+
+def _run(args: argparse.Namespace, settings: Settings, stack: contextlib.ExitStack) -> int:
     t0 = time.perf_counter()
-    run_data_stage(settings, args.out)
+    if args.data is not None:
+        settings = run_file_stage(settings, args.data, args.sectors, args.clean, stack)
+    else:
+        run_data_stage(settings, args.out)
     if args.no_train:
         print(f"\npipeline finished in {time.perf_counter() - t0:.1f}s")
         return 0

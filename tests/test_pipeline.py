@@ -50,3 +50,46 @@ def test_no_train_runs_the_data_stage_with_the_set_overrides(
     assert PriceStore(pg_dsn, table="pipeline_prices").count() == 800
     assert "PostgreSQL ($TEST_PIPELINE_PG_DSN): table holds 800 rows" in printed
     assert "== train stage ==" not in printed  # --no-train
+
+
+def test_a_price_file_is_ingested_into_postgres_and_every_stage_reads_it_from_there(
+    pg_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--data FILE``: the file is loaded (contract checked), written into PostgreSQL and read back;
+    training and scoring then read the prices from PostgreSQL (the version's stored settings say
+    so), not from the file (removed before they run) nor from the synthetic market."""
+    from ensemble.registry import ModelRegistry
+
+    monkeypatch.setenv("TEST_FILE_PG_DSN", pg_dsn)
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    market = generate_market(SyntheticConfig(n_tickers=24, n_days=320, seed=5), horizons=(5, 20))
+    path = tmp_path / "prices.csv"
+    market.prices.to_csv(path, index=False)
+    registry = tmp_path / "registry"
+    real_load = pipeline.load_file
+
+    def load_then_remove(*a, **k):  # the later stages cannot read the file: only PostgreSQL
+        out = real_load(*a, **k)
+        path.unlink()
+        return out
+
+    monkeypatch.setattr(pipeline, "load_file", load_then_remove)
+    sets = [
+        "postgres.dsn_env=TEST_FILE_PG_DSN", "postgres.table=file_prices", "horizons=[5, 20]",
+        "training.models=[xgboost, lightgbm]", "training.training_stocks=24", "training.training_days=200",
+        "training.tuning_trials=1", "features.selection_k=12", f"registry_root={registry}",
+        f"scoring.out_dir={tmp_path / 'scores'}", f"monitoring.log_dir={tmp_path / 'predlog'}",
+        "ray.trial_cpus=0.5", "models.xgboost.n_estimators=10", "models.lightgbm.n_estimators=10",
+    ]  # fmt: skip
+    argv = ["--data", str(path), "--no-serve", "--no-backtest"] + [a for s in sets for a in ("--set", s)]
+    assert pipeline.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"{path}: 24 tickers x 320 days = 7,680 rows" in printed
+    assert "PostgreSQL ($TEST_FILE_PG_DSN): 7,680 rows written" in printed
+    assert PriceStore(pg_dsn, table="file_prices").count() == 7680
+    reg = ModelRegistry(registry)
+    (version,) = reg.list_versions()
+    data = reg.manifest(version)["config"]["data"]
+    assert data["source"] == "postgres" and data["path"] is None, data
+    assert "== score stage ==" in printed and f"version {version} as of" in printed
+    assert not path.exists()
