@@ -12,8 +12,8 @@ members) and a no-op deployment, then prints, for 1 and 16 concurrent clients:
   * ``/api/predict/batch`` for every ticker of the universe (seconds per call, cold and warm) on the
     latest date and, unless ``--cold-dates 0``, on an earlier one (every Prophet model refitted first);
   * the resident memory of the application's replicas;
-  * the cost of the prediction log: warm ``/api/predict`` with logging on and off (the application
-    reconfigured in place between the two, alternated over rounds), p50 ratio on / off.
+  * the cost of the prediction log: warm ``/api/predict`` with logging on and off (switched in place
+    on the Ensemble replica between the two, alternated over rounds), p50 ratio on / off.
 The machine is shared and noisy: read the ratios, not the absolute times.
 """
 
@@ -133,16 +133,12 @@ def main() -> int:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         t0 = time.perf_counter()
         log_dir = str(Path(tmp.name) / "predlog")
-
-        def deploy(log: bool) -> None:  # a change of user_config only: reconfigured, not restarted
-            serve.run(
-                build_app({"registry": root, "member_timeout_s": 300, "log": log, "log_dir": log_dir}),
-                name="forecast",
-                route_prefix="/",
-                blocking=False,
-            )
-
-        deploy(True)
+        serve.run(
+            build_app({"registry": root, "member_timeout_s": 300, "log": True, "log_dir": log_dir}),
+            name="forecast",
+            route_prefix="/",
+            blocking=False,
+        )
         serve.run(Noop.bind(), name="noop", route_prefix="/noop", blocking=False)
         url = f"http://127.0.0.1:{port}"
         while True:
@@ -203,9 +199,12 @@ def main() -> int:
         # the prediction log's cost on the request path: warm predicts, logging on vs off, alternated
         on: list[float] = []
         off: list[float] = []
+        # switched in place on the Ensemble replica (its reconfigure: the setting alone, nothing
+        # reloaded or restarted); serve.run with other args would redeploy every replica
+        ens = serve.get_deployment_handle("Ensemble", app_name="forecast")
         for _ in range(args.log_rounds):
             for log, into in ((False, off), (True, on)):
-                deploy(log)
+                ens.reconfigure.remote({"log": log}).result(timeout_s=60)
                 m = load(url, lambda k: ("POST", "/api/predict", {"ticker": tickers[k % len(tickers)]}), n, 1)
                 into.append(m["p50"])
         from ensemble.predlog import ParquetLogBackend

@@ -22,8 +22,11 @@ One Ray for every stage: the private local one of ``jobs.train.connect_ray`` (or
 makes a key for this session (printed once, never written to a file) before Ray starts, so that the
 replicas see it.
 
+``--data FILE`` replaces the synthetic market of stage 1 with a price file of one's own: ingested into
+PostgreSQL, every later stage reads it from there (:func:`run_file_stage`).
+
 ``python -m jobs.pipeline [--config FILE] [--set key=value ...] [--tickers N --days N] [--out DIR]
-[--no-train] [--no-backtest] [--no-serve] [--host H --port P] [--top N]``
+[--data FILE [--sectors CSV] [--clean MODE]] [--no-train] [--no-backtest] [--no-serve] [--host H --port P] [--top N]``
 (``make run``: ``--config cluster/quick.yaml``; ``make run-full``: ``--config cluster/train.yaml``.)
 """
 

@@ -35,6 +35,7 @@ PY = ".venv/bin/python"
 CHECKS: dict[str, str] = {
     "make run": "tests/test_main_job.py::test_make_run_serves_backtests_and_stops_on_ctrl_c",
     "make test": "ci",  # .ci/run runs it: this file is part of it
+    ".venv/bin/python -m jobs.pipeline --config cluster/quick.yaml --data ../shared/data/sp500_daily.parquet --sectors ../shared/data/sp500_sectors.csv --clean repair": "flags",
     ".venv/bin/python -m ensemble.data.synthetic --tickers 500 --days 1260 --seed 7 --out market.parquet --stats": "run",
     ".venv/bin/python -m ensemble.data.sp500_report": "run",
     '.venv/bin/python -m jobs.ingest market.parquet --dsn "host=127.0.0.1 port=5432 dbname=market user=me"': "flags",
