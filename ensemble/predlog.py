@@ -84,6 +84,9 @@ class PredictionLogError(RuntimeError):
 
 
 # -- the row format -------------------------------------------------------------------------------------
+_HORIZON_COL = re.compile(r"_h(\d+)$")
+
+
 def interval_columns(columns: Iterable[Any]) -> list[str]:
     """The interval bound columns (``lo80``, ``hi80``, ...) of a log frame, by level then lo/hi."""
     found = [(int(m.group(2)), m.group(1)) for c in columns if (m := _BOUND.match(str(c)))]
@@ -153,6 +156,17 @@ def records_from_scores(
     out["arm"] = str(arm) if arm else NO_ARM
     out["source"] = str(source)
     return normalise(out)
+
+
+def select(frame: pd.DataFrame, tickers: set[str] | None, horizons: set[int] | None) -> pd.DataFrame:
+    """The rows of ``tickers`` and the columns of ``horizons`` (``*_h{h}``) of a scoring frame (None:
+    all of them)."""
+    if tickers is not None:
+        frame = frame.loc[frame["ticker"].astype(str).isin(tickers)]
+    if horizons is not None:
+        frame = frame[[c for c in frame.columns
+                       if not (m := _HORIZON_COL.search(str(c))) or int(m.group(1)) in horizons]]  # fmt: skip
+    return frame
 
 
 def normalise(frame: pd.DataFrame) -> pd.DataFrame:
@@ -513,27 +527,50 @@ class PredictionLog:
         as_of: Any = None,
         wait: bool = False,
         timeout: float | None = None,
+        tickers: Iterable[str] | None = None,
+        horizons: Iterable[int] | None = None,
+        copy: bool = True,
     ) -> int:
-        """Log a scoring frame (see :func:`records_from_scores`); returns the rows enqueued (tickers
-        x horizons). Without ``wait`` the frame is only checked and copied here, and converted by the
-        writer thread."""
-        horizons = sum(1 for c in frame.columns if _PRED.match(str(c)))
-        if not horizons or "ticker" not in frame.columns or ("date" not in frame.columns and as_of is None):
+        """Log a scoring frame (see :func:`records_from_scores`), or only the rows of ``tickers`` and
+        the columns of ``horizons`` in it; returns the rows enqueued (tickers x horizons). Without
+        ``wait`` the frame is only checked (and copied, unless ``copy=False``: the caller promises
+        never to change it) here; the selection and the conversion run in the writer thread."""
+        keep_h = None if horizons is None else {int(h) for h in horizons}
+        n_h = sum(
+            1
+            for c in frame.columns
+            if (m := _PRED.match(str(c))) and (keep_h is None or int(m.group(1)) in keep_h)
+        )
+        if not n_h and keep_h is not None:
+            raise ValueError(f"no forecast columns pred_h<h> for the horizons {sorted(keep_h)} in the frame")
+        if not n_h or "ticker" not in frame.columns or ("date" not in frame.columns and as_of is None):
             records_from_scores(frame.iloc[:0], version=version, source=source, as_of=as_of)  # raises why
         stamp = pd.Timestamp.now(tz="UTC")
+        want = None if tickers is None else {str(t) for t in tickers}
         if wait:
             rows = records_from_scores(
-                frame, version=version, source=source, arm=arm, as_of=as_of, logged_at=stamp
+                select(frame, want, keep_h),
+                version=version,
+                source=source,
+                arm=arm,
+                as_of=as_of,
+                logged_at=stamp,
             )
             return self._enqueue(_Batch(len(rows), frame=rows), wait, timeout)
-        snapshot = frame.copy()
+        snapshot = frame.copy() if copy else frame
 
         def make() -> pd.DataFrame:
             return records_from_scores(
-                snapshot, version=version, source=source, arm=arm, as_of=as_of, logged_at=stamp
+                select(snapshot, want, keep_h),
+                version=version,
+                source=source,
+                arm=arm,
+                as_of=as_of,
+                logged_at=stamp,
             )
 
-        return self._enqueue(_Batch(len(frame) * horizons, make=make), wait, timeout)
+        n = len(frame) if want is None else len(want)
+        return self._enqueue(_Batch(n * n_h, make=make), wait, timeout)
 
     def log_records(self, rows: pd.DataFrame, *, wait: bool = False, timeout: float | None = None) -> int:
         """Log rows already in the log's format (see :func:`normalise`)."""

@@ -26,7 +26,6 @@ import hashlib
 import json
 import logging
 import math
-import re
 import time
 from collections import OrderedDict
 from typing import Any
@@ -192,16 +191,15 @@ class Ensemble:
         scored = uni.get("scored")
         if scored is None:  # the universe's rows as jobs.score logs them, built once per universe
             scored = uni["scored"] = score_result(lv, uni).frame
-        served = {f["ticker"] for f in res["forecasts"] if "horizons" in f}
-        rows = scored[scored["ticker"].isin(served)]
-        h = req.get("horizon")
-        if h is not None:  # only the horizon served
-            rows = rows[[c for c in rows.columns if not re.search(r"_h\d+$", c) or c.endswith(f"_h{h}")]]
-        if len(rows):
+        served = [f["ticker"] for f in res["forecasts"] if "horizons" in f]
+        if served:  # the selection and conversion run in the log's writer thread, not here
             if self._plog is None:
                 self._plog = PredictionLog.from_settings(lv.settings, self.log_dir)
-            source = "serve+history" if req.get("history") else "serve"
-            self._plog.log(rows, version=uni["version"], source=source, arm=req.get("arm"))
+            h = req.get("horizon")
+            self._plog.log(
+                scored, version=uni["version"], source="serve+history" if req.get("history") else "serve",
+                arm=req.get("arm"), tickers=served, horizons=None if h is None else [h], copy=False,
+            )  # fmt: skip  # the universe's frame is cached and never changed
 
     def __del__(self) -> None:  # Serve calls it when the replica shuts down: flush the log
         if getattr(self, "_plog", None) is not None:

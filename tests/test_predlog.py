@@ -69,6 +69,28 @@ def test_records_are_one_row_per_ticker_and_horizon_with_members_and_intervals()
         records_from_scores(f[["date", "ticker"]], version="v1", source="score")
 
 
+def test_a_selection_of_tickers_and_horizons_is_logged_from_a_frame_left_uncopied(tmp_path: Path) -> None:
+    """``log(..., tickers=, horizons=, copy=False)`` (how the service logs what it served out of a
+    cached universe frame): only those rows and that horizon, selected by the writer, not the caller."""
+    f = scores(["AAA", "BBB", "CCC", "DDD"])
+    backend = ParquetLogBackend(tmp_path / "log")
+    with PredictionLog(backend, flush_rows=10_000, flush_seconds=3600) as plog:
+        assert (
+            plog.log(f, version="v1", source="serve", tickers=["CCC", "AAA"], horizons=[20], copy=False) == 2
+        )
+        assert plog.log(f, version="v1", source="serve", tickers=["BBB"], wait=True) == 2
+        with pytest.raises(ValueError, match="pred_h<h> for the horizons \\[60\\]"):
+            plog.log(f, version="v1", source="serve", horizons=[60])  # no such horizon in the frame
+    r = backend.read().sort_values(["ticker", "horizon"]).reset_index(drop=True)
+    assert list(zip(r["ticker"], r["horizon"], strict=True)) == [
+        ("AAA", 20),
+        ("BBB", 5),
+        ("BBB", 20),
+        ("CCC", 20),
+    ]
+    assert r.loc[0, "ensemble"] == f.loc[0, "pred_h20"] and r.loc[3, "xgboost"] == f.loc[2, "xgboost_h20"]
+
+
 def _digest(p: Path) -> str:
     return hashlib.sha256(p.read_bytes()).hexdigest()
 
