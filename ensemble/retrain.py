@@ -8,9 +8,9 @@ candidate and production then forecast each of those dates as they would have se
 cutoff first, as serving refits stale ones), and their Rank IC against the realised forward log
 returns (the training target's definition) decides, by
 :func:`ensemble.registry.promotion.decide_promotion`: the candidate must beat production by more than
-``min_gain`` at the shortest horizon. Nothing either version trained on lies in the window, unless
-production was trained after the cutoff (then it has seen part of it, which favours production: the
-gate stays conservative, and the record says so).
+``min_gain`` at the shortest horizon. Nothing either version trained on lies in the compared dates:
+when production was trained after the cutoff, only the window's dates after its data are compared,
+and with fewer than ``MIN_DATES`` of them the gate does not promote (and says why).
 
 Pure functions of their inputs; nothing is written.
 """
@@ -31,6 +31,8 @@ from ensemble.registry.promotion import decide_promotion
 from ensemble.scoring import LoadedVersion, score
 
 logger = logging.getLogger(__name__)
+
+MIN_DATES = 5  # fewer unseen window dates than this: no comparison, no promotion
 
 
 @dataclass
@@ -97,20 +99,47 @@ def gate(
     min_gain: float = 0.0,
     production_through: Any = None,
     truth: pd.DataFrame | None = None,
+    min_dates: int = MIN_DATES,
 ) -> GateDecision:
     """Decide whether ``candidate`` replaces ``production`` (None: there is none, the candidate is
     promoted) on the ``window`` dates after ``cutoff``. Both versions are given as they serve: the
     caller refits their stale per-ticker models through the cutoff first. ``production_through``:
-    the last date production's training used (its validation end), for the record. ``truth``: the
-    realised returns to judge by (``date, ticker, target_h{h}``; default: from ``prices``)."""
+    the last date production's training used (its validation end): only the window's dates after it
+    are compared (production has seen the others; its ensemble was even fitted on them). With fewer
+    than ``min_dates`` such dates there is nothing fair to compare on: not promoted, and said so.
+    ``truth``: the realised returns to judge by (``date, ticker, target_h{h}``; default: from
+    ``prices``)."""
     t0 = time.perf_counter()
     horizons = list(candidate.horizons)
     h = int(min(horizons))
     dates = window_dates(prices["date"], cutoff, window, h)
-    truth = realised_forward_returns(prices, horizons) if truth is None else truth
     notes: list[str] = []
     if len(dates) < int(window):
         notes.append(f"only {len(dates)} of {window} window dates have a realised {h}-day return")
+    seen = (
+        pd.Timestamp(production_through)
+        if production is not None and production_through is not None
+        else None
+    )
+    if seen is not None and seen > pd.Timestamp(cutoff):
+        dates = [d for d in dates if d > seen]
+        notes.append(f"production {production.version} was trained with data through {seen.date()}, after the "  # type: ignore[union-attr]
+                     f"cutoff {pd.Timestamp(cutoff).date()}: compared on the {len(dates)} window dates after it")  # fmt: skip
+    window_doc = {
+        "cutoff": str(pd.Timestamp(cutoff).date()),
+        "first": str(dates[0].date()) if dates else None,
+        "last": str(dates[-1].date()) if dates else None,
+        "dates": len(dates),
+    }
+    if len(dates) < int(min_dates):
+        return GateDecision(
+            promote=False,
+            reason=f"not compared: {len(dates)} window dates that neither version has seen, fewer than {min_dates}",
+            candidate=candidate.version, production=production.version if production is not None else None,
+            horizon=h, window=window_doc, candidate_metrics={}, production_metrics={}, min_gain=float(min_gain),
+            seconds=time.perf_counter() - t0, notes=notes,
+        )  # fmt: skip
+    truth = realised_forward_returns(prices, horizons) if truth is None else truth
 
     def metrics(lv: LoadedVersion) -> dict[str, float]:
         m = forecast_metrics(score_on_dates(lv, prices, dates), truth, horizons)
@@ -118,11 +147,6 @@ def gate(
 
     cand = metrics(candidate)
     prod = metrics(production) if production is not None else {}
-    if production is not None:
-        seen = pd.Timestamp(production_through) if production_through is not None else None
-        if seen is not None and seen > pd.Timestamp(cutoff):
-            notes.append(f"production {production.version} was trained with data through {seen.date()}, "
-                         f"after the cutoff {pd.Timestamp(cutoff).date()}: it has seen part of the window")  # fmt: skip
     decision = decide_promotion(
         candidate.version,
         {"gate": cand},
@@ -137,12 +161,7 @@ def gate(
         candidate=candidate.version,
         production=production.version if production is not None else None,
         horizon=h,
-        window={
-            "cutoff": str(pd.Timestamp(cutoff).date()),
-            "first": str(dates[0].date()) if dates else None,
-            "last": str(dates[-1].date()) if dates else None,
-            "dates": len(dates),
-        },  # fmt: skip
+        window=window_doc,
         candidate_metrics=cand,
         production_metrics=prod,
         min_gain=float(min_gain),

@@ -45,7 +45,7 @@ from typing import Any
 
 import pandas as pd
 
-from ensemble.config import Settings, load_settings, parse_overrides, with_overrides
+from ensemble.config import ConfigError, Settings, load_settings, parse_overrides, with_overrides
 from ensemble.data.files import load_file
 from ensemble.data.schema import validate
 from ensemble.data.stylized import format_facts, stylized_facts
@@ -153,6 +153,12 @@ def run_file_stage(
 
     store = PriceStore(dsn, table=settings.postgres.table)
     store.create_schema()
+    before = store.count()
+    if before and before != len(prices):  # someone else's rows: the stages would read a mix
+        raise ConfigError(
+            f"postgres.table {settings.postgres.table} ({where}) already holds {before:,} rows, not this file's "
+            f"{len(prices):,}: ingest into an empty table (--set postgres.table=NAME)"
+        )
     t1 = time.perf_counter()
     store.write(prices)
     t_write = time.perf_counter() - t1
@@ -164,6 +170,9 @@ def run_file_stage(
     os.environ[settings.postgres.dsn_env] = dsn  # before Ray starts: the replicas inherit it
     print(f"PostgreSQL ({where}): {len(prices):,} rows written in {t_write:.1f}s and read back; every stage "
           f"reads table {settings.postgres.table} from here")  # fmt: skip
+    if where == "throwaway local server":
+        print("note: the throwaway server stops when this job ends; the versions trained here read their "
+              "prices from it, so score or serve them later with $ENSEMBLE_PG_DSN set to a server holding them")  # fmt: skip
     return with_overrides(settings, {"data": {"source": "postgres", "path": None, "sectors_path": None}})
 
 

@@ -221,9 +221,15 @@ def run(
             p = model.predict(eval_frame)
             p = p[p["date"] >= split.valid_start].reset_index(drop=True)
         if get_model_class(name).per_ticker:  # validated as fitted through train_end; stored fresher
-            model, info["stored_fit"] = _refit_through(
-                name, model, split.valid_end, prep, settings, meter, progress
-            )
+            try:
+                model, info["stored_fit"] = _refit_through(
+                    name, model, split.valid_end, prep, settings, meter, progress
+                )
+            except Exception as exc:  # the validated training-end fit is kept, and the reason recorded
+                logger.warning("%s: refit through %s failed (%s): the training-end fit is stored",
+                               name, split.valid_end.date(), exc)  # fmt: skip
+                why = f"{type(exc).__name__}: {exc}"
+                info["stored_fit"] = {"through": str(split.train_end.date()), "error": why}
         return model, info, p, time.perf_counter() - t0
 
     for group in stage_groups([m for m in MODEL_NAMES if m in tr.models]):

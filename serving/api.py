@@ -263,7 +263,7 @@ class Api:
                 section = {"status": "unreadable", "alerts": [], "detail": f"{type(exc).__name__}: {exc}"}
             if section.get("report") and section["report"] != previous:
                 for a in section["alerts"]:
-                    logger.warning("monitoring alert (%s): %s: %s = %.4f (threshold %.4f)", section["report"],
+                    logger.warning("monitoring alert (%s): %s: %s = %s (threshold %s)", section["report"],
                                    a["rule"], a["subject"], a["value"], a["threshold"])  # fmt: skip
                 self._export(section)
             self._mon = (now, section)
@@ -325,7 +325,7 @@ class Api:
             entry = {"version": version if version in loaded else (loaded[-1] if loaded else None)}
             if not st["healthy"]:
                 models[name] = {"status": "failed", **entry, "detail": st["detail"]}
-            elif name in left_out:
+            elif name in left_out and left_out[name].get("version") == version:  # not a pinned check's
                 models[name] = {"status": "degraded", **entry, "detail": left_out[name]["reason"]}
             else:
                 models[name] = {"status": "healthy", **entry}
@@ -353,7 +353,7 @@ class Api:
         key is checked first; arm ``pinned``, not counted in the arms' counts)."""
         if pinned is not None:
             require_admin(key)
-            arm, version = PINNED_ARM, self._resolve(pinned)
+            arm, version = PINNED_ARM, await asyncio.to_thread(self._resolve, pinned)
         else:
             arm, version = self._pick()
         res = await _retried(self.ensemble.forecast, {**req, "version": version, "arm": arm})

@@ -103,10 +103,11 @@ class Ensemble:
         self.prices_ttl_s = float(cfg.get("prices_ttl_s", self.prices_ttl_s))
         self.shards = max(1, int(cfg.get("shards", self.shards)))
         log_on, log_dir = bool(cfg.get("log", self.log_on)), cfg.get("log_dir", self.log_dir)
-        if (log_on, log_dir) != (self.log_on, self.log_dir) and self._plog is not None:
+        changed = (log_on, log_dir) != (self.log_on, self.log_dir)
+        self.log_on, self.log_dir = log_on, log_dir  # before any await: requests see the new ones
+        if changed and self._plog is not None:
             old, self._plog = self._plog, None
             await asyncio.to_thread(old.close, 30.0)  # what it acknowledged is written first
-        self.log_on, self.log_dir = log_on, log_dir
         await self.reconfigure_versions([str(v) for v in cfg.get("versions", [])])
 
     async def reconfigure_versions(self, versions: list[str]) -> dict[str, str]:
@@ -169,28 +170,30 @@ class Ensemble:
             hit = self._results.get((req["version"], str(req.get("as_of")), "-"))
             if hit is not None and time.monotonic() - hit[0] <= self.cache_ttl_s:
                 try:
-                    return self._served(hit[1], req, self._select(hit[1], req))
+                    return await self._served(hit[1], req, self._select(hit[1], req))
                 except RequestError as e:
                     return error_body(e.status, e.field, e.detail)
         return await self._batched(req)
 
-    def _served(self, uni: dict[str, Any], req: dict[str, Any], res: dict[str, Any]) -> dict[str, Any]:
+    async def _served(self, uni: dict[str, Any], req: dict[str, Any], res: dict[str, Any]) -> dict[str, Any]:
         """``res``, with its forecasts logged (buffered: the request does not wait for the write;
-        a logging problem is logged, never the request's failure)."""
-        if self.log_on:
+        a logging problem is logged, never the request's failure). A request that pinned a version
+        (an operator's check, arm ``pinned``) is not a forecast served to users: not logged."""
+        if self.log_on and req.get("arm") != "pinned":
             try:
-                self._log(uni, req, res)
+                await self._log(uni, req, res)
             except Exception:
                 logger.exception("ensemble: could not log the forecasts of %s", uni.get("version"))
         return res
 
-    def _log(self, uni: dict[str, Any], req: dict[str, Any], res: dict[str, Any]) -> None:
+    async def _log(self, uni: dict[str, Any], req: dict[str, Any], res: dict[str, Any]) -> None:
         lv = self._versions.get(uni["version"])
         if lv is None:
             return
         scored = uni.get("scored")
-        if scored is None:  # the universe's rows as jobs.score logs them, built once per universe
-            scored = uni["scored"] = score_result(lv, uni).frame
+        if scored is None:  # the universe's rows as jobs.score logs them, built once per universe,
+            # off the event loop; only the log's writer thread reads it afterwards (never changed)
+            scored = uni["scored"] = (await asyncio.to_thread(score_result, lv, uni)).frame
         served = [f["ticker"] for f in res["forecasts"] if "horizons" in f]
         if served:  # the selection and conversion run in the log's writer thread, not here
             if self._plog is None:
@@ -210,7 +213,7 @@ class Ensemble:
         async def one(req: dict[str, Any]) -> dict[str, Any]:
             try:
                 uni = await self.universe(req["version"], req.get("as_of"), req.get("history"))
-                return self._served(uni, req, self._select(uni, req))
+                return await self._served(uni, req, self._select(uni, req))
             except RequestError as e:
                 return error_body(e.status, e.field, e.detail)
             except scoring.ScoringError as e:

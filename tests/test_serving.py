@@ -577,9 +577,11 @@ def _comes_back(deployment: str, victim: str, n: int) -> None:
 
 def test_killed_replicas_under_concurrent_load(served: Served, prices: Any) -> None:
     """20 concurrent clients, every request reaching all the members. One of the two random_forest
-    replicas is stopped with calls routed to it, then killed: no client sees a failure, without
-    retrying (Serve re-sends the calls the replica had not accepted; the ensemble retries those it
-    had, or answers without the member and says so); the replica comes back. Then the ensemble's replica and the
+    replicas is stopped (SIGSTOP) for 3 s, then killed: no client sees a failure, without retrying
+    (Serve re-sends the calls a replica had not accepted; the ensemble retries those it had, or
+    answers without the member and says so; which of these happened is printed, not asserted: RF
+    calls take milliseconds, so whether one was in flight is chance; the Prophet test below makes
+    sure of it); the replica comes back. Then the ensemble's replica and the
     ingress's are killed: no client sees a failure after one retry."""
     c = served.client
     dates = _fresh_dates(served, prices)
@@ -860,20 +862,24 @@ def test_served_forecasts_are_logged_and_health_shows_a_planted_accuracy_drop(
 
     c = served.client
     t = str(sorted(prices["ticker"].unique())[5])
+    sent = pd.Timestamp.now(tz="UTC")
     r = c.post("/api/predict", json={"ticker": t, "horizon": 20})
     assert r.status_code == 200, r.text
     body = r.json()
     log = ParquetLogBackend(served.log_dir)
 
-    def logged() -> Any:
+    def logged() -> (
+        Any
+    ):  # this request's rows: logged after it was sent, by the version and arm that answered
         rows = log.read()
-        rows = rows[(rows["source"] == "serve") & (rows["ticker"] == t) & (rows["version"] == served.v1)]
+        mine = (rows["source"] == "serve") & (rows["ticker"] == t) & (rows["logged_at"] >= sent)
+        rows = rows[mine & (rows["version"] == body["version"]) & (rows["arm"] == body["arm"])]
         return [rows] if len(rows) else None
 
     (rows,) = wait_until(logged, 60, "the served forecast in the prediction log", 1.0)
     row = rows.iloc[-1]
     f = body["forecast"]["horizons"]["20"]
-    assert row["horizon"] == 20 and row["arm"] == "A" and str(row["as_of"].date()) == body["as_of"]
+    assert row["horizon"] == 20 and str(row["as_of"].date()) == body["as_of"]
     assert set(rows["horizon"]) == {20}  # only the horizon served
     assert row["ensemble"] == pytest.approx(f["ensemble"], rel=1e-12)
     assert row["lightgbm"] == pytest.approx(f["members"]["lightgbm"], rel=1e-12)
