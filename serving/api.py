@@ -384,6 +384,8 @@ class Api:
             "version": res["version"],
             "arm": arm,
             "as_of": res["as_of"],
+            "point_in_time": res.get("point_in_time"),
+            "data_end": res.get("data_end"),
             "forecast": res["forecasts"][0],
             "members": res["members"],
             "left_out": res["left_out"],

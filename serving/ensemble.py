@@ -84,6 +84,7 @@ class Ensemble:
         self.prices_ttl_s = 600.0
         self.shards = 2
         self._versions: OrderedDict[str, scoring.LoadedVersion] = OrderedDict()
+        self._data_end: dict[str, str | None] = {}  # version -> the last date its training read
         self._prices: dict[str, tuple[float, pd.DataFrame]] = {}
         self._prices_refs: dict[str, Any] = {}  # prices stamp -> ObjectRef (for the per-ticker refit)
         self._results: OrderedDict[tuple[str, ...], tuple[float, dict[str, Any]]] = OrderedDict()
@@ -134,6 +135,7 @@ class Ensemble:
         async with lock:
             if vid not in self._versions:
                 lv = await asyncio.to_thread(load_head, self.registry, vid)
+                self._data_end[vid] = await asyncio.to_thread(data_end, self.registry, vid)
                 self._versions[vid] = lv
                 while len(self._versions) > 3:
                     self._versions.popitem(last=False)
@@ -440,6 +442,7 @@ class Ensemble:
         return {
             "version": uni["version"],
             "as_of": uni["as_of"],
+            **point_in_time(uni["as_of"], self._data_end.get(uni["version"])),
             "forecasts": out,
             "left_out": uni["left_out"],
             "members": sorted(uni["members"]),
@@ -478,6 +481,7 @@ class Ensemble:
         ]
         counts = recs["action"].value_counts().to_dict()
         return {"version": uni["version"], "as_of": uni["as_of"], "horizon": horizon, "left_out": uni["left_out"],
+                **point_in_time(uni["as_of"], self._data_end.get(uni["version"])),
                 "actions": {str(k): int(v) for k, v in counts.items()}, "recommendations": records,
                 "explained_by": explained, **({"unexplained": unexplained} if unexplained else {})}  # fmt: skip
 
@@ -541,6 +545,21 @@ def score_result(lv: scoring.LoadedVersion, uni: dict[str, Any]) -> scoring.Scor
         skipped=dict(uni["skipped"]),
         degraded=dict(uni["left_out"]),
     )
+
+
+def data_end(registry: ModelRegistry, vid: str) -> str | None:
+    """The last date a version's training read (its validation end), or None when not recorded."""
+    if "training" not in registry.manifest(vid)["extras"]:
+        return None
+    end = registry.load_extra(vid, "training").get("split", {}).get("valid_end")
+    return str(end)[:10] if end else None
+
+
+def point_in_time(as_of: str, end: str | None) -> dict[str, Any]:
+    """``data_end`` and ``point_in_time``: whether a forecast as of ``as_of`` used nothing after it.
+    A version read prices through its data end, so a forecast for an earlier date is in-sample
+    (its members were fitted, early-stopped or calibrated on what came after that date)."""
+    return {"data_end": end, "point_in_time": None if end is None else str(as_of) >= end}
 
 
 def load_head(registry: ModelRegistry, vid: str) -> scoring.LoadedVersion:

@@ -240,6 +240,25 @@ def test_predict_one_horizon_and_the_batch(served: Served, prices: Any) -> None:
     assert b["forecasts"][5] == one  # a ticker's numbers do not depend on the batch
 
 
+def test_a_forecast_says_whether_it_is_point_in_time(served: Served, prices: Any) -> None:
+    """A version read prices through its data end (the validation end): a forecast as of that date or
+    later used nothing after its as-of date; one for an earlier date is in-sample, and says so."""
+    from ensemble.registry import ModelRegistry
+
+    end = ModelRegistry(served.root).load_extra(served.v1, "training")["split"]["valid_end"]
+    dates = [str(d)[:10] for d in sorted(prices["date"].unique())]
+    t = str(sorted(prices["ticker"].unique())[4])
+    pin = {"X-API-Key": KEY}
+    for day, pit in ((dates[-1], True), (end, True), (dates[dates.index(end) - 10], False)):
+        r = served.client.post(
+            "/api/predict", json={"ticker": t, "as_of": day, "version": served.v1}, headers=pin
+        )
+        assert r.status_code == 200, r.text
+        assert (r.json()["data_end"], r.json()["point_in_time"]) == (end, pit), (day, r.json()["as_of"])
+    b = served.client.post("/api/predict/batch", json={"tickers": [t], "as_of": dates[dates.index(end) - 10]})
+    assert b.json()["point_in_time"] is False
+
+
 def test_predict_with_the_callers_own_history(served: Served, prices: Any) -> None:
     ticker = str(sorted(prices["ticker"].unique())[2])
     own = prices.loc[prices["ticker"] == ticker, ["date", "open", "high", "low", "close", "volume"]]
