@@ -547,17 +547,7 @@ class PredictionLog:
             records_from_scores(frame.iloc[:0], version=version, source=source, as_of=as_of)  # raises why
         stamp = pd.Timestamp.now(tz="UTC")
         want = None if tickers is None else {str(t) for t in tickers}
-        if wait:
-            rows = records_from_scores(
-                select(frame, want, keep_h),
-                version=version,
-                source=source,
-                arm=arm,
-                as_of=as_of,
-                logged_at=stamp,
-            )
-            return self._enqueue(_Batch(len(rows), frame=rows), wait, timeout)
-        snapshot = frame.copy() if copy else frame
+        snapshot = frame.copy() if copy and not wait else frame  # converted at once when waiting
 
         def make() -> pd.DataFrame:
             return records_from_scores(
@@ -569,6 +559,9 @@ class PredictionLog:
                 logged_at=stamp,
             )
 
+        if wait:
+            rows = make()
+            return self._enqueue(_Batch(len(rows), frame=rows), wait, timeout)
         n = len(frame) if want is None else len(want)
         return self._enqueue(_Batch(n * n_h, make=make), wait, timeout)
 
