@@ -594,10 +594,27 @@ def _freeze_then_kill(deployment: str, hold_s: float) -> tuple[str, float]:
     return victim, time.monotonic()
 
 
+def _app_status() -> tuple[str, dict[str, str]]:
+    """Serve's own view of the application: its status and each deployment's."""
+    from ray import serve
+
+    app = serve.status().applications["default"]
+    return str(app.status), {name: str(d.status) for name, d in app.deployments.items()}
+
+
+def _settled() -> bool:
+    status, deployments = _app_status()
+    return status == "RUNNING" and all(s == "HEALTHY" for s in deployments.values())
+
+
 def _comes_back(deployment: str, victim: str, n: int) -> None:
+    """A replacement for the killed replica exists and Serve counts it running: the application is
+    back to RUNNING (a named actor exists while its constructor still loads the models, and Serve
+    keeps the deployment UNHEALTHY until then)."""
     wait_until(
         lambda: len(r := _replicas(deployment)) == n and victim not in r, 300, f"a new {deployment} replica"
     )
+    wait_until(_settled, 300, f"the application running again after the {deployment} kill")
 
 
 def test_killed_replicas_under_concurrent_load(served: Served, prices: Any) -> None:
@@ -721,10 +738,10 @@ def test_a_member_replica_killed_with_calls_in_flight(served: Served, prices: An
 
 # -- promotion, A/B, rollback, deploy -------------------------------------------------------------------
 def test_promotion_ab_and_rollback_reach_the_running_replicas(served: Served, prices: Any) -> None:
-    from ray import serve
 
     c, admin = served.client, {"X-API-Key": KEY}
     t = str(sorted(prices["ticker"].unique())[0])
+    wait_until(_settled, 300, "the application running with every deployment healthy")
     replicas = {m: _replicas(m) for m in TINY["models"]}
     # promote under concurrent load: no request fails, and once the switch is done every response
     # carries the new version
@@ -793,7 +810,7 @@ def test_promotion_ab_and_rollback_reach_the_running_replicas(served: Served, pr
     assert c.post("/api/predict", json={"ticker": t}).json()["version"] == served.v1
     # no replica was restarted by any of it (reconfigure and broadcasts only)
     assert {m: _replicas(m) for m in TINY["models"]} == replicas
-    assert serve.status().applications["default"].status == "RUNNING"
+    assert _settled(), _app_status()
 
 
 def test_jobs_deploy_checks_the_forecasts_recorded_at_training_time(served: Served, capsys: Any) -> None:
