@@ -25,9 +25,10 @@ install: $(STAMP)
 run: install
 	$(PY) -m jobs.pipeline --config cluster/quick.yaml
 
-## the full run: 500 tickers x 1,000 training days, 30 trials per tree model (about 30 minutes), served
+## the full run: 500 tickers x 1,000 training days, 30 trials per tree model, served, then a two-fold
+## walk-forward at the same scale while it serves
 run-full: install
-	$(PY) -m jobs.pipeline --config cluster/train.yaml --no-backtest
+	$(PY) -m jobs.pipeline --config cluster/train.yaml
 
 ## the whole test suite (starts its own PostgreSQL and Ray; needs nothing running)
 test: install

@@ -51,16 +51,28 @@ def add_prophet_regressors(
     return frame
 
 
+def member_params(settings: Settings, name: str) -> dict[str, Any]:
+    """The parameters member ``name`` is built with on every training path (jobs.train's Ray Train,
+    Ray Tune and plain fits, and the walk-forward folds): ``models.<name>`` over the model's defaults;
+    a sequence member also takes its window ``seq_len`` from ``features.sequence_length``, its
+    ``max_epochs`` from ``training.max_epochs`` and its ``seed`` from ``training.seed``, unless
+    ``models.<name>`` pins them."""
+    params: dict[str, Any] = dict(settings.models.get(name, {}))
+    if get_model_class(name).uses_sequences:
+        params.setdefault("seq_len", settings.features.sequence_length)
+        params.setdefault("max_epochs", settings.training.max_epochs)
+        params.setdefault("seed", settings.training.seed)
+    return params
+
+
 def sequence_lead(settings: Settings) -> int:
     """Trading dates of history before the first forecast date that a frame given to ``predict`` must
-    hold: the longest sequence window (``features.sequence_length`` and each trained sequence model's
-    own ``seq_len``, its default unless ``models.<name>.seq_len`` sets it) plus 5."""
+    hold: the longest window of the trained sequence members (:func:`member_params`), at least
+    ``features.sequence_length``, plus 5."""
     lens = [settings.features.sequence_length]
     for name in settings.training.models:
-        cls = get_model_class(name)
-        if cls.uses_sequences:
-            model = cls(horizons=settings.horizons, **settings.models.get(name, {}))
-            lens.append(int(getattr(model, "resolved_params", model.get_params)()["seq_len"]))
+        if get_model_class(name).uses_sequences:
+            lens.append(int(member_params(settings, name)["seq_len"]))
     return max(lens) + 5
 
 

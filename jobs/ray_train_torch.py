@@ -196,8 +196,8 @@ def train_sequence_model(
 ) -> TrainOutcome:
     """Train sequence model ``name`` ('lstm' or 'transformer') with Ray Train; see the module docstring.
 
-    Parameters: ``settings.models[name]`` over the model's defaults, with ``max_epochs`` and ``seed``
-    from ``settings.training`` unless pinned there. ``valid`` (or, if None, the model's internal
+    Parameters: ``ensemble.training.member_params`` (``settings.models[name]`` over the model's
+    defaults; ``seq_len``, ``max_epochs`` and ``seed`` from the settings unless pinned there). ``valid`` (or, if None, the model's internal
     split of ``train``) drives early stopping. ``storage_path``: where the run's checkpoints go
     (default ``settings.ray.storage_path``). ``fail_at_epoch``: inject one failure (tests).
     """
@@ -205,15 +205,15 @@ def train_sequence_model(
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from ensemble.training import member_params  # the driver's only: keeps the workers' imports light
+
     if name not in SEQUENCE_MODELS:
         raise ValueError(
             f"train_sequence_model: {name!r} is not a sequence model; known: {list(SEQUENCE_MODELS)}"
         )
     cls = get_model_class(name)
     assert issubclass(cls, SequenceForecaster)
-    params: dict[str, Any] = dict(settings.models.get(name, {}))
-    params.setdefault("max_epochs", settings.training.max_epochs)
-    params.setdefault("seed", settings.training.seed)
+    params = member_params(settings, name)
     horizons = tuple(settings.horizons)
     cls(horizons=horizons, **params).check_targets(train)  # unknown parameters / missing targets: now
     if not ray.is_initialized():

@@ -47,7 +47,7 @@ from ensemble.models.base import Forecaster
 from ensemble.models.ensemble import VOL_COLUMN, EnsembleForecaster
 from ensemble.monitor import training_reference
 from ensemble.registry import ModelRegistry
-from ensemble.training import Prepared, prepare_data
+from ensemble.training import Prepared, member_params, prepare_data
 
 logger = logging.getLogger("jobs.train")
 
@@ -155,7 +155,7 @@ def _fit_model(
             "trial_nodes": len(set(t.trial_nodes.values())),
         }
     with meter.stage(name, cpus=1):
-        return cls(horizons=settings.horizons, **settings.models.get(name, {})).fit(train, valid), {}
+        return cls(horizons=settings.horizons, **member_params(settings, name)).fit(train, valid), {}
 
 
 def _refit_through(

@@ -256,3 +256,25 @@ def test_readme_configuration_reference_is_generated_from_the_settings() -> None
     assert {"horizons", "training.tuning_trials", "ray.cpus_per_worker", "ensemble.weights"} <= set(rows)
     assert f"`{Settings().training.tuning_trials}`" in rows["training.tuning_trials"]
     assert len(rows) > 100
+
+
+def test_members_are_built_with_the_configured_window_epochs_and_seed() -> None:
+    """features.sequence_length, training.max_epochs and training.seed reach the sequence members
+    (unless models.<name> pins them); the tree members' parameters are only their own."""
+    from ensemble.models import create_model
+    from ensemble.training import member_params, sequence_lead
+
+    s = load_settings(
+        None,
+        {
+            "features": {"sequence_length": 12},
+            "training": {"max_epochs": 4, "seed": 9},
+            "models": {"transformer": {"seq_len": 30}, "xgboost": {"n_estimators": 7}},
+        },
+    )
+    lstm = create_model("lstm", horizons=s.horizons, **member_params(s, "lstm")).resolved_params()
+    assert (lstm["seq_len"], lstm["max_epochs"], lstm["seed"]) == (12, 4, 9)
+    assert member_params(s, "transformer")["seq_len"] == 30  # pinned
+    assert member_params(s, "xgboost") == {"n_estimators": 7}
+    assert sequence_lead(s) == 30 + 5
+    assert sequence_lead(load_settings(None, {"features": {"sequence_length": 12}})) == 12 + 5

@@ -93,8 +93,10 @@ def test_ray_job_submit_trains_and_registers_a_version(head, tmp_path: Path) -> 
     assert man["metrics"]["oracle"]["valid_rank_ic_h5"] > 0, man["metrics"]["oracle"]
     pre = reg.load_extra(version, "preprocessor")
     assert len(pre["selected"]) == 20
-    loaded = reg.load_version("production", models=["xgboost", "prophet"])
+    loaded = reg.load_version("production", models=["xgboost", "prophet", "lstm", "transformer"])
     assert loaded["xgboost"].horizons == (5, 20, 60)
+    for name in ("lstm", "transformer"):  # the configured window (features.sequence_length) reached them
+        assert loaded[name].resolved_params()["seq_len"] == TINY["features"]["sequence_length"], name
     assert loaded["prophet"].regressors == ["mkt_log_level"] and len(loaded["prophet"].tickers_) == 24
     # Prophet was validated as fitted through the training end and is stored refitted through the
     # validation end (the latest it can be without looking past the cutoff)

@@ -187,7 +187,7 @@ def fit_fold(
     seeds: Sequence[int] = (0,),
 ) -> FoldResult:
     """Fit every member and the ensemble up to ``fold.as_of`` and forecast ``fold``'s test dates."""
-    from ensemble.training import prepare_data, sequence_lead  # lazy: loads the feature pipeline
+    from ensemble.training import member_params, prepare_data, sequence_lead  # lazy: the feature pipeline
 
     t0 = time.perf_counter()
     horizons = list(settings.horizons)
@@ -226,11 +226,10 @@ def fit_fold(
     for name in names:
         t = time.perf_counter()
         cls = get_model_class(name)
-        params = dict(s.models.get(name, {}))
+        params = member_params(s, name)
         try:
             with meter.stage(name, cpus=1):
                 if cls.uses_sequences:
-                    params.setdefault("max_epochs", tr.max_epochs)  # as the training job does
                     pv = []
                     seed_preds[name], seed_scores[name] = {}, {}
                     for seed in seeds:
