@@ -60,40 +60,42 @@ def _lv(version: str) -> Any:
     return SimpleNamespace(version=version, horizons=(5,))
 
 
+def _gate(
+    monkeypatch: pytest.MonkeyPatch, skill: dict[str, float], production_through: pd.Timestamp
+) -> tuple[Any, list[tuple[pd.Timestamp, pd.Timestamp]]]:
+    """The gate of candidate 'cand' against production 'prod' over a 10-date window (horizon 5),
+    with forecasts of the given skill; and the (as-of date, last price date) of every scoring call."""
+    prices = _prices()
+    calls: list[tuple[pd.Timestamp, pd.Timestamp]] = []
+    monkeypatch.setattr(retrain, "score", _fake_score(calls, skill, prices))
+    cutoff = retrain.cutoff_for(DATES, 10, 5)
+    d = retrain.gate(_lv("cand"), _lv("prod"), prices, cutoff, 10, production_through=production_through)
+    return d, calls
+
+
 def test_each_date_is_scored_on_the_prices_up_to_it_and_the_better_version_wins(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    prices = _prices()
-    calls: list[tuple[pd.Timestamp, pd.Timestamp]] = []
-    monkeypatch.setattr(retrain, "score", _fake_score(calls, {"cand": 1.0, "prod": 0.0}, prices))
-    cutoff = retrain.cutoff_for(DATES, 10, 5)
-    d = retrain.gate(_lv("cand"), _lv("prod"), prices, cutoff, 10, production_through=DATES[20])
+    d, calls = _gate(monkeypatch, {"cand": 1.0, "prod": 0.0}, DATES[20])
     assert calls and all(last == day for day, last in calls)  # nothing after the as-of date is read
     assert {day for day, _ in calls} == set(DATES[25:35])
     assert d.promote and d.window["dates"] == 10 and d.candidate_metrics["rank_ic_h5"] > 0.9
     assert abs(d.production_metrics["rank_ic_h5"]) < 0.5
     # the worse candidate is kept out
-    calls.clear()
-    monkeypatch.setattr(retrain, "score", _fake_score(calls, {"cand": 0.0, "prod": 1.0}, prices))
-    d = retrain.gate(_lv("cand"), _lv("prod"), prices, cutoff, 10, production_through=DATES[20])
+    d, _ = _gate(monkeypatch, {"cand": 0.0, "prod": 1.0}, DATES[20])
     assert not d.promote and "does not beat" in d.reason
 
 
 def test_production_that_saw_the_window_is_compared_on_the_dates_after_its_data_only(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    prices = _prices()
-    calls: list[tuple[pd.Timestamp, pd.Timestamp]] = []
-    monkeypatch.setattr(retrain, "score", _fake_score(calls, {"cand": 1.0, "prod": 0.0}, prices))
-    cutoff = retrain.cutoff_for(DATES, 10, 5)
-    d = retrain.gate(_lv("cand"), _lv("prod"), prices, cutoff, 10, production_through=DATES[28])
+    d, calls = _gate(monkeypatch, {"cand": 1.0, "prod": 0.0}, DATES[28])
     assert d.window["first"] == str(DATES[29].date()) and d.window["dates"] == 6 and d.promote
     assert {day for day, _ in calls} == set(DATES[29:35])
     assert any("trained with data through" in n for n in d.notes)
     # production trained through the window's end: nothing unseen to compare on, no promotion
-    calls.clear()
-    d = retrain.gate(_lv("cand"), _lv("prod"), prices, cutoff, 10, production_through=DATES[39])
+    d, calls = _gate(monkeypatch, {"cand": 1.0, "prod": 0.0}, DATES[39])
     assert not d.promote and d.reason.startswith("not compared: 0 window dates") and calls == []
     # no production yet: the candidate is promoted
-    d = retrain.gate(_lv("cand"), None, prices, cutoff, 10)
+    d = retrain.gate(_lv("cand"), None, _prices(), retrain.cutoff_for(DATES, 10, 5), 10)
     assert d.promote and d.production is None
