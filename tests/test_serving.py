@@ -595,16 +595,27 @@ def _freeze_then_kill(deployment: str, hold_s: float) -> tuple[str, float]:
 
 
 def _app_status() -> tuple[str, dict[str, str]]:
-    """Serve's own view of the application: its status and each deployment's."""
+    """Serve's own view of the application: its status and each deployment's (the enums' values:
+    ``str()`` of these str-enums is 'ApplicationStatus.RUNNING' on Python 3.11)."""
     from ray import serve
 
     app = serve.status().applications["default"]
-    return str(app.status), {name: str(d.status) for name, d in app.deployments.items()}
+    return app.status.value, {name: d.status.value for name, d in app.deployments.items()}
 
 
 def _settled() -> bool:
+    """The application RUNNING: Serve counts every deployment's target replicas running (a deployment
+    is UNHEALTHY from a replica's death until its replacement runs; UPSCALING or DOWNSCALING under
+    autoscaling is running)."""
+    return _app_status()[0] == "RUNNING"
+
+
+def _running() -> bool:
+    """``_settled`` for wait_until: while not, the statuses are what a timeout reports."""
     status, deployments = _app_status()
-    return status == "RUNNING" and all(s == "HEALTHY" for s in deployments.values())
+    if status != "RUNNING":
+        raise AssertionError(f"application {status}, deployments {deployments}")
+    return True
 
 
 def _comes_back(deployment: str, victim: str, n: int) -> None:
@@ -614,7 +625,7 @@ def _comes_back(deployment: str, victim: str, n: int) -> None:
     wait_until(
         lambda: len(r := _replicas(deployment)) == n and victim not in r, 300, f"a new {deployment} replica"
     )
-    wait_until(_settled, 300, f"the application running again after the {deployment} kill")
+    wait_until(_running, 300, f"the application running again after the {deployment} kill")
 
 
 def test_killed_replicas_under_concurrent_load(served: Served, prices: Any) -> None:
@@ -741,7 +752,7 @@ def test_promotion_ab_and_rollback_reach_the_running_replicas(served: Served, pr
 
     c, admin = served.client, {"X-API-Key": KEY}
     t = str(sorted(prices["ticker"].unique())[0])
-    wait_until(_settled, 300, "the application running with every deployment healthy")
+    wait_until(_running, 300, "the application running")
     replicas = {m: _replicas(m) for m in TINY["models"]}
     # promote under concurrent load: no request fails, and once the switch is done every response
     # carries the new version
