@@ -287,6 +287,7 @@ def seed_spread(
 
 
 TABLE_COLUMNS = (
+    ("n_dates", "Dates", ">9.0f"),  # test dates with a realised label: few at 60 days near the data's end
     ("rank_ic", "RankIC", ">+9.4f"),
     ("rank_ic_raw", "(raw)", ">+9.4f"),
     ("icir", "ICIR", ">+9.2f"),

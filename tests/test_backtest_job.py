@@ -100,6 +100,10 @@ def test_quick_backtest_end_to_end(
     text = backtest.format_table(res)
     for name in expected_models:
         assert f"\n{name} " in text
+    # each row says over how many test dates its Rank IC was measured (fewer at longer horizons)
+    row = next(line for line in text.splitlines() if line.startswith("ensemble") and line.split()[1] == "5")
+    assert row.split()[2] == f"{ens.loc[5, 'n_dates']:.0f}", (row, ens.loc[5, "n_dates"])
+    assert ens.loc[60, "n_dates"] < ens.loc[5, "n_dates"], ens["n_dates"]
     saved = json.loads((report.parent / "metrics.json").read_text())
     assert {row["model"] for row in saved} == expected_models
 
