@@ -197,8 +197,8 @@ def train_sequence_model(
     """Train sequence model ``name`` ('lstm' or 'transformer') with Ray Train; see the module docstring.
 
     Parameters: ``ensemble.training.member_params`` (``settings.models[name]`` over the model's
-    defaults; ``seq_len``, ``max_epochs`` and ``seed`` from the settings unless pinned there). ``valid`` (or, if None, the model's internal
-    split of ``train``) drives early stopping. ``storage_path``: where the run's checkpoints go
+    defaults; ``seq_len``, ``max_epochs`` and ``seed`` from the settings unless pinned there).
+    ``valid`` (or, if None, the model's internal split of ``train``) drives early stopping. ``storage_path``: where the run's checkpoints go
     (default ``settings.ray.storage_path``). ``fail_at_epoch``: inject one failure (tests).
     """
     import ray

@@ -389,7 +389,9 @@ def tune_tree_model(
     requested = int(num_samples if num_samples is not None else tc.tuning_trials)
     if requested < 1:
         raise ValueError(f"num_samples must be >= 1, got {requested}")
-    fixed: dict[str, Any] = dict(settings.models.get(name, {}))
+    from ensemble.training import member_params  # the driver's only: keeps the trials' imports light
+
+    fixed = member_params(settings, name)
     fixed.setdefault("random_state", tc.seed)
     resolved = cls(horizons=horizons, **fixed).resolved_params()  # refuses unknown parameters now
     space = {k: v for k, v in search_space(name).items() if k not in fixed}

@@ -107,7 +107,7 @@ def _prophet_fanout(
         r = fit_prophet_fanout(
             frame,
             horizons=settings.horizons,
-            params=settings.models.get(name, {}),
+            params=member_params(settings, name),
             chunk_size=settings.ray.prophet_chunk_size,
             task_cpus=settings.ray.prophet_task_cpus,
             progress=progress,

@@ -603,15 +603,11 @@ def _app_status() -> tuple[str, dict[str, str]]:
     return app.status.value, {name: d.status.value for name, d in app.deployments.items()}
 
 
-def _settled() -> bool:
+def _running() -> bool:
     """The application RUNNING: Serve counts every deployment's target replicas running (a deployment
     is UNHEALTHY from a replica's death until its replacement runs; UPSCALING or DOWNSCALING under
-    autoscaling is running)."""
-    return _app_status()[0] == "RUNNING"
-
-
-def _running() -> bool:
-    """``_settled`` for wait_until: while not, the statuses are what a timeout reports."""
+    autoscaling is running). While not, it raises with the statuses, which is what a timeout of
+    wait_until or a failed assertion reports."""
     status, deployments = _app_status()
     if status != "RUNNING":
         raise AssertionError(f"application {status}, deployments {deployments}")
@@ -749,7 +745,6 @@ def test_a_member_replica_killed_with_calls_in_flight(served: Served, prices: An
 
 # -- promotion, A/B, rollback, deploy -------------------------------------------------------------------
 def test_promotion_ab_and_rollback_reach_the_running_replicas(served: Served, prices: Any) -> None:
-
     c, admin = served.client, {"X-API-Key": KEY}
     t = str(sorted(prices["ticker"].unique())[0])
     wait_until(_running, 300, "the application running")
@@ -821,7 +816,7 @@ def test_promotion_ab_and_rollback_reach_the_running_replicas(served: Served, pr
     assert c.post("/api/predict", json={"ticker": t}).json()["version"] == served.v1
     # no replica was restarted by any of it (reconfigure and broadcasts only)
     assert {m: _replicas(m) for m in TINY["models"]} == replicas
-    assert _settled(), _app_status()
+    assert _running()
 
 
 def test_jobs_deploy_checks_the_forecasts_recorded_at_training_time(served: Served, capsys: Any) -> None:
