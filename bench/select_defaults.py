@@ -14,7 +14,8 @@ each variant is from it in standard errors of the paired per-date differences; o
 make neighbouring dates correlated, so these understate the error, most at 60 days).
 
 Usage: ``.venv/bin/python bench/select_defaults.py [--sources synthetic sp500] [--models lightgbm random_forest]
-[--variants none/none/l2 rank_gauss/none/rank_ic ...]`` (a variant: target/cs_norm/eval_metric)
+[--variants none/none/l2 rank_gauss/none/rank_ic ...]`` (a variant: target/cs_norm/eval_metric, or
+target/cs_norm/rank_ic/W: the boosters' early stopping watching the mean Rank IC of the last W rounds)
 """
 
 from __future__ import annotations
@@ -51,8 +52,11 @@ DEFAULT_VARIANTS = [
 BOOSTERS = {"xgboost", "lightgbm"}
 
 
-def variant_params(name: str, eval_metric: str) -> dict[str, Any]:
-    return {"eval_metric": eval_metric} if name in BOOSTERS and eval_metric != "default" else {}
+def variant_params(name: str, eval_metric: str, smoothing: str | None = None) -> dict[str, Any]:
+    if name not in BOOSTERS:
+        return {}
+    out: dict[str, Any] = {"eval_metric": eval_metric} if eval_metric != "default" else {}
+    return {**out, "eval_smoothing": int(smoothing)} if smoothing else out
 
 
 def run_source(source: str, models: list[str], variants: list[str], k: int) -> dict[str, Any]:
@@ -73,7 +77,7 @@ def run_source(source: str, models: list[str], variants: list[str], k: int) -> d
     )
     out: dict[str, Any] = {"split": {k_: str(v.date()) for k_, v in sp.items()}, "variants": {}}
     for v in variants:
-        target, cs_norm, metric = v.split("/")
+        target, cs_norm, metric, *smoothing = v.split("/")
         pre = Preprocessor(k=k, cs_norm=cs_norm).fit(feats, sp["train_end"])
         frame = pre.transform(feats)
         train = cross_sectional_targets(window(frame, sp["train_start"], sp["train_end"]), target)
@@ -82,7 +86,7 @@ def run_source(source: str, models: list[str], variants: list[str], k: int) -> d
         res: dict[str, Any] = {}
         for name in models:
             t = time.perf_counter()
-            model = create_model(name, horizons=HORIZONS, **variant_params(name, metric))
+            model = create_model(name, horizons=HORIZONS, **variant_params(name, metric, *smoothing))
             p = model.fit(train, es).predict(held)
             df = p.merge(held[["date", "ticker", *[f"target_h{h}" for h in HORIZONS]]], on=["date", "ticker"])
             res[name] = {

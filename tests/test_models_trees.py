@@ -14,11 +14,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from _frames import attainable_rank_ic, make_feature_frame, mean_rank_ic  # noqa: E402
 
+from ensemble.backtest.metrics import rank_ic  # noqa: E402
 from ensemble.backtest.splits import window  # noqa: E402
 from ensemble.features.targets import forward_log_returns  # noqa: E402
 from ensemble.models import get_model_class  # noqa: E402
 from ensemble.models.base import UnsafeArtifactError  # noqa: E402
-from ensemble.models.explain import BIAS_COLUMN  # noqa: E402
+from ensemble.models.explain import BIAS_COLUMN, feature_matrix  # noqa: E402
 
 HORIZONS = (5, 20, 60)
 PRED_COLS = [f"pred_h{h}" for h in HORIZONS]
@@ -297,6 +298,44 @@ def test_early_stopping_on_valid(name: str, data: tuple, tmp_path: Path) -> None
     assert np.array_equal(
         loaded.predict(test)[PRED_COLS].to_numpy(), model.predict(test)[PRED_COLS].to_numpy()
     )
+
+
+def _first_rounds(booster: object, x: np.ndarray, k: int) -> np.ndarray:
+    """The prediction of a fitted booster's first ``k`` rounds (LightGBM or XGBoost, their own API)."""
+    if hasattr(booster, "num_trees"):  # lightgbm.Booster
+        return np.asarray(booster.predict(x, num_iteration=k), dtype=np.float64)
+    import xgboost as xgb
+
+    return np.asarray(booster[:k].predict(xgb.DMatrix(x, missing=np.nan)), dtype=np.float64)
+
+
+@pytest.mark.parametrize("name", ["xgboost", "lightgbm"])
+def test_rank_ic_early_stopping_watches_the_mean_of_the_last_rounds(name: str, data: tuple) -> None:
+    train, test, _ = data
+    params = {**SMALL[name], "n_estimators": 300, "learning_rate": 0.3, "early_stopping_rounds": 10}
+    window = 40
+    raw = get_model_class(name)(**params, eval_metric="rank_ic").fit(train, valid=test)
+    smooth = get_model_class(name)(**params, eval_metric="rank_ic", eval_smoothing=window).fit(
+        train, valid=test
+    )
+    raw_best = [raw.fit_info_[h]["best_iteration"] for h in HORIZONS]
+    assert min(raw_best) < window  # each round's own Rank IC peaks early here: the window matters
+    for h in HORIZONS:
+        info = smooth.fit_info_[h]
+        best = info["best_iteration"] + (1 if name == "xgboost" else 0)  # rounds kept (xgb counts from 0)
+        assert best >= window  # no round before the window's end can be the best
+        # what was watched: the mean of the validation Rank IC of the window's rounds, the model
+        # truncated after each of them (per-round predictions from the kept trees)
+        ok = test[f"target_h{h}"].notna().to_numpy()
+        rows, booster = test[ok], smooth.models_[h]
+        x = feature_matrix(rows, smooth.feature_names_)
+        per_round = [
+            rank_ic(rows["date"].to_numpy(), _first_rounds(booster, x, k), rows[f"target_h{h}"].to_numpy())
+            for k in range(best - window + 1, best + 1)
+        ]
+        assert info["best_valid_rank_ic"] == pytest.approx(np.mean(per_round), abs=1e-6)  # xgb logs 6 digits
+    with pytest.raises(ValueError, match="eval_smoothing"):
+        get_model_class(name)(**params, eval_metric="rank_ic", eval_smoothing=0).fit(train, valid=test)
 
 
 @pytest.mark.parametrize("name", ["xgboost", "lightgbm"])

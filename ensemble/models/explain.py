@@ -235,9 +235,20 @@ class TreeForecaster(Forecaster):
         if valid_dates is None:
             raise ValueError(f"{self.name}: eval_metric='rank_ic' needs the validation rows' dates")
         dates, target = valid_dates, np.asarray(yv, dtype=np.float64)
+        window = int(p.get("eval_smoothing", 1))
+        if window < 1:
+            raise ValueError(f"{self.name}: eval_smoothing must be >= 1, got {window}")
+        history: list[float] = []
 
         def score(pred: np.ndarray) -> float:
-            return rank_ic(dates, pred, target)
+            # Called once per boosting round, in order. With a window w > 1 early stopping watches the
+            # mean Rank IC of the last w rounds, and no round before the w-th can be the best: on a
+            # weak signal the per-round figure is noisy enough that its first rounds often peak by
+            # chance, which kept one-tree models (bench/select_defaults.py --smoothing).
+            history.append(rank_ic(dates, pred, target))
+            if len(history) < window:
+                return -1.0 - (window - len(history))  # below any Rank IC, and rising toward it
+            return float(np.mean(history[-window:]))
 
         return score
 

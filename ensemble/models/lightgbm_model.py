@@ -43,6 +43,8 @@ DEFAULTS: dict[str, Any] = {
     # what early stopping watches on the validation rows: 'rank_ic' (the mean per-date Spearman
     # correlation, what the platform is judged on; about 30 ms a round on 100k rows) or 'l2'
     "eval_metric": "rank_ic",  # chosen on validation (bench/select_defaults.py)
+    # with 'rank_ic': the number of rounds whose mean Rank IC early stopping watches (1: each round's own)
+    "eval_smoothing": 1,
     "random_state": TrainingConfig().seed,
     "n_jobs": 2,
 }
