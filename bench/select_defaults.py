@@ -13,6 +13,10 @@ over models and horizons; at the end the variant with the best mean over both da
 each variant is from it in standard errors of the paired per-date differences; overlapping labels
 make neighbouring dates correlated, so these understate the error, most at 60 days).
 
+``--origins 0.55 0.7 0.85``: score the same way at several earlier points of the pre-test dates (each
+origin trains on everything before it, early-stops on the next 65 dates, is scored on the 65 after),
+for evidence that does not rest on one quarter (:func:`scoring_splits`).
+
 Usage: ``.venv/bin/python bench/select_defaults.py [--sources synthetic sp500] [--models lightgbm random_forest]
 [--variants none/none/l2 rank_gauss/none/rank_ic ...]`` (a variant: target/cs_norm/eval_metric, or
 target/cs_norm/rank_ic/W: the boosters' early stopping watching the mean Rank IC of the last W rounds)
@@ -50,6 +54,8 @@ DEFAULT_VARIANTS = [
     "rank_gauss/rank/rank_ic",
 ]
 BOOSTERS = {"xgboost", "lightgbm"}
+PURGE = 70  # dates between the end of training and an origin (> the longest horizon)
+BLOCK = 65  # dates of early stopping, then of scoring, after an origin
 
 
 def variant_params(name: str, eval_metric: str, smoothing: str | None = None) -> dict[str, Any]:
@@ -59,42 +65,89 @@ def variant_params(name: str, eval_metric: str, smoothing: str | None = None) ->
     return {**out, "eval_smoothing": int(smoothing)} if smoothing else out
 
 
-def run_source(source: str, models: list[str], variants: list[str], k: int) -> dict[str, Any]:
+def scoring_splits(
+    dates: pd.DatetimeIndex, sp: dict[str, pd.Timestamp], origins: list[float]
+) -> list[dict[str, Any]]:
+    """Where each fit trains, early-stops and is scored, all before bench/quality.py's test period.
+    No origins: its validation dates halved (early stopping on the first half, scoring on the second).
+    Origin f: the f-th fraction of the dates up to ``valid_end``; training ends ``PURGE`` dates before
+    it (no training label reaches the early-stopping dates), early stopping on the next ``BLOCK``
+    dates and scoring on the ``BLOCK`` after those."""
+    if not origins:
+        vdates = dates[(dates >= sp["valid_start"]) & (dates <= sp["valid_end"])]
+        mid = len(vdates) // 2
+        return [
+            dict(
+                train_end=sp["train_end"],
+                es=(sp["valid_start"], vdates[mid - 1]),
+                score=(vdates[mid], sp["valid_end"]),
+            )
+        ]
+    pre = dates[dates <= sp["valid_end"]]
+    out = []
+    for f in origins:
+        o = int(len(pre) * f)
+        if not PURGE <= o <= len(pre) - 2 * BLOCK:
+            raise ValueError(f"origin {f}: needs {PURGE} dates before it and {2 * BLOCK} after it")
+        out.append(
+            dict(
+                train_end=pre[o - PURGE],
+                es=(pre[o], pre[o + BLOCK - 1]),
+                score=(pre[o + BLOCK], pre[o + 2 * BLOCK - 1]),
+            )
+        )
+    return out
+
+
+def run_source(
+    source: str, models: list[str], variants: list[str], k: int, origins: list[float]
+) -> dict[str, Any]:
     t0 = time.perf_counter()
     prices, _ = load(source, 500, 1260, 7)
     feats = build_features(prices, HORIZONS, n_jobs=None)
     dates = pd.DatetimeIndex(np.sort(feats["date"].unique()))
     sp = split_dates(dates, source)
     feats = feats[feats["date"] <= sp["valid_end"]].reset_index(drop=True)  # the test period is gone
-    vdates = dates[(dates >= sp["valid_start"]) & (dates <= sp["valid_end"])]
-    mid = len(vdates) // 2
-    es_end, score_start = vdates[mid - 1], vdates[mid]
-    print(
-        f"\n== {source}: train {sp['train_start'].date()}..{sp['train_end'].date()}, early stopping "
-        f"{sp['valid_start'].date()}..{es_end.date()}, scored {score_start.date()}..{sp['valid_end'].date()} "
-        f"(features {time.perf_counter() - t0:.0f} s)",
-        flush=True,
-    )
-    out: dict[str, Any] = {"split": {k_: str(v.date()) for k_, v in sp.items()}, "variants": {}}
+    splits = scoring_splits(dates, sp, origins)
+    print(f"\n== {source} (features {time.perf_counter() - t0:.0f} s)", flush=True)
+    for c in splits:
+        print(
+            f"  train {sp['train_start'].date()}..{c['train_end'].date()}, early stopping "
+            f"{c['es'][0].date()}..{c['es'][1].date()}, scored {c['score'][0].date()}..{c['score'][1].date()}",
+            flush=True,
+        )
+    out: dict[str, Any] = {
+        "split": {k_: str(v.date()) for k_, v in sp.items()},
+        "scoring": [{k_: str(v) for k_, v in c.items()} for c in splits],
+        "variants": {},
+    }
     for v in variants:
         target, cs_norm, metric, *smoothing = v.split("/")
-        pre = Preprocessor(k=k, cs_norm=cs_norm).fit(feats, sp["train_end"])
-        frame = pre.transform(feats)
-        train = cross_sectional_targets(window(frame, sp["train_start"], sp["train_end"]), target)
-        es = cross_sectional_targets(window(frame, sp["valid_start"], es_end), target)
-        held = window(frame, score_start, sp["valid_end"])
-        res: dict[str, Any] = {}
-        for name in models:
-            t = time.perf_counter()
-            model = create_model(name, horizons=HORIZONS, **variant_params(name, metric, *smoothing))
-            p = model.fit(train, es).predict(held)
-            df = p.merge(held[["date", "ticker", *[f"target_h{h}" for h in HORIZONS]]], on=["date", "ticker"])
-            res[name] = {
-                f"h{h}": rank_ic_by_date(df, f"pred_h{h}", f"target_h{h}").dropna().tolist() for h in HORIZONS
-            }
-            res[name]["fit_s"] = time.perf_counter() - t
-            ics = "  ".join(f"h{h} {np.mean(res[name][f'h{h}']):+.4f}" for h in HORIZONS)
-            print(f"  {v:<26} {name:<14} {ics}   {res[name]['fit_s']:.0f} s", flush=True)
+        res: dict[str, Any] = {name: {f"h{h}": [] for h in HORIZONS} | {"fit_s": 0.0} for name in models}
+        for c in splits:
+            pre = Preprocessor(k=k, cs_norm=cs_norm).fit(feats, c["train_end"])
+            frame = pre.transform(feats)
+            train = cross_sectional_targets(window(frame, sp["train_start"], c["train_end"]), target)
+            es = cross_sectional_targets(window(frame, *c["es"]), target)
+            held = window(frame, *c["score"])
+            for name in models:
+                t = time.perf_counter()
+                model = create_model(name, horizons=HORIZONS, **variant_params(name, metric, *smoothing))
+                p = model.fit(train, es).predict(held)
+                df = p.merge(
+                    held[["date", "ticker", *[f"target_h{h}" for h in HORIZONS]]], on=["date", "ticker"]
+                )
+                daily = {
+                    h: rank_ic_by_date(df, f"pred_h{h}", f"target_h{h}").dropna().tolist() for h in HORIZONS
+                }
+                for h in HORIZONS:  # the scored dates of every origin, one after another
+                    res[name][f"h{h}"] += daily[h]
+                res[name]["fit_s"] += time.perf_counter() - t
+                ics = "  ".join(f"h{h} {np.mean(daily[h]):+.4f}" for h in HORIZONS)
+                print(
+                    f"  {v:<26} {name:<14} {ics}   {time.perf_counter() - t:.0f} s  ({c['score'][0].date()}..)",
+                    flush=True,
+                )
         out["variants"][v] = res
     return out
 
@@ -113,7 +166,7 @@ def summarise(results: dict[str, Any], variants: list[str]) -> tuple[str, dict[s
         series[v] = np.concatenate(parts)  # aligned: the same dates, models and horizons per variant
         means[v] = float(np.mean([p.mean() for p in parts]))
     best = max(means, key=lambda v: means[v])
-    print("\nmean validation Rank IC over data sets, models and horizons (scoring half only):")
+    print("\nmean validation Rank IC over data sets, models and horizons (scored dates only):")
     for v in variants:
         d = series[best] - series[v]
         se = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 and v != best else float("nan")
@@ -128,9 +181,16 @@ def main() -> int:
     ap.add_argument("--models", nargs="+", default=["lightgbm", "random_forest"])
     ap.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS)
     ap.add_argument("--k", type=int, default=100)
+    ap.add_argument(
+        "--origins",
+        nargs="+",
+        type=float,
+        default=[],
+        help="score at these fractions of the pre-test dates instead (e.g. 0.55 0.7 0.85; see scoring_splits)",
+    )
     ap.add_argument("--json", default=str(HERE.parent / "artifacts" / "bench" / "select_defaults.json"))
     args = ap.parse_args()
-    results = {s: run_source(s, args.models, args.variants, args.k) for s in args.sources}
+    results = {s: run_source(s, args.models, args.variants, args.k, args.origins) for s in args.sources}
     best, means = summarise(results, args.variants)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({"results": results, "means": means, "best": best}, default=str))
