@@ -244,7 +244,7 @@ class TreeForecaster(Forecaster):
             # Called once per boosting round, in order. With a window w > 1 early stopping watches the
             # mean Rank IC of the last w rounds, and no round before the w-th can be the best: on a
             # weak signal the per-round figure is noisy enough that its first rounds often peak by
-            # chance, which kept one-tree models (bench/select_defaults.py --smoothing).
+            # chance and a one-tree model is kept (off by default: README, eval_smoothing).
             history.append(rank_ic(dates, pred, target))
             if len(history) < window:
                 return -1.0 - (window - len(history))  # below any Rank IC, and rising toward it
