@@ -99,6 +99,15 @@ def scoring_splits(
     return out
 
 
+def daily_rank_ic(
+    name: str, params: dict[str, Any], train: pd.DataFrame, es: pd.DataFrame, held: pd.DataFrame
+) -> dict[int, list[float]]:
+    """Fit ``name`` on ``train`` (early stopping on ``es``); its per-date Rank IC on ``held`` per horizon."""
+    p = create_model(name, horizons=HORIZONS, **params).fit(train, es).predict(held)
+    df = p.merge(held[["date", "ticker", *[f"target_h{h}" for h in HORIZONS]]], on=["date", "ticker"])
+    return {h: rank_ic_by_date(df, f"pred_h{h}", f"target_h{h}").dropna().tolist() for h in HORIZONS}
+
+
 def run_source(
     source: str, models: list[str], variants: list[str], k: int, origins: list[float]
 ) -> dict[str, Any]:
@@ -119,36 +128,31 @@ def run_source(
     out: dict[str, Any] = {
         "split": {k_: str(v.date()) for k_, v in sp.items()},
         "scoring": [{k_: str(v) for k_, v in c.items()} for c in splits],
-        "variants": {},
     }
-    for v in variants:
-        target, cs_norm, metric, *smoothing = v.split("/")
-        res: dict[str, Any] = {name: {f"h{h}": [] for h in HORIZONS} | {"fit_s": 0.0} for name in models}
-        for c in splits:
+    res: dict[str, Any] = {
+        v: {name: {f"h{h}": [] for h in HORIZONS} | {"fit_s": 0.0} for name in models} for v in variants
+    }
+    for c in splits:
+        for cs_norm in dict.fromkeys(v.split("/")[1] for v in variants):  # one preprocessor per norm
             pre = Preprocessor(k=k, cs_norm=cs_norm).fit(feats, c["train_end"])
             frame = pre.transform(feats)
-            train = cross_sectional_targets(window(frame, sp["train_start"], c["train_end"]), target)
-            es = cross_sectional_targets(window(frame, *c["es"]), target)
             held = window(frame, *c["score"])
-            for name in models:
-                t = time.perf_counter()
-                model = create_model(name, horizons=HORIZONS, **variant_params(name, metric, *smoothing))
-                p = model.fit(train, es).predict(held)
-                df = p.merge(
-                    held[["date", "ticker", *[f"target_h{h}" for h in HORIZONS]]], on=["date", "ticker"]
-                )
-                daily = {
-                    h: rank_ic_by_date(df, f"pred_h{h}", f"target_h{h}").dropna().tolist() for h in HORIZONS
-                }
-                for h in HORIZONS:  # the scored dates of every origin, one after another
-                    res[name][f"h{h}"] += daily[h]
-                res[name]["fit_s"] += time.perf_counter() - t
-                ics = "  ".join(f"h{h} {np.mean(daily[h]):+.4f}" for h in HORIZONS)
-                print(
-                    f"  {v:<26} {name:<14} {ics}   {time.perf_counter() - t:.0f} s  ({c['score'][0].date()}..)",
-                    flush=True,
-                )
-        out["variants"][v] = res
+            for v in [v for v in variants if v.split("/")[1] == cs_norm]:
+                target, _, metric, *smoothing = v.split("/")
+                train = cross_sectional_targets(window(frame, sp["train_start"], c["train_end"]), target)
+                es = cross_sectional_targets(window(frame, *c["es"]), target)
+                for name in models:
+                    t = time.perf_counter()
+                    daily = daily_rank_ic(name, variant_params(name, metric, *smoothing), train, es, held)
+                    for h in HORIZONS:  # the scored dates of every origin, one after another
+                        res[v][name][f"h{h}"] += daily[h]
+                    res[v][name]["fit_s"] += time.perf_counter() - t
+                    ics = "  ".join(f"h{h} {np.mean(daily[h]):+.4f}" for h in HORIZONS)
+                    print(
+                        f"  {v:<26} {name:<14} {ics}   {time.perf_counter() - t:.0f} s  ({c['score'][0].date()}..)",
+                        flush=True,
+                    )
+    out["variants"] = res
     return out
 
 
