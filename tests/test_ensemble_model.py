@@ -172,6 +172,24 @@ def test_state_round_trips_through_json(fitted) -> None:
         EnsembleForecaster.from_dict(bad)
 
 
+def test_lambdas_set_the_shrinkage_candidates_and_travel_with_the_state() -> None:
+    members, truth = panel()
+    valid = (truth["date"] < np.sort(truth["date"].unique())[100]).to_numpy()
+    vm, vt = {m: p[valid] for m, p in members.items()}, truth[valid].reset_index(drop=True)
+    plain = EnsembleForecaster(PRIOR, HORIZONS, lambdas=(0.0,)).fit(vm, vt)
+    pinned = EnsembleForecaster(PRIOR, HORIZONS, lambdas=(1e6,)).fit(vm, vt)
+    for h in HORIZONS:
+        assert plain.lambda_[h] == 0.0 and pinned.lambda_[h] == 1e6
+        # no penalty: the fit drops the pure-noise member; a huge one keeps the prior
+        assert plain.weights(h)["noise"] < 0.05 < PRIOR["noise"]
+        assert pinned.weights(h) == pytest.approx(PRIOR, abs=1e-3)
+    again = EnsembleForecaster.from_dict(json.loads(json.dumps(plain.to_dict())))
+    assert again.lambdas == (0.0,)
+    for bad in ((), (-1.0,), (float("nan"),)):
+        with pytest.raises(ValueError, match="lambdas"):
+            EnsembleForecaster(PRIOR, HORIZONS, lambdas=bad)
+
+
 def test_fitting_reads_only_the_rows_it_is_given(fitted) -> None:
     """Poisoned forecasts and returns after the validation window change no learned number."""
     members, truth = panel()

@@ -13,7 +13,8 @@ Per horizon, :meth:`EnsembleForecaster.fit` learns on the validation dates (neve
 
 * **Weights** (``mode='learned'``): non-negative, summing to 1, by non-negative least squares of the
   per-date rank-gaussian realised return on the members' z-scores, with a ridge penalty pulling the
-  weights toward the configured prior (``lambda * n * ||w - prior||^2``). ``lambda`` is chosen on the
+  weights toward the configured prior (``lambda * n * ||w - prior||^2``). ``lambda`` is chosen among
+  ``lambdas`` (default :data:`LAMBDAS`; ``(0,)`` is plain non-negative least squares) on the
   validation dates themselves, honestly: weights fitted on the first half for each candidate,
   scored by Rank IC on the second half; the largest lambda (closest to the prior) within one
   standard error of the best is kept (the one-standard-error rule; the error counts the horizon's
@@ -143,15 +144,19 @@ class EnsembleForecaster:
         *,
         mode: Literal["learned", "fixed"] = "learned",
         levels: Sequence[float] = (0.8, 0.95),
+        lambdas: Sequence[float] = LAMBDAS,
     ) -> None:
         if mode not in ("learned", "fixed"):
             raise ValueError(f"ensemble mode must be 'learned' or 'fixed', got {mode!r}")
         if any(not 0 < a < 1 for a in levels):
             raise ValueError(f"interval levels must lie in (0, 1), got {list(levels)}")
+        if not lambdas or any(not (lam >= 0 and math.isfinite(lam)) for lam in lambdas):
+            raise ValueError(f"ensemble lambdas must be finite and >= 0, got {list(lambdas)}")
         self.prior = {k: float(v) for k, v in prior.items()}
         self.horizons = tuple(int(h) for h in horizons)
         self.mode = mode
         self.levels = tuple(float(a) for a in levels)
+        self.lambdas = tuple(float(lam) for lam in lambdas)
 
     # ------------------------------------------------------------------------------------------- fit
     def fit(
@@ -206,7 +211,7 @@ class EnsembleForecaster:
             self.skill_[h] = {m: rank_ic(dates, z[:, j], y_raw) for j, m in enumerate(members)}
             if self.mode == "learned" and len(members) > 1:
                 daily = {}
-                for lam in LAMBDAS:
+                for lam in self.lambdas:
                     w = _fit_weights(z[first_half], y_rg[first_half], prior, lam)
                     s, _ = _combine(z[~first_half], w)
                     daily[lam] = _daily_rank_ic(dates[~first_half], s, y_raw[~first_half])
@@ -334,7 +339,9 @@ class EnsembleForecaster:
         for block in blocks:
             held = np.isin(dates, block)
             rest = truth.loc[~held].reset_index(drop=True)
-            fold = EnsembleForecaster(self.prior, self.horizons, mode=self.mode, levels=self.levels)
+            fold = EnsembleForecaster(
+                self.prior, self.horizons, mode=self.mode, levels=self.levels, lambdas=self.lambdas
+            )
             fold.fit(
                 {m: p[~np.isin(p["date"].to_numpy(), block)] for m, p in member_preds.items()},
                 rest,
@@ -358,6 +365,7 @@ class EnsembleForecaster:
             "horizons": list(self.horizons),
             "mode": self.mode,
             "levels": list(self.levels),
+            "lambdas": list(self.lambdas),
             "members": list(self.members_),
             "weights": {k: self.weights_[int(k)] for k in hs},
             "lambda": {k: self.lambda_[int(k)] for k in hs},
@@ -374,7 +382,13 @@ class EnsembleForecaster:
     def from_dict(cls, state: Mapping[str, Any]) -> EnsembleForecaster:
         if state.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"ensemble state: unsupported format_version {state.get('format_version')!r}")
-        self = cls(state["prior"], state["horizons"], mode=state["mode"], levels=state["levels"])
+        self = cls(
+            state["prior"],
+            state["horizons"],
+            mode=state["mode"],
+            levels=state["levels"],
+            lambdas=state.get("lambdas", LAMBDAS),
+        )
         self.members_ = [str(m) for m in state["members"]]
 
         def per_h(key: str) -> dict[int, Any]:
