@@ -381,12 +381,11 @@ def table(res: dict[str, Any]) -> str:
         best = max(ok, key=lambda n: ok[n]["ic_h5"])
         share = ok[best]["ic_h5"] / res["reference"]["oracle"]["ic_h5"]
         lines.append(f"best model at 5 days: {best}, {share:.0%} of the oracle's Rank IC")
-    members = {n: r for n, r in res["models"].items() if "error" not in r and n in MODEL_NAMES}
-    if "ensemble" in res["models"] and members:
+    if "ensemble" in res["models"] and ok:
         cells = []
         for h in HORIZONS:
-            best = max(members, key=lambda n: members[n][f"ic_h{h}"])
-            gap = res["models"]["ensemble"][f"ic_h{h}"] - members[best][f"ic_h{h}"]
+            best = max(ok, key=lambda n: ok[n][f"ic_h{h}"])
+            gap = res["models"]["ensemble"][f"ic_h{h}"] - ok[best][f"ic_h{h}"]
             cells.append(f"h{h} {gap:+.4f} ({best})")
         lines.append("ensemble minus the best member: " + ", ".join(cells))
     if res.get("coverage"):
