@@ -137,10 +137,15 @@ def run_source(
             pre = Preprocessor(k=k, cs_norm=cs_norm).fit(feats, c["train_end"])
             frame = pre.transform(feats)
             held = window(frame, *c["score"])
+            fit_rows: dict[str, tuple[pd.DataFrame, pd.DataFrame]] = {}  # per target: (train, es)
             for v in [v for v in variants if v.split("/")[1] == cs_norm]:
                 target, _, metric, *smoothing = v.split("/")
-                train = cross_sectional_targets(window(frame, sp["train_start"], c["train_end"]), target)
-                es = cross_sectional_targets(window(frame, *c["es"]), target)
+                if target not in fit_rows:  # variants differing only in early stopping share them
+                    fit_rows[target] = (
+                        cross_sectional_targets(window(frame, sp["train_start"], c["train_end"]), target),
+                        cross_sectional_targets(window(frame, *c["es"]), target),
+                    )
+                train, es = fit_rows[target]
                 for name in models:
                     t = time.perf_counter()
                     daily = daily_rank_ic(name, variant_params(name, metric, *smoothing), train, es, held)
