@@ -1,7 +1,7 @@
 """One contract, run over all six models on a small synthetic market, through the real pipeline.
 
 prices -> build_features -> Preprocessor (fitted on training dates) -> each model's fit/predict ->
-the weighted ensemble. For every model: predict shape and keys, identical predictions after save and
+the learned ensemble. For every model: predict shape and keys, identical predictions after save and
 load, refusal of a planted pickle, and the future-poisoning check of DESIGN.md end to end: every
 price after a cutoff multiplied by 10 with NaNs inserted, features rebuilt, and every prediction
 (and the ensemble's) dated at or before the cutoff bit-identical.
@@ -9,6 +9,7 @@ price after a cutoff multiplied by 10 with NaNs inserted, features rebuilt, and 
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 from typing import Any
@@ -18,16 +19,17 @@ import pandas as pd
 import pytest
 
 from ensemble.backtest.splits import window
-from ensemble.combine import weighted_mean
 from ensemble.config import MODEL_NAMES, EnsembleConfig, SyntheticConfig
 from ensemble.data.synthetic import generate_market
 from ensemble.features import Preprocessor, build_features
 from ensemble.models import create_model, get_model_class, model_names
 from ensemble.models.base import Forecaster, UnsafeArtifactError
+from ensemble.models.ensemble import VOL_COLUMN, EnsembleForecaster, trailing_volatility
 from ensemble.models.prophet_model import MARKET_LEVEL, market_log_level
 
 HORIZONS = (5, 20, 60)
 PRED_COLS = [f"pred_h{h}" for h in HORIZONS]
+TARGET_COLS = [f"target_h{h}" for h in HORIZONS]
 N_TICKERS, N_DAYS = 16, 400
 TRAIN_END, VALID_END, CUTOFF = 240, 300, 330  # date indices
 SMALL: dict[str, dict[str, Any]] = {
@@ -182,14 +184,36 @@ def test_future_poisoning_leaves_past_predictions_bit_identical(
     assert np.array_equal(a, b)
 
 
-def test_future_poisoning_leaves_past_ensemble_bit_identical(fitted: dict, market: dict) -> None:
-    weights = EnsembleConfig().weights
-    past = (market["frame"]["date"] <= market["cutoff"]).to_numpy()
-    ens = {}
-    for which in ("frame", "poisoned"):
-        preds = {n: m.predict(market[which]) for n, m in fitted.items()}
-        ens[which] = weighted_mean(preds, weights, HORIZONS)
-    for col in [*PRED_COLS, *[f"n_models_h{h}" for h in HORIZONS]]:
-        a, b = ens["frame"][col].to_numpy(), ens["poisoned"][col].to_numpy()
+def test_future_poisoning_leaves_the_learned_ensemble_and_its_past_forecasts_bit_identical(
+    fitted: dict, market: dict
+) -> None:
+    """The platform's ensemble (EnsembleForecaster), fitted as jobs.train fits it (the members'
+    forecasts of the validation dates, the labels realised by the cutoff, every labelled date as the
+    history) from the clean and from the poisoned prices: the same state (weights, calibration,
+    conformal quantiles), and bit-identical forecasts, intervals and confidences at or before the cutoff."""
+    dates, cutoff = market["dates"], market["cutoff"]
+    past = (market["frame"]["date"] <= cutoff).to_numpy()
+    states, outs = [], []
+    for which, prices in (("frame", market["prices"]), ("poisoned", _poison(market["prices"], cutoff))):
+        frame = market[which].merge(trailing_volatility(prices), on=["date", "ticker"], how="left")
+        preds = {n: m.predict(frame) for n, m in fitted.items()}
+        d = frame["date"]
+        in_valid = ((d > dates[TRAIN_END]) & (d <= cutoff)).to_numpy()
+        truth = window(frame, dates[TRAIN_END + 1], cutoff)  # the same rows, labels purged at the cutoff
+        history = window(frame, None, cutoff)[["date", "ticker", *TARGET_COLS, VOL_COLUMN]]
+        ens = EnsembleForecaster(EnsembleConfig().weights, HORIZONS).fit(
+            {n: p[in_valid].reset_index(drop=True) for n, p in preds.items()}, truth, history
+        )
+        states.append(json.dumps(ens.to_dict(), sort_keys=True))
+        outs.append(ens.predict(preds, frame))
+    assert states[0] == states[1]
+    clean, dirty = outs
+    assert len(clean.columns) > 2 + 3 * len(HORIZONS)  # forecasts, excess, intervals, confidence, counts
+    for col in clean.columns[2:]:
+        a, b = clean[col].to_numpy(), dirty[col].to_numpy()
         assert np.array_equal(a[past], b[past], equal_nan=True), col
-    assert (ens["frame"].loc[past, "n_models_h5"] >= 5).all()  # the sequence models need no warm-up here
+    assert (clean.loc[past, "n_models_h5"] >= 5).all()  # the sequence models need no warm-up here
+    assert (
+        np.isfinite(clean.loc[past, "pred_h5"]).mean() > 0.9 and np.isfinite(clean.loc[past, "lo80_h5"]).any()
+    )
+    assert not np.array_equal(clean.loc[~past, "pred_h5"], dirty.loc[~past, "pred_h5"], equal_nan=True)
