@@ -11,7 +11,9 @@ the train-only preprocessor (selection and scaling) and every model with its mod
 Printed per data set: each variant's Rank IC per model and horizon on the scoring half, and the mean
 over models and horizons; at the end the variant with the best mean over both data sets (and how far
 each variant is from it in standard errors of the paired per-date differences; overlapping labels
-make neighbouring dates correlated, so these understate the error, most at 60 days).
+make neighbouring dates correlated, so these understate the error, most at 60 days), and what
+choosing per model among the variants on the early-stopping dates would have scored
+(:func:`choose_on_es`: the evidence for or against making a fit choose between them).
 
 ``--origins 0.55 0.7 0.85``: score the same way at several earlier points of the pre-test dates (each
 origin trains on everything before it, early-stops on the next 65 dates, is scored on the 65 after),
@@ -19,7 +21,8 @@ for evidence that does not rest on one quarter (:func:`scoring_splits`).
 
 Usage: ``.venv/bin/python bench/select_defaults.py [--sources synthetic sp500] [--models lightgbm random_forest]
 [--variants none/none/l2 rank_gauss/none/rank_ic ...]`` (a variant: target/cs_norm/eval_metric, or
-target/cs_norm/rank_ic/W: the boosters' early stopping watching the mean Rank IC of the last W rounds)
+target/cs_norm/rank_ic/W: the boosters' early stopping watching the mean Rank IC of the last W rounds;
+either may end with +PRESET, a set of the boosters' hyperparameters from PRESETS, e.g. +qlib)
 """
 
 from __future__ import annotations
@@ -54,14 +57,47 @@ DEFAULT_VARIANTS = [
     "rank_gauss/rank/rank_ic",
 ]
 BOOSTERS = {"xgboost", "lightgbm"}
+# Hyperparameter presets a variant may name after a '+' (e.g. rank_gauss/none/rank_ic/1+qlib): each
+# booster's module DEFAULTS overridden by these. 'qlib': Qlib 0.9's benchmark configs for Alpha158
+# (examples/benchmarks/LightGBM and XGBoost workflow_config_*_Alpha158.yaml); 'l1l2': only the L1 and
+# L2 leaf penalties of Qlib's LightGBM config, on this platform's defaults otherwise.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "qlib": {
+        "lightgbm": {
+            "learning_rate": 0.2,
+            "num_leaves": 210,
+            "max_depth": 8,
+            "colsample": 0.8879,
+            "subsample": 0.8789,
+            "reg_alpha": 205.6999,
+            "reg_lambda": 580.9768,
+            "min_child_samples": 20,
+        },
+        "xgboost": {
+            "learning_rate": 0.0421,
+            "max_depth": 8,
+            "colsample": 0.8879,
+            "subsample": 0.8789,
+            "n_estimators": 647,
+        },
+    },
+    "l1l2": {
+        "lightgbm": {"reg_alpha": 205.6999, "reg_lambda": 580.9768},
+        "xgboost": {"reg_alpha": 205.6999, "reg_lambda": 580.9768},
+    },
+}
 PURGE = 70  # dates between the end of training and an origin (> the longest horizon)
 BLOCK = 65  # dates of early stopping, then of scoring, after an origin
 
 
-def variant_params(name: str, eval_metric: str, smoothing: str | None = None) -> dict[str, Any]:
+def variant_params(
+    name: str, eval_metric: str, smoothing: str | None = None, preset: str | None = None
+) -> dict[str, Any]:
     if name not in BOOSTERS:
         return {}
-    out: dict[str, Any] = {"eval_metric": eval_metric} if eval_metric != "default" else {}
+    out: dict[str, Any] = dict(PRESETS[preset].get(name, {})) if preset else {}
+    if eval_metric != "default":
+        out["eval_metric"] = eval_metric
     return {**out, "eval_smoothing": int(smoothing)} if smoothing else out
 
 
@@ -101,11 +137,19 @@ def scoring_splits(
 
 def daily_rank_ic(
     name: str, params: dict[str, Any], train: pd.DataFrame, es: pd.DataFrame, held: pd.DataFrame
-) -> dict[int, list[float]]:
-    """Fit ``name`` on ``train`` (early stopping on ``es``); its per-date Rank IC on ``held`` per horizon."""
-    p = create_model(name, horizons=HORIZONS, **params).fit(train, es).predict(held)
-    df = p.merge(held[["date", "ticker", *[f"target_h{h}" for h in HORIZONS]]], on=["date", "ticker"])
-    return {h: rank_ic_by_date(df, f"pred_h{h}", f"target_h{h}").dropna().tolist() for h in HORIZONS}
+) -> dict[Any, Any]:
+    """Fit ``name`` on ``train`` (early stopping on ``es``); its per-date Rank IC on ``held`` per horizon,
+    and (keys ``es_h{h}``) its mean Rank IC on the early-stopping dates, which a choice may look at."""
+    model = create_model(name, horizons=HORIZONS, **params).fit(train, es)
+    out: dict[Any, Any] = {}
+    for key, rows in (("", held), ("es_", es)):
+        df = model.predict(rows).merge(
+            rows[["date", "ticker", *[f"target_h{h}" for h in HORIZONS]]], on=["date", "ticker"]
+        )
+        for h in HORIZONS:
+            ic = rank_ic_by_date(df, f"pred_h{h}", f"target_h{h}").dropna().tolist()
+            out[h if not key else f"es_h{h}"] = ic if not key else float(np.mean(ic))
+    return out
 
 
 def run_source(
@@ -139,7 +183,8 @@ def run_source(
             held = window(frame, *c["score"])
             fit_rows: dict[str, tuple[pd.DataFrame, pd.DataFrame]] = {}  # per target: (train, es)
             for v in [v for v in variants if v.split("/")[1] == cs_norm]:
-                target, _, metric, *smoothing = v.split("/")
+                body, _, preset = v.partition("+")
+                target, _, metric, *smoothing = body.split("/")
                 if target not in fit_rows:  # variants differing only in early stopping share them
                     fit_rows[target] = (
                         cross_sectional_targets(window(frame, sp["train_start"], c["train_end"]), target),
@@ -148,9 +193,12 @@ def run_source(
                 train, es = fit_rows[target]
                 for name in models:
                     t = time.perf_counter()
-                    daily = daily_rank_ic(name, variant_params(name, metric, *smoothing), train, es, held)
+                    params = variant_params(name, metric, smoothing[0] if smoothing else None, preset or None)
+                    daily = daily_rank_ic(name, params, train, es, held)
                     for h in HORIZONS:  # the scored dates of every origin, one after another
                         res[v][name][f"h{h}"] += daily[h]
+                        res[v][name].setdefault(f"es_h{h}", []).append(daily[f"es_h{h}"])
+                        res[v][name].setdefault(f"n_h{h}", []).append(len(daily[h]))
                     res[v][name]["fit_s"] += time.perf_counter() - t
                     ics = "  ".join(f"h{h} {np.mean(daily[h]):+.4f}" for h in HORIZONS)
                     print(
@@ -184,6 +232,41 @@ def summarise(results: dict[str, Any], variants: list[str]) -> tuple[str, dict[s
     return best, means
 
 
+def _block_mean(r: dict[str, Any], h: int, b: int) -> float:
+    """The mean Rank IC of scoring block ``b`` at horizon ``h`` (blocks are stored one after another)."""
+    cuts = np.cumsum([0, *r[f"n_h{h}"]])
+    return float(np.mean(r[f"h{h}"][cuts[b] : cuts[b + 1]]))
+
+
+def choose_on_es(results: dict[str, Any], variants: list[str]) -> dict[str, float]:
+    """What choosing among the variants at fit time would score: per data set, scoring block and model,
+    the variant with the best mean Rank IC over horizons on the early-stopping dates (which a fit may
+    look at; the scoring dates it may not), scored on that block's scoring dates. Printed beside each
+    variant's own figure, all as the mean over blocks, models and horizons of each block's mean."""
+    out: dict[str, float] = {}
+    print("\nchoosing per model on the early-stopping dates (mean over blocks, models and horizons):")
+    for src, r in results.items():
+        res = r["variants"]
+        models = list(res[variants[0]])
+        n_blocks = len(res[variants[0]][models[0]][f"n_h{HORIZONS[0]}"])
+        scores: dict[str, list[float]] = {v: [] for v in [*variants, "chosen"]}
+        for name in models:
+            for b in range(n_blocks):  # block b's scored dates of each horizon, per variant
+                got = {v: [_block_mean(res[v][name], h, b) for h in HORIZONS] for v in variants}
+                pick = max(variants, key=lambda v: np.mean([res[v][name][f"es_h{h}"][b] for h in HORIZONS]))
+                for v in variants:
+                    scores[v] += got[v]
+                scores["chosen"] += got[pick]
+        for v, x in scores.items():
+            out[f"{src}/{v}"] = float(np.mean(x))
+            print(f"  {src:<10} {v:<30} {np.mean(x):+.4f}")
+    for v in [*variants, "chosen"]:
+        both = float(np.mean([out[f"{src}/{v}"] for src in results]))
+        out[f"all/{v}"] = both
+        print(f"  {'all':<10} {v:<30} {both:+.4f}")
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sources", nargs="+", default=["synthetic", "sp500"])
@@ -199,10 +282,16 @@ def main() -> int:
     )
     ap.add_argument("--json", default=str(HERE.parent / "artifacts" / "bench" / "select_defaults.json"))
     args = ap.parse_args()
+    unknown = [v for v in args.variants if v.partition("+")[2] and v.partition("+")[2] not in PRESETS]
+    if unknown:
+        ap.error(f"unknown preset in {unknown}; known: {sorted(PRESETS)}")
     results = {s: run_source(s, args.models, args.variants, args.k, args.origins) for s in args.sources}
     best, means = summarise(results, args.variants)
+    chosen = choose_on_es(results, args.variants) if len(args.variants) > 1 else {}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"results": results, "means": means, "best": best}, default=str))
+    Path(args.json).write_text(
+        json.dumps({"results": results, "means": means, "best": best, "chosen_on_es": chosen}, default=str)
+    )
     print(f"best: {best}; results: {args.json}")
     return 0
 
