@@ -120,9 +120,11 @@ def prepare_data(
     meter: CostMeter,
     prices: pd.DataFrame | None = None,
     features: pd.DataFrame | None = None,
+    oracle: pd.DataFrame | None = None,
 ) -> Prepared:
-    """Load the prices (or take ``prices``, a contract table), build the features, fit the
-    preprocessor on the training dates only, split (up to ``training.as_of`` when set).
+    """Load the prices (or take ``prices``, a contract table, and its synthetic ``oracle`` if any),
+    build the features, fit the preprocessor on the training dates only, split (up to
+    ``training.as_of`` when set).
 
     ``features``: ``build_features(prices, settings.horizons)`` computed once by the caller (the
     walk-forward backtest shares it between folds: every feature at t uses rows dated <= t, so the
@@ -132,8 +134,6 @@ def prepare_data(
     with meter.stage("data", cpus=1):
         if prices is None:
             prices, oracle = load_prices(settings)
-        else:
-            oracle = None
         fingerprint = data_fingerprint(prices)
     n_tickers = prices["ticker"].nunique()
     logger.info("data: %d rows, %d tickers, %s", len(prices), n_tickers, settings.data.source)

@@ -76,7 +76,7 @@ def run(
     from jobs import deploy, train
 
     registry = ModelRegistry(registry_root or settings.registry_root)
-    prices, _ = load_prices(settings)
+    prices, oracle = load_prices(settings)  # loaded once: the candidate trains on what the gate judges by
     h = int(min(settings.horizons))
     summary: dict[str, Any] = {}
     if candidate is None:
@@ -84,7 +84,8 @@ def run(
         tsettings = with_overrides(settings, {"training": {"as_of": str(cutoff.date())}})
         logger.info("training the candidate as of %s (the %d dates after it are the gate's window)",
                     cutoff.date(), window)  # fmt: skip
-        summary = train.run(tsettings, registry_root=registry.root, promote=False, progress=progress)
+        summary = train.run(tsettings, registry_root=registry.root, promote=False, progress=progress,
+                            prices=prices, oracle=oracle)  # fmt: skip
         cand = str(summary["version"])
     else:
         cand = registry.resolve(candidate)

@@ -194,14 +194,18 @@ def run(
     promote: bool = True,
     progress: bool = True,
     prepared: Prepared | None = None,
+    prices: pd.DataFrame | None = None,
+    oracle: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
     """Train every configured model, store the version, try to promote it; return the summary.
-    ``prepared``: the data stage's output when the caller already ran :func:`prepare_data`."""
+    ``prepared``: the data stage's output when the caller already ran :func:`prepare_data`;
+    ``prices`` (and the synthetic market's ``oracle``): the table to train on when the caller already
+    loaded it (otherwise the data stage loads what ``settings.data`` names)."""
     t_start = time.perf_counter()
     horizons = list(settings.horizons)
     tr = settings.training
     meter = CostMeter(tr.cpu_hour_usd, tr.gpu_hour_usd, tr.cost_limit_usd)
-    prep = prepared or prepare_data(settings, meter)
+    prep = prepared or prepare_data(settings, meter, prices=prices, oracle=oracle)
     oracle, fingerprint, pre, split = prep.oracle, prep.fingerprint, prep.preprocessor, prep.split
     train, valid, eval_frame = prep.train, prep.valid, prep.eval_frame
     train_fit, valid_fit = prep.train_fit, prep.valid_fit

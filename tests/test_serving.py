@@ -1006,17 +1006,32 @@ def test_served_forecasts_are_logged_and_health_shows_a_planted_accuracy_drop(
     assert "ray_serve_deployment_request_counter" in text  # Serve's own request counts per deployment
 
 
-def test_the_retraining_gate_promotes_only_a_better_candidate(served: Served, prices: Any) -> None:
+def test_the_retraining_gate_promotes_only_a_better_candidate(
+    served: Served, prices: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``jobs.retrain`` trains a candidate through the one training path as of the walk-forward cutoff
     and scores it beside production on the window after it, both as served. Judged against realised
     returns planted to equal production's forecasts, the candidate is worse and is not promoted;
     against returns equal to the candidate's forecasts, it is better and is promoted through the
     running service under concurrent load: no request fails, and every response after the switch
-    carries it. Both decisions and their evidence are recorded in the registry."""
+    carries it. Both decisions and their evidence are recorded in the registry. The prices are loaded
+    once: the candidate trains on the very table the gate judges it by."""
+    import ensemble.data.sources as sources
+    import ensemble.training as training
     from ensemble import retrain as gate_lib
     from ensemble.config import load_settings
     from ensemble.registry import ModelRegistry
     from jobs import retrain
+
+    loads: list[str] = []
+    real_load = sources.load_prices
+
+    def counted_load(s: Any, *args: Any, **kwargs: Any) -> Any:
+        loads.append(s.data.source)
+        return real_load(s, *args, **kwargs)
+
+    monkeypatch.setattr(sources, "load_prices", counted_load)
+    monkeypatch.setattr(training, "load_prices", counted_load)
 
     c = served.client
     reg = ModelRegistry(served.root)
@@ -1036,6 +1051,7 @@ def test_the_retraining_gate_promotes_only_a_better_candidate(served: Served, pr
     r1 = retrain.run(settings, registry_root=served.root, url=served.url, api_key=KEY, window=window,
                      progress=False, truth=planted(production))  # fmt: skip
     cand = r1["candidate"]
+    assert loads == ["synthetic"], loads  # one load for training the candidate and for the gate
     print(
         f"\ngate 1: {r1['reason']}; candidate {r1['candidate_metrics']}, production {r1['production_metrics']}"
     )
