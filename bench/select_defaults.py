@@ -59,8 +59,10 @@ DEFAULT_VARIANTS = [
 BOOSTERS = {"xgboost", "lightgbm"}
 # Hyperparameter presets a variant may name after a '+' (e.g. rank_gauss/none/rank_ic/1+qlib): each
 # booster's module DEFAULTS overridden by these. 'qlib': Qlib 0.9's benchmark configs for Alpha158
-# (examples/benchmarks/LightGBM and XGBoost workflow_config_*_Alpha158.yaml); 'l1l2': only the L1 and
-# L2 leaf penalties of Qlib's LightGBM config, on this platform's defaults otherwise.
+# (examples/benchmarks/LightGBM and XGBoost workflow_config_*_Alpha158.yaml) through this platform's
+# modules (so LightGBM's subsample re-draws rows every round, where Qlib's, without bagging_freq, never
+# bags; early stopping still watches Rank IC); 'l1l2': only the L1 and L2 leaf penalties of Qlib's
+# LightGBM config, on this platform's defaults otherwise.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "qlib": {
         "lightgbm": {
@@ -79,6 +81,19 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "colsample": 0.8879,
             "subsample": 0.8789,
             "n_estimators": 647,
+        },
+    },
+    # the same file's earlier LightGBM learning rate (0.0421, as its XGBoost's)
+    "qlib_slow": {
+        "lightgbm": {
+            "learning_rate": 0.0421,
+            "num_leaves": 210,
+            "max_depth": 8,
+            "colsample": 0.8879,
+            "subsample": 0.8789,
+            "reg_alpha": 205.6999,
+            "reg_lambda": 580.9768,
+            "min_child_samples": 20,
         },
     },
     "l1l2": {
