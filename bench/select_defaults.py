@@ -63,18 +63,19 @@ BOOSTERS = {"xgboost", "lightgbm"}
 # modules (so LightGBM's subsample re-draws rows every round, where Qlib's, without bagging_freq, never
 # bags; early stopping still watches Rank IC); 'l1l2': only the L1 and L2 leaf penalties of Qlib's
 # LightGBM config, on this platform's defaults otherwise.
+QLIB_LIGHTGBM: dict[str, Any] = {
+    "learning_rate": 0.2,
+    "num_leaves": 210,
+    "max_depth": 8,
+    "colsample": 0.8879,
+    "subsample": 0.8789,
+    "reg_alpha": 205.6999,
+    "reg_lambda": 580.9768,
+    "min_child_samples": 20,
+}
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "qlib": {
-        "lightgbm": {
-            "learning_rate": 0.2,
-            "num_leaves": 210,
-            "max_depth": 8,
-            "colsample": 0.8879,
-            "subsample": 0.8789,
-            "reg_alpha": 205.6999,
-            "reg_lambda": 580.9768,
-            "min_child_samples": 20,
-        },
+        "lightgbm": QLIB_LIGHTGBM,
         "xgboost": {
             "learning_rate": 0.0421,
             "max_depth": 8,
@@ -84,18 +85,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         },
     },
     # the same file's earlier LightGBM learning rate (0.0421, as its XGBoost's)
-    "qlib_slow": {
-        "lightgbm": {
-            "learning_rate": 0.0421,
-            "num_leaves": 210,
-            "max_depth": 8,
-            "colsample": 0.8879,
-            "subsample": 0.8789,
-            "reg_alpha": 205.6999,
-            "reg_lambda": 580.9768,
-            "min_child_samples": 20,
-        },
-    },
+    "qlib_slow": {"lightgbm": {**QLIB_LIGHTGBM, "learning_rate": 0.0421}},
     "l1l2": {
         "lightgbm": {"reg_alpha": 205.6999, "reg_lambda": 580.9768},
         "xgboost": {"reg_alpha": 205.6999, "reg_lambda": 580.9768},
