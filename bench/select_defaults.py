@@ -142,19 +142,18 @@ def scoring_splits(
 
 def daily_rank_ic(
     name: str, params: dict[str, Any], train: pd.DataFrame, es: pd.DataFrame, held: pd.DataFrame
-) -> dict[Any, Any]:
+) -> tuple[dict[int, list[float]], dict[int, float]]:
     """Fit ``name`` on ``train`` (early stopping on ``es``); its per-date Rank IC on ``held`` per horizon,
-    and (keys ``es_h{h}``) its mean Rank IC on the early-stopping dates, which a choice may look at."""
+    and its mean Rank IC on the early-stopping dates per horizon (what a choice may look at)."""
     model = create_model(name, horizons=HORIZONS, **params).fit(train, es)
-    out: dict[Any, Any] = {}
-    for key, rows in (("", held), ("es_", es)):
+
+    def per_date(rows: pd.DataFrame) -> dict[int, list[float]]:
         df = model.predict(rows).merge(
             rows[["date", "ticker", *[f"target_h{h}" for h in HORIZONS]]], on=["date", "ticker"]
         )
-        for h in HORIZONS:
-            ic = rank_ic_by_date(df, f"pred_h{h}", f"target_h{h}").dropna().tolist()
-            out[h if not key else f"es_h{h}"] = ic if not key else float(np.mean(ic))
-    return out
+        return {h: rank_ic_by_date(df, f"pred_h{h}", f"target_h{h}").dropna().tolist() for h in HORIZONS}
+
+    return per_date(held), {h: float(np.mean(ic)) for h, ic in per_date(es).items()}
 
 
 def run_source(
@@ -199,10 +198,10 @@ def run_source(
                 for name in models:
                     t = time.perf_counter()
                     params = variant_params(name, metric, smoothing[0] if smoothing else None, preset or None)
-                    daily = daily_rank_ic(name, params, train, es, held)
+                    daily, es_ic = daily_rank_ic(name, params, train, es, held)
                     for h in HORIZONS:  # the scored dates of every origin, one after another
                         res[v][name][f"h{h}"] += daily[h]
-                        res[v][name].setdefault(f"es_h{h}", []).append(daily[f"es_h{h}"])
+                        res[v][name].setdefault(f"es_h{h}", []).append(es_ic[h])
                         res[v][name].setdefault(f"n_h{h}", []).append(len(daily[h]))
                     res[v][name]["fit_s"] += time.perf_counter() - t
                     ics = "  ".join(f"h{h} {np.mean(daily[h]):+.4f}" for h in HORIZONS)
