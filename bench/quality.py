@@ -291,10 +291,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
     coverage: dict[str, float] = {}
     if preds:
-        weights = EnsembleConfig().weights
-        levels = EnsembleConfig().interval_levels
+        ec = EnsembleConfig()
+        levels = ec.interval_levels
         for mode in ("learned", "fixed"):
-            ens = EnsembleForecaster(weights, HORIZONS, mode=mode, levels=levels)
+            ens = EnsembleForecaster(ec.weights, HORIZONS, mode=mode, levels=levels, gate=ec.member_gate)
             ens.fit(vpreds, vtruth, history=history)
             p = ens.predict(preds, truth)
             name = "ensemble" if mode == "learned" else "ensemble_fixed"
@@ -306,7 +306,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ref: dict[str, dict[str, Any]] = {}
     vref: dict[str, dict[str, Any]] = {}
     if len(preds) > 1:  # what any weighting of these members could reach: weights fitted on the test dates
-        ceiling = EnsembleForecaster(EnsembleConfig().weights, HORIZONS, lambdas=(0.0,))
+        ceiling = EnsembleForecaster(EnsembleConfig().weights, HORIZONS, lambdas=(0.0,), gate="none")
         ceiling.fit(preds, truth)
         ref["ensemble_ceiling"] = {
             **score(ceiling.predict(preds, truth), truth),

@@ -182,6 +182,9 @@ class EnsembleConfig(_Strict):
     # learned: weights fitted on the members' validation forecasts, shrunk toward `weights` (the
     # prior); fixed: `weights` as given (ensemble/models/ensemble.py)
     mode: Literal["learned", "fixed"] = "learned"
+    # learned: a member whose validation Rank IC is below 0 by more than one standard error
+    # (significant) or at all (negative) gets prior weight 0 at that horizon; none: the prior as given
+    member_gate: Literal["none", "negative", "significant"] = "significant"
     # central coverage of the prediction intervals
     interval_levels: list[float] = Field(default_factory=lambda: [0.8, 0.95])
 

@@ -262,7 +262,9 @@ def run(
     ec = settings.ensemble
     with meter.stage("ensemble", cpus=1):
         truth = valid[["date", "ticker", *[f"target_h{h}" for h in horizons], VOL_COLUMN]]
-        ensemble = EnsembleForecaster(ec.weights, horizons, mode=ec.mode, levels=ec.interval_levels)
+        ensemble = EnsembleForecaster(
+            ec.weights, horizons, mode=ec.mode, levels=ec.interval_levels, gate=ec.member_gate
+        )
         history = prep.label_history()
         ensemble.fit(preds, truth, history=history)
         # scored out of fold: the ensemble learns on the validation dates, so each half of them is

@@ -67,7 +67,9 @@ def train_tiny_version(root: Path, settings: Settings | None = None) -> tuple[Mo
     hs = settings.horizons
     truth = prep.valid[["date", "ticker", *[f"target_h{h}" for h in hs], VOL_COLUMN]]
     ec = settings.ensemble
-    ens = EnsembleForecaster(ec.weights, hs, mode=ec.mode, levels=ec.interval_levels).fit(preds, truth)
+    ens = EnsembleForecaster(
+        ec.weights, hs, mode=ec.mode, levels=ec.interval_levels, gate=ec.member_gate
+    ).fit(preds, truth)
     registry = ModelRegistry(root)
     version = registry.create_version(
         models,

@@ -190,6 +190,55 @@ def test_lambdas_set_the_shrinkage_candidates_and_travel_with_the_state() -> Non
             EnsembleForecaster(PRIOR, HORIZONS, lambdas=bad)
 
 
+def test_the_gate_zeroes_the_prior_of_a_member_with_significantly_negative_validation_skill() -> None:
+    members, truth = panel()
+    valid = (truth["date"] < np.sort(truth["date"].unique())[100]).to_numpy()
+    vm, vt = (
+        {m: p[valid].reset_index(drop=True) for m, p in members.items()},
+        truth[valid].reset_index(drop=True),
+    )
+    vm["anti"] = vm["good"].copy()  # the good member upside down: it ranks the tickers backwards
+    for h in HORIZONS:
+        vm["anti"][f"pred_h{h}"] *= -1.0
+    prior = {**PRIOR, "anti": 0.5}
+    fits = {
+        g: EnsembleForecaster(prior, HORIZONS, lambdas=(1e6,), gate=g).fit(vm, vt)
+        for g in ("none", "negative", "significant")
+    }
+    d = vt["date"].to_numpy()
+    for h in HORIZONS:
+        # a penalty this large pins the weights to the (gated) prior
+        assert fits["none"].weights(h) == pytest.approx({m: w / 1.5 for m, w in prior.items()}, abs=1e-3)
+        assert fits["none"].excluded_[h] == []
+        assert fits["significant"].excluded_[h] == ["anti"]  # noise's skill is ~0: within one error, kept
+        assert fits["significant"].weights(h) == pytest.approx({**PRIOR, "anti": 0.0}, abs=1e-3)
+        noise_ic = rank_ic(d, vm["noise"][f"pred_h{h}"].to_numpy(), vt[f"target_h{h}"].to_numpy())
+        expected = ["noise", "anti"] if noise_ic <= 0 else ["anti"]  # negative: any skill <= 0 goes
+        assert fits["negative"].excluded_[h] == expected
+        assert sum(fits["negative"].weights(h).values()) == pytest.approx(1.0)
+        # the gate only moves the prior: out of the ensemble's ranking the anti member is gone
+        combined = fits["significant"].predict(vm, vt)
+        assert rank_ic(d, combined[f"pred_h{h}"].to_numpy(), vt[f"target_h{h}"].to_numpy()) > rank_ic(
+            d, fits["none"].predict(vm, vt)[f"pred_h{h}"].to_numpy(), vt[f"target_h{h}"].to_numpy()
+        )
+    again = EnsembleForecaster.from_dict(json.loads(json.dumps(fits["significant"].to_dict())))
+    assert again.gate == "significant" and again.excluded_ == fits["significant"].excluded_
+    # every member significantly wrong: no evidence for any of them, the prior is kept as given
+    flipped = {m: vm["anti"] if m == "good" else vm[m] for m in ("good", "weak")}
+    for h in HORIZONS:
+        flipped["weak"] = flipped["weak"].assign(
+            **{f"pred_h{h}": -vm["good"][f"pred_h{h}"] + vm["weak"][f"pred_h{h}"]}
+        )
+    both = EnsembleForecaster({"good": 0.2, "weak": 0.4}, HORIZONS, lambdas=(1e6,)).fit(flipped, vt)
+    for h in HORIZONS:
+        assert both.skill_[h]["good"] < 0 and both.skill_[h]["weak"] < 0
+        assert both.excluded_[h] == [] and both.weights(h) == pytest.approx(
+            {"good": 1 / 3, "weak": 2 / 3}, abs=1e-3
+        )
+    with pytest.raises(ValueError, match="gate"):
+        EnsembleForecaster(PRIOR, HORIZONS, gate="sometimes")  # type: ignore[arg-type]
+
+
 def test_fitting_reads_only_the_rows_it_is_given(fitted) -> None:
     """Poisoned forecasts and returns after the validation window change no learned number."""
     members, truth = panel()

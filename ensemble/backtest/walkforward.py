@@ -259,7 +259,9 @@ def fit_fold(
     ec = s.ensemble
     t = time.perf_counter()
     with meter.stage("ensemble", cpus=1):
-        ens = EnsembleForecaster(ec.weights, horizons, mode=ec.mode, levels=ec.interval_levels)
+        ens = EnsembleForecaster(
+            ec.weights, horizons, mode=ec.mode, levels=ec.interval_levels, gate=ec.member_gate
+        )
         ens.fit(vpreds, valid_truth, history=prep.label_history())
         ens_test = ens.predict(scores, truth)
     wall["ensemble"] = time.perf_counter() - t

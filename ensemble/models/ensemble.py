@@ -20,7 +20,15 @@ Per horizon, :meth:`EnsembleForecaster.fit` learns on the validation dates (neve
   standard error of the best is kept (the one-standard-error rule; the error counts the horizon's
   overlapping labels, ``n_dates / h`` independent windows): on ~190 validation dates, weights moved
   off the prior on weaker evidence scored lower out of fold (bench/quality.py, synthetic and S&P).
-  Then refitted on all validation dates. ``mode='fixed'``: the prior. A member that is missing (failed,
+  Then refitted on all validation dates. Before that, the ``gate`` (default ``significant``) sets
+  to 0 the prior weight of each member whose mean daily Rank IC on the dates the weights are fitted
+  on is below 0 by more than one standard error (same error as above; ``negative``: below 0 at all;
+  ``none``: no gate), and renormalises; when every member would go, the prior is kept. Members
+  with clearly wrong validation rankings (Prophet's trend on real prices) otherwise kept their
+  prior weight, the rule finding no held-out reason to move: on the bench's saved member forecasts
+  this raised the S&P sample's out-of-fold validation Rank IC and left the synthetic market's
+  unchanged (README). The members whose prior was zeroed are ``excluded_`` per horizon.
+  ``mode='fixed'``: the prior. A member that is missing (failed,
   or no forecast for a row) drops out and the others renormalise, row by row.
 * **Calibration** to return units: the expected excess return over the universe is
   ``beta * score`` with ``beta = max(Rank IC, 1e-6) x spread(realised excess return) / spread(score)``
@@ -70,6 +78,8 @@ VOL_COLUMN = "ref_vol"
 LAMBDAS: tuple[float, ...] = (0.0, 0.01, 0.1, 1.0, 10.0, 100.0)
 HISTORY_DRAWS = 8  # universe deviations paired with each validation row's own residual
 FORMAT_VERSION = 1
+Gate = Literal["none", "negative", "significant"]
+GATES: tuple[str, ...] = ("none", "negative", "significant")
 
 
 def trailing_volatility(prices: pd.DataFrame, window: int = 60, min_periods: int = 20) -> pd.DataFrame:
@@ -145,9 +155,12 @@ class EnsembleForecaster:
         mode: Literal["learned", "fixed"] = "learned",
         levels: Sequence[float] = (0.8, 0.95),
         lambdas: Sequence[float] = LAMBDAS,
+        gate: Gate = "significant",
     ) -> None:
         if mode not in ("learned", "fixed"):
             raise ValueError(f"ensemble mode must be 'learned' or 'fixed', got {mode!r}")
+        if gate not in GATES:
+            raise ValueError(f"ensemble gate must be one of {list(GATES)}, got {gate!r}")
         if any(not 0 < a < 1 for a in levels):
             raise ValueError(f"interval levels must lie in (0, 1), got {list(levels)}")
         if not lambdas or any(not (lam >= 0 and math.isfinite(lam)) for lam in lambdas):
@@ -157,6 +170,7 @@ class EnsembleForecaster:
         self.mode = mode
         self.levels = tuple(float(a) for a in levels)
         self.lambdas = tuple(float(lam) for lam in lambdas)
+        self.gate = gate
 
     # ------------------------------------------------------------------------------------------- fit
     def fit(
@@ -190,6 +204,7 @@ class EnsembleForecaster:
         self.skill_: dict[int, dict[str, float]] = {}
         self.n_valid_: dict[int, int] = {}
         self.usable_: dict[int, bool] = {}
+        self.excluded_: dict[int, list[str]] = {}
         for h in self.horizons:
             y_raw = truth[target_col(h)].to_numpy(dtype=np.float64)
             z = _zscores(preds, keys, h)
@@ -198,7 +213,7 @@ class EnsembleForecaster:
                 logger.warning(
                     "ensemble: fewer than 2 validation dates with h=%d labels: no forecast at h=%d", h, h
                 )
-                self.usable_[h] = False
+                self.usable_[h], self.excluded_[h] = False, []
                 self.weights_[h], self.lambda_[h], self.beta_[h] = [float(v) for v in prior], None, 0.0
                 self.member_beta_[h] = dict.fromkeys(members, 0.0)
                 self.market_[h], self.skill_[h], self.n_valid_[h] = 0.0, dict.fromkeys(members, 0.0), 0
@@ -211,16 +226,24 @@ class EnsembleForecaster:
             self.skill_[h] = {m: rank_ic(dates, z[:, j], y_raw) for j, m in enumerate(members)}
             if self.mode == "learned" and len(members) > 1:
                 daily = {}
+                prior_first = _gated_prior(
+                    prior, dates[first_half], z[first_half], y_raw[first_half], h, self.gate
+                )
                 for lam in self.lambdas:
-                    w = _fit_weights(z[first_half], y_rg[first_half], prior, lam)
+                    w = _fit_weights(z[first_half], y_rg[first_half], prior_first, lam)
                     s, _ = _combine(z[~first_half], w)
                     daily[lam] = _daily_rank_ic(dates[~first_half], s, y_raw[~first_half])
                 lam = _one_se_choice(daily, h)
-                w = _fit_weights(z, y_rg, prior, lam)
+                prior_h = _gated_prior(prior, dates, z, y_raw, h, self.gate)
+                w = _fit_weights(z, y_rg, prior_h, lam)
+                self.excluded_[h] = [
+                    m for m, p, q in zip(members, prior, prior_h, strict=True) if p > 0 and q == 0
+                ]
                 self.lambda_[h] = lam
             else:
                 w = prior.copy()
                 self.lambda_[h] = None
+                self.excluded_[h] = []
             self.weights_[h] = [float(v) for v in w]
             score, _ = _combine(z, w)
             self.beta_[h] = _calibration_slope(dates, score, y_dm)
@@ -340,7 +363,12 @@ class EnsembleForecaster:
             held = np.isin(dates, block)
             rest = truth.loc[~held].reset_index(drop=True)
             fold = EnsembleForecaster(
-                self.prior, self.horizons, mode=self.mode, levels=self.levels, lambdas=self.lambdas
+                self.prior,
+                self.horizons,
+                mode=self.mode,
+                levels=self.levels,
+                lambdas=self.lambdas,
+                gate=self.gate,
             )
             fold.fit(
                 {m: p[~np.isin(p["date"].to_numpy(), block)] for m, p in member_preds.items()},
@@ -366,6 +394,7 @@ class EnsembleForecaster:
             "mode": self.mode,
             "levels": list(self.levels),
             "lambdas": list(self.lambdas),
+            "gate": self.gate,
             "members": list(self.members_),
             "weights": {k: self.weights_[int(k)] for k in hs},
             "lambda": {k: self.lambda_[int(k)] for k in hs},
@@ -376,6 +405,7 @@ class EnsembleForecaster:
             "skill": {k: self.skill_[int(k)] for k in hs},
             "n_valid": {k: self.n_valid_[int(k)] for k in hs},
             "usable": {k: self.usable_[int(k)] for k in hs},
+            "excluded": {k: self.excluded_[int(k)] for k in hs},
         }
 
     @classmethod
@@ -388,6 +418,7 @@ class EnsembleForecaster:
             mode=state["mode"],
             levels=state["levels"],
             lambdas=state.get("lambdas", LAMBDAS),
+            gate=state.get("gate", "none"),
         )
         self.members_ = [str(m) for m in state["members"]]
 
@@ -403,6 +434,8 @@ class EnsembleForecaster:
         self.skill_ = per_h("skill")
         self.n_valid_ = per_h("n_valid")
         self.usable_ = {h: bool(v) for h, v in per_h("usable").items()}
+        self.excluded_ = {int(k): [str(m) for m in v] for k, v in state.get("excluded", {}).items()}
+        self.excluded_ = {h: self.excluded_.get(h, []) for h in self.horizons}
         for h in self.horizons:
             w = np.asarray(self.weights_[h])
             if (
@@ -441,6 +474,27 @@ def _one_se_choice(daily: Mapping[float, pd.Series], h: int) -> float:
         if means[lam] >= means[best] - se:
             chosen = lam
     return chosen
+
+
+def _gated_prior(
+    prior: np.ndarray, dates: np.ndarray, z: np.ndarray, y: np.ndarray, h: int, gate: str
+) -> np.ndarray:
+    """The prior with the weight of each member the ``gate`` excludes set to 0, renormalised (the
+    prior unchanged when it would exclude every member). ``negative``: a member whose mean daily Rank
+    IC on these dates is <= 0; ``significant``: one whose mean is below 0 by more than one standard
+    error (counting the horizon's overlapping labels: ``n_dates / h`` independent windows)."""
+    if gate == "none":
+        return prior
+    keep = np.ones(len(prior), dtype=bool)
+    for j in range(len(prior)):
+        daily = _daily_rank_ic(dates, z[:, j], y).dropna()
+        if len(daily) < 2:
+            continue
+        mean = float(daily.mean())
+        se = float(daily.std()) / math.sqrt(max(len(daily) / h, 1.0)) if gate == "significant" else 0.0
+        keep[j] = mean + se > 0
+    w = prior * keep
+    return w / w.sum() if w.sum() > 0 else prior
 
 
 def _per_date_std(dates: np.ndarray, x: np.ndarray) -> float:
