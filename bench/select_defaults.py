@@ -13,7 +13,12 @@ over models and horizons; at the end the variant with the best mean over both da
 each variant is from it in standard errors of the paired per-date differences; overlapping labels
 make neighbouring dates correlated, so these understate the error, most at 60 days), and what
 choosing per model among the variants on the early-stopping dates would have scored
-(:func:`choose_on_es`: the evidence for or against making a fit choose between them).
+(:func:`choose_on_es`: the evidence for or against making a fit choose between them), and each
+shorter horizon's forecast scored against each longer horizon's return (:func:`cross_horizon`: the
+evidence for the tree models' ``label_horizons``). So that every horizon has its own model to
+compare with, the tree models are fitted here with ``label_horizons={}`` (each horizon learns its
+own return): the 20-day figures of the variant tables are those of 20-day models, and the
+platform's default (``{20: 5}``) scores at 20 days what the last table's ``p5`` does.
 
 ``--origins 0.55 0.7 0.85``: score the same way at several earlier points of the pre-test dates (each
 origin trains on everything before it, early-stops on the next 65 dates, is scored on the 65 after),
@@ -47,7 +52,7 @@ from ensemble.backtest.metrics import rank_ic_by_date  # noqa: E402
 from ensemble.backtest.splits import window  # noqa: E402
 from ensemble.features import Preprocessor, build_features  # noqa: E402
 from ensemble.features.normalize import cross_sectional_targets  # noqa: E402
-from ensemble.models import create_model  # noqa: E402
+from ensemble.models import create_model, get_model_class  # noqa: E402
 
 DEFAULT_VARIANTS = [
     "none/none/default",  # the old behaviour: raw forward return, global scaling, L2 early stopping
@@ -142,18 +147,30 @@ def scoring_splits(
 
 def daily_rank_ic(
     name: str, params: dict[str, Any], train: pd.DataFrame, es: pd.DataFrame, held: pd.DataFrame
-) -> tuple[dict[int, list[float]], dict[int, float]]:
+) -> tuple[dict[int, list[float]], dict[int, float], dict[str, list[float]]]:
     """Fit ``name`` on ``train`` (early stopping on ``es``); its per-date Rank IC on ``held`` per horizon,
-    and its mean Rank IC on the early-stopping dates per horizon (what a choice may look at)."""
+    its mean Rank IC on the early-stopping dates per horizon (what a choice may look at), and on
+    ``held`` the per-date Rank IC of each shorter horizon's forecast against each longer horizon's
+    return (key ``p{short}_h{long}``: would the model learning the shorter target rank better there?)."""
+    if "label_horizons" in get_model_class(name).param_names():  # every horizon its own model
+        params = {"label_horizons": {}, **params}
     model = create_model(name, horizons=HORIZONS, **params).fit(train, es)
 
-    def per_date(rows: pd.DataFrame) -> dict[int, list[float]]:
-        df = model.predict(rows).merge(
+    def scored(rows: pd.DataFrame) -> pd.DataFrame:
+        return model.predict(rows).merge(
             rows[["date", "ticker", *[f"target_h{h}" for h in HORIZONS]]], on=["date", "ticker"]
         )
-        return {h: rank_ic_by_date(df, f"pred_h{h}", f"target_h{h}").dropna().tolist() for h in HORIZONS}
 
-    return per_date(held), {h: float(np.mean(ic)) for h, ic in per_date(es).items()}
+    def per_date(df: pd.DataFrame, p: int, h: int) -> list[float]:
+        return rank_ic_by_date(df, f"pred_h{p}", f"target_h{h}").dropna().tolist()
+
+    df_held, df_es = scored(held), scored(es)
+    cross = {f"p{p}_h{h}": per_date(df_held, p, h) for p in HORIZONS for h in HORIZONS if p < h}
+    return (
+        {h: per_date(df_held, h, h) for h in HORIZONS},
+        {h: float(np.mean(per_date(df_es, h, h))) for h in HORIZONS},
+        cross,
+    )
 
 
 def run_source(
@@ -198,7 +215,9 @@ def run_source(
                 for name in models:
                     t = time.perf_counter()
                     params = variant_params(name, metric, smoothing[0] if smoothing else None, preset or None)
-                    daily, es_ic = daily_rank_ic(name, params, train, es, held)
+                    daily, es_ic, cross = daily_rank_ic(name, params, train, es, held)
+                    for key, ics in cross.items():
+                        res[v][name].setdefault(key, []).extend(ics)
                     for h in HORIZONS:  # the scored dates of every origin, one after another
                         res[v][name][f"h{h}"] += daily[h]
                         res[v][name].setdefault(f"es_h{h}", []).append(es_ic[h])
@@ -234,6 +253,28 @@ def summarise(results: dict[str, Any], variants: list[str]) -> tuple[str, dict[s
         gap = f"   {(means[best] - means[v]) / se:4.1f} s.e. below the best" if v != best else "   <- best"
         print(f"  {v:<26} {means[v]:+.4f}{gap}")
     return best, means
+
+
+def cross_horizon(results: dict[str, Any], variants: list[str]) -> dict[str, float]:
+    """Per data set, variant and model: the mean Rank IC at each longer horizon of the model's own
+    forecast for it and of each shorter horizon's forecast (all scored dates, every block)."""
+    out: dict[str, float] = {}
+    print("\nforecasts of a shorter horizon scored against a longer horizon's return (scored dates):")
+    for src, r in results.items():
+        for v in variants:
+            for name, res in r["variants"][v].items():
+                cells = []
+                for h in HORIZONS[1:]:
+                    own = float(np.mean(res[f"h{h}"]))
+                    out[f"{src}/{v}/{name}/p{h}_h{h}"] = own
+                    cell = f"h{h}: own {own:+.4f}"
+                    for p in [p for p in HORIZONS if p < h]:
+                        x = float(np.mean(res[f"p{p}_h{h}"]))
+                        out[f"{src}/{v}/{name}/p{p}_h{h}"] = x
+                        cell += f" p{p} {x:+.4f}"
+                    cells.append(cell)
+                print(f"  {src:<10} {v:<26} {name:<14} " + "   ".join(cells))
+    return out
 
 
 def _block_mean(r: dict[str, Any], h: int, b: int) -> float:
@@ -292,9 +333,19 @@ def main() -> int:
     results = {s: run_source(s, args.models, args.variants, args.k, args.origins) for s in args.sources}
     best, means = summarise(results, args.variants)
     chosen = choose_on_es(results, args.variants) if len(args.variants) > 1 else {}
+    cross = cross_horizon(results, args.variants)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(
-        json.dumps({"results": results, "means": means, "best": best, "chosen_on_es": chosen}, default=str)
+        json.dumps(
+            {
+                "results": results,
+                "means": means,
+                "best": best,
+                "chosen_on_es": chosen,
+                "cross_horizon": cross,
+            },
+            default=str,
+        )
     )
     print(f"best: {best}; results: {args.json}")
     return 0

@@ -55,7 +55,10 @@ class Recorder(FitCallback):
 def test_boosters_report_every_round_with_validation_predictions(frames, name: str) -> None:
     train, valid = frames
     rec = Recorder()
-    model = create_model(name, horizons=HORIZONS, n_estimators=15, early_stopping_rounds=0, n_jobs=1)
+    # every horizon its own model (label_horizons={}), so every horizon reports its rounds
+    model = create_model(
+        name, horizons=HORIZONS, n_estimators=15, early_stopping_rounds=0, n_jobs=1, label_horizons={}
+    )
     model.fit(train, valid, callbacks=[rec])
     assert rec.started == 1 and rec.ended == 1
     for h in HORIZONS:

@@ -292,7 +292,7 @@ def test_early_stopping_on_valid(name: str, data: tuple, tmp_path: Path) -> None
     model = get_model_class(name)(**params).fit(train, valid=test)
     for h in HORIZONS:
         info = model.fit_info_[h]
-        assert info["n_valid_rows"] == int(test[f"target_h{h}"].notna().sum())
+        assert info["n_valid_rows"] == int(test[model.label(h)].notna().sum())
         assert info["n_rounds"] == info["best_iteration"] + (1 if name == "xgboost" else 0) < 300
     loaded = type(model).load(model.save(tmp_path))
     assert np.array_equal(
@@ -326,11 +326,11 @@ def test_rank_ic_early_stopping_watches_the_mean_of_the_last_rounds(name: str, d
         assert best >= window  # no round before the window's end can be the best
         # what was watched: the mean of the validation Rank IC of the window's rounds, the model
         # truncated after each of them (per-round predictions from the kept trees)
-        ok = test[f"target_h{h}"].notna().to_numpy()
+        ok = test[smooth.label(h)].notna().to_numpy()
         rows, booster = test[ok], smooth.models_[h]
         x = feature_matrix(rows, smooth.feature_names_)
         per_round = [
-            rank_ic(rows["date"].to_numpy(), _first_rounds(booster, x, k), rows[f"target_h{h}"].to_numpy())
+            rank_ic(rows["date"].to_numpy(), _first_rounds(booster, x, k), rows[smooth.label(h)].to_numpy())
             for k in range(best - window + 1, best + 1)
         ]
         assert info["best_valid_rank_ic"] == pytest.approx(np.mean(per_round), abs=1e-6)  # xgb logs 6 digits
@@ -380,3 +380,42 @@ def test_errors_are_clear(name: str, fitted: dict, data: tuple) -> None:
     with pytest.raises(ValueError, match="horizon"):
         fitted[name].explain(test, horizon=7)
     assert cls.name == name and cls.per_ticker is False and cls.uses_sequences is False
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_label_horizons_set_the_return_each_horizon_learns(name: str, data: tuple, tmp_path: Path) -> None:
+    train, test, _ = data
+    cls = get_model_class(name)
+    valid = test if name != "random_forest" else None
+    short = cls(**SMALL[name], label_horizons={20: 5, 60: 5}).fit(train, valid)
+    # the longer horizons learn the 5-day return: one model, shared, whatever their own labels hold
+    garbled = train.assign(target_h20=np.random.default_rng(3).normal(size=len(train)), target_h60=np.nan)
+    again = cls(**SMALL[name], label_horizons={20: 5, 60: 5}).fit(garbled, valid)
+    alone = cls(**SMALL[name], horizons=(5,)).fit(train, valid).predict(test)
+    p, q = short.predict(test), again.predict(test)
+    for h in HORIZONS:
+        assert short.label(h) == "target_h5"
+        assert np.array_equal(p[f"pred_h{h}"].to_numpy(), alone["pred_h5"].to_numpy())
+        assert np.array_equal(p[f"pred_h{h}"].to_numpy(), q[f"pred_h{h}"].to_numpy())
+    assert short.fit_info_[20]["shared_with"] == 5 and short.fit_info_[60]["label"] == "target_h5"
+    loaded = cls.load(short.save(tmp_path))  # meta.json stores the keys as strings
+    assert loaded.resolved_params()["label_horizons"] == {20: 5, 60: 5}
+    assert np.array_equal(loaded.predict(test)[PRED_COLS].to_numpy(), p[PRED_COLS].to_numpy())
+    # the default: the 20-day model learns the 5-day return, the 60-day model its own
+    default = cls(**SMALL[name]).fit(train, valid)
+    assert [default.label(h) for h in HORIZONS] == ["target_h5", "target_h5", "target_h60"]
+    d = default.predict(test)
+    assert np.array_equal(d["pred_h20"].to_numpy(), d["pred_h5"].to_numpy())
+    assert not np.array_equal(d["pred_h60"].to_numpy(), d["pred_h5"].to_numpy())
+    own = cls(**SMALL[name], label_horizons={}).fit(train, valid).predict(test)
+    assert not np.array_equal(own["pred_h20"].to_numpy(), own["pred_h5"].to_numpy())
+    assert cls(label_horizons=None).resolved_params()["label_horizons"] == {}
+    # only the model's own horizons' returns are learned: none up to 5 days here, so its own
+    assert [cls(horizons=(20, 60), label_horizons={20: 5}).label(h) for h in (20, 60)] == [
+        "target_h20",
+        "target_h60",
+    ]
+    assert cls(label_horizons={60: 30}).label(60) == "target_h20"  # the longest up to 30 days
+    for bad in ({20: 0}, {20: 2.5}, {"x": 5}, {20: True}, [20, 5], 5):
+        with pytest.raises(ValueError, match="label_horizons must map horizons to horizons"):
+            cls(**SMALL[name], label_horizons=bad)

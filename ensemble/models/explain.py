@@ -1,7 +1,8 @@
 """The global tree models' shared machinery and their per-prediction explanations.
 
 XGBoost, LightGBM and Random Forest are *global cross-sectional* models: one model per horizon over
-all (ticker, date) rows, each row predicted from its own features only. :class:`TreeForecaster`
+all (ticker, date) rows, each row predicted from its own features only (horizons that learn the same
+return share one model: ``label_horizons`` in :data:`COMMON_DEFAULTS`). :class:`TreeForecaster`
 holds what the three share (parameters, the feature matrix, the fit loop over horizons, predict,
 explain, save / load); each subclass supplies the library calls.
 
@@ -35,7 +36,7 @@ from __future__ import annotations
 import logging
 import time
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -154,11 +155,43 @@ def forest_path_contributions(forest: Any, x: np.ndarray) -> tuple[np.ndarray, n
     return contrib, np.full(x.shape[0], bias / len(trees))
 
 
+def _label_map(owner: str, value: Any) -> dict[int, int]:
+    """``label_horizons`` with integer keys (JSON stores them as strings); None: {} (every horizon
+    learns its own return)."""
+    if value is None:
+        return {}
+    error = ValueError(
+        f"{owner}: label_horizons must map horizons to horizons (integers >= 1), got {value!r}"
+    )
+    if not isinstance(value, Mapping):
+        raise error
+    out: dict[int, int] = {}
+    for k, v in value.items():
+        if not str(k).isdigit() or isinstance(v, bool) or not isinstance(v, int) or int(k) < 1 or v < 1:
+            raise error
+        out[int(k)] = v
+    return out
+
+
+# Parameters the three tree models share, beside each module's DEFAULTS.
+COMMON_DEFAULTS: dict[str, Any] = {
+    # horizon -> the horizon whose forward return its model learns (a horizon not listed learns its
+    # own; a listed one learns the longest of the model's horizons up to the mapped one, its own when
+    # none is). Horizons that learn the same return share one fitted model (fitted once, saved per
+    # horizon); the ensemble's calibration maps each horizon's forecast to that horizon's return.
+    # {20: 5}: chosen on validation dates only (README, bench/select_defaults.py): the 5-day models
+    # ranked the 20-day return better than models fitted on its overlapping, noisier labels; at 60
+    # days the evidence conflicted, so the 60-day models keep their own.
+    "label_horizons": {20: 5},
+}
+
+
 class TreeForecaster(Forecaster):
     """One tree model per horizon over all (ticker, date) rows; see the module docstring.
 
     Subclasses set ``name``, ``defaults`` (every parameter with its default; unknown parameters are
-    refused), ``artifact_suffix`` and ``artifact_magic``, and implement the library hooks.
+    refused; :data:`COMMON_DEFAULTS` are added), ``artifact_suffix`` and ``artifact_magic``, and
+    implement the library hooks.
     """
 
     defaults: ClassVar[dict[str, Any]] = {}
@@ -167,18 +200,27 @@ class TreeForecaster(Forecaster):
 
     @classmethod
     def param_names(cls) -> frozenset[str]:
-        return frozenset(cls.defaults)
+        return frozenset(cls.defaults) | frozenset(COMMON_DEFAULTS)
 
     def __init__(self, horizons: Sequence[int] = DEFAULT_HORIZONS, **params: Any) -> None:
         unknown = sorted(set(params) - self.param_names())
         if unknown:
             raise TypeError(
-                f"{type(self).__name__}: unknown parameters {unknown}; known: {sorted(self.defaults)}"
+                f"{type(self).__name__}: unknown parameters {unknown}; known: {sorted(self.param_names())}"
             )
+        if "label_horizons" in params:
+            params["label_horizons"] = _label_map(type(self).__name__, params["label_horizons"])
         super().__init__(horizons, **params)
 
     def resolved_params(self) -> dict[str, Any]:
-        return {**self.defaults, **self.params}
+        return {**COMMON_DEFAULTS, **self.defaults, **self.params}
+
+    def label(self, h: int) -> str:
+        """The target column the model of horizon ``h`` learns (``label_horizons``, see
+        :data:`COMMON_DEFAULTS`)."""
+        to = self.resolved_params()["label_horizons"].get(int(h))
+        shorter = [k for k in self.horizons if to is not None and k <= min(int(h), to)]
+        return target_col(max(shorter) if shorter else int(h))
 
     # -- library hooks --------------------------------------------------------------------------------
     def _prepare(self, x: np.ndarray) -> None:
@@ -282,30 +324,34 @@ class TreeForecaster(Forecaster):
             cb.on_fit_start(self)
         models: dict[int, Any] = {}
         info: dict[int, dict[str, Any]] = {}
+        fitted_on: dict[str, int] = {}  # label column -> the horizon whose model learned it
         for h in self.horizons:
-            y = train[target_col(h)].to_numpy(dtype=np.float64, na_value=np.nan)
+            label = self.label(h)
+            if label in fitted_on:  # the same return as an earlier horizon's model: share it
+                first = fitted_on[label]
+                models[h], info[h] = models[first], {**info[first], "shared_with": first}
+                continue
+            y = train[label].to_numpy(dtype=np.float64, na_value=np.nan)
             ok = np.isfinite(y)
             if not ok.any():
-                raise ValueError(
-                    f"{self.name}: target {target_col(h)} has no finite value in the training frame"
-                )
+                raise ValueError(f"{self.name}: target {label} has no finite value in the training frame")
             xv_h = yv_h = dv_h = None
             if valid is not None and xv is not None:
-                yv_all = valid[target_col(h)].to_numpy(dtype=np.float64, na_value=np.nan)
+                yv_all = valid[label].to_numpy(dtype=np.float64, na_value=np.nan)
                 okv = np.isfinite(yv_all)
                 if okv.any():
                     xv_h, yv_h = xv[okv], yv_all[okv]
                     dv_h = valid["date"].to_numpy()[okv]
                 else:
                     logger.warning(
-                        "%s: no finite %s in the validation frame: no early stopping",
-                        self.name,
-                        target_col(h),
+                        "%s: no finite %s in the validation frame: no early stopping", self.name, label
                     )
             t0 = time.perf_counter()
             models[h], extra = self._fit_one(h, x[ok], y[ok], xv_h, yv_h, p, callbacks, dv_h)
             seconds = time.perf_counter() - t0
+            fitted_on[label] = h
             info[h] = {
+                "label": label,
                 "n_train_rows": int(ok.sum()),
                 "n_valid_rows": 0 if yv_h is None else len(yv_h),
                 "fit_seconds": seconds,
