@@ -329,7 +329,7 @@ class TreeForecaster(Forecaster):
             label = self.label(h)
             if label in fitted_on:  # the same return as an earlier horizon's model: share it
                 first = fitted_on[label]
-                models[h], info[h] = models[first], {**info[first], "shared_with": first}
+                models[h], info[h] = models[first], {**info[first], "fit_seconds": 0.0, "shared_with": first}
                 continue
             y = train[label].to_numpy(dtype=np.float64, na_value=np.nan)
             ok = np.isfinite(y)
