@@ -57,9 +57,11 @@ def validation_only(folder: Path) -> tuple[dict[str, pd.DataFrame], pd.DataFrame
     return members, vtruth, history
 
 
-def daily_oof(folder: Path, gate: str) -> dict[int, pd.Series]:
-    """Per horizon, the out-of-fold daily Rank IC averaged over :data:`FOLDS`."""
-    members, vtruth, history = validation_only(folder)
+def daily_oof(
+    members: dict[str, pd.DataFrame], vtruth: pd.DataFrame, history: pd.DataFrame, gate: str
+) -> dict[int, pd.Series]:
+    """Per horizon, the out-of-fold daily Rank IC averaged over :data:`FOLDS` (:func:`validation_only`'s
+    data of one folder)."""
     ec = EnsembleConfig()
     ens = EnsembleForecaster(ec.weights, HORIZONS, mode="learned", levels=ec.interval_levels, gate=gate)  # type: ignore[arg-type]
     out: dict[int, pd.Series] = {}
@@ -99,7 +101,10 @@ def main() -> int:
                 subprocess.run(cmd, check=True)
     default = EnsembleConfig().member_gate
     gates = list(dict.fromkeys([default, *args.gates]))
-    daily = {(f, g): daily_oof(f, g) for f in args.folders for g in gates}
+    daily = {}
+    for f in args.folders:
+        data = validation_only(f)  # read once per folder
+        daily.update({(f, g): daily_oof(*data, g) for g in gates})
     print(f"out-of-fold validation Rank IC (folds {FOLDS} averaged), h5 / h20 / h60, mean")
     for f in args.folders:
         for g in gates:

@@ -92,8 +92,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # the same file's earlier LightGBM learning rate (0.0421, as its XGBoost's)
     "qlib_slow": {"lightgbm": {**QLIB_LIGHTGBM, "learning_rate": 0.0421}},
     "l1l2": {
-        "lightgbm": {"reg_alpha": 205.6999, "reg_lambda": 580.9768},
-        "xgboost": {"reg_alpha": 205.6999, "reg_lambda": 580.9768},
+        name: {k: QLIB_LIGHTGBM[k] for k in ("reg_alpha", "reg_lambda")} for name in ("lightgbm", "xgboost")
     },
 }
 PURGE = 70  # dates between the end of training and an origin (> the longest horizon)

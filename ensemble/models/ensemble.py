@@ -62,7 +62,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -79,7 +79,7 @@ LAMBDAS: tuple[float, ...] = (0.0, 0.01, 0.1, 1.0, 10.0, 100.0)
 HISTORY_DRAWS = 8  # universe deviations paired with each validation row's own residual
 FORMAT_VERSION = 1
 Gate = Literal["none", "negative", "significant"]
-GATES: tuple[str, ...] = ("none", "negative", "significant")
+GATES: tuple[str, ...] = get_args(Gate)
 
 
 def trailing_volatility(prices: pd.DataFrame, window: int = 60, min_periods: int = 20) -> pd.DataFrame:
@@ -434,8 +434,8 @@ class EnsembleForecaster:
         self.skill_ = per_h("skill")
         self.n_valid_ = per_h("n_valid")
         self.usable_ = {h: bool(v) for h, v in per_h("usable").items()}
-        self.excluded_ = {int(k): [str(m) for m in v] for k, v in state.get("excluded", {}).items()}
-        self.excluded_ = {h: self.excluded_.get(h, []) for h in self.horizons}
+        excluded = state.get("excluded", {})  # absent from states saved before the gate
+        self.excluded_ = {h: [str(m) for m in excluded.get(str(h), [])] for h in self.horizons}
         for h in self.horizons:
             w = np.asarray(self.weights_[h])
             if (
@@ -457,6 +457,12 @@ def _daily_rank_ic(dates: np.ndarray, score: np.ndarray, y: np.ndarray) -> pd.Se
     return rank_ic_by_date(pd.DataFrame({"date": dates, "s": score, "y": y}), "s", "y")
 
 
+def _overlap_se(daily: pd.Series, h: int) -> float:
+    """The standard error of the mean of daily figures whose ``h``-day labels overlap: ``n_dates / h``
+    independent windows (at least one)."""
+    return float(daily.std()) / math.sqrt(max(len(daily) / h, 1.0))
+
+
 def _one_se_choice(daily: Mapping[float, pd.Series], h: int) -> float:
     """The largest ``lambda`` (closest to the prior) whose held-out mean Rank IC is within one standard
     error of the best one's (the one-standard-error rule). The error of a difference of mean daily
@@ -470,8 +476,7 @@ def _one_se_choice(daily: Mapping[float, pd.Series], h: int) -> float:
         diff = (daily[lam] - daily[best]).dropna()
         if len(diff) < 2:
             continue
-        se = float(diff.std()) / math.sqrt(max(len(diff) / h, 1.0))
-        if means[lam] >= means[best] - se:
+        if means[lam] >= means[best] - _overlap_se(diff, h):
             chosen = lam
     return chosen
 
@@ -490,9 +495,8 @@ def _gated_prior(
         daily = _daily_rank_ic(dates, z[:, j], y).dropna()
         if len(daily) < 2:
             continue
-        mean = float(daily.mean())
-        se = float(daily.std()) / math.sqrt(max(len(daily) / h, 1.0)) if gate == "significant" else 0.0
-        keep[j] = mean + se > 0
+        se = _overlap_se(daily, h) if gate == "significant" else 0.0
+        keep[j] = float(daily.mean()) + se > 0
     w = prior * keep
     return w / w.sum() if w.sum() > 0 else prior
 
