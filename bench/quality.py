@@ -19,9 +19,14 @@ dates (the sequence models read the ``seq_len`` days before the first test date 
 Prophet is fitted per ticker in ``--prophet-procs`` processes (the per-ticker seconds are in-process
 fit times).
 
-``--prophet-refit-every N`` adds a row for Prophet used the way a per-ticker time-series model is
-run in production: refitted walk-forward every N test dates on the last 500 days up to the block's
-first date, each block predicted by the model fitted at its start (kept out of the ensemble).
+Prophet's test forecasts are made the way ``jobs.score`` makes them (``--prophet-refit-every N``,
+default ``scoring.prophet_refit_every_days``): its per-ticker models are refitted walk-forward every
+N test dates on the last ``training.training_days`` dates up to the block's first date, each block
+predicted by the models fitted at its start, and those forecasts are the member's row and what the
+ensemble combines. Its validation forecasts come from the one fit through the training end, as in
+``jobs.train``, which fits the weights on them. That one fit's test forecasts, up to a year and a half
+stale, are kept as the row ``prophet_fit_once`` (out of the ensemble); ``N = 0`` makes them the
+member's test forecasts instead, as before.
 
 Baselines, from prices only: 5-day reversal ``-log(close[t]/close[t-5])`` and 12-1 momentum
 ``log(close[t-21]/close[t-252])``. Two ensembles over the models that ran: the learned one
@@ -67,6 +72,7 @@ from ensemble.config import (  # noqa: E402
     MODEL_NAMES,
     EnsembleConfig,
     FeatureConfig,
+    ScoringConfig,
     SyntheticConfig,
     TrainingConfig,
 )
@@ -151,16 +157,25 @@ def fit_prophet(train: pd.DataFrame, procs: int, params: dict[str, Any] | None =
 
 
 def prophet_walk_forward(
-    frame: pd.DataFrame, test_dates: pd.DatetimeIndex, every: int, procs: int, max_history: int
+    prices: pd.DataFrame,
+    frame: pd.DataFrame,
+    test_dates: pd.DatetimeIndex,
+    every: int,
+    procs: int,
+    max_history: int,
 ) -> tuple[pd.DataFrame, int]:
-    """Prophet refitted every ``every`` test dates on the last ``max_history`` rows of each ticker up
-    to (and including) the first date of the block, predicting that block only: each forecast uses
-    a model fitted on closes dated <= its own date. Returns the predictions and the number of fits."""
+    """Prophet refitted every ``every`` test dates on each ticker's closes (``prices``) of the last
+    ``max_history`` trading dates up to (and including) the first date of the block, predicting that
+    block's rows of ``frame`` only: each forecast uses a model fitted on closes dated <= its own date.
+    Returns the predictions and the number of fits."""
     preds, fits = [], 0
+    all_dates = pd.DatetimeIndex(np.sort(prices["date"].unique()))
     for i in range(0, len(test_dates), every):
         block = test_dates[i : i + every]
-        hist = frame.loc[frame["date"] <= block[0], ["date", "ticker", "close"]]
-        hist = hist.groupby("ticker", sort=False, observed=True).tail(max_history)
+        first = all_dates[max(0, all_dates.get_loc(block[0]) - max_history + 1)]
+        hist = prices.loc[
+            (prices["date"] >= first) & (prices["date"] <= block[0]), ["date", "ticker", "close"]
+        ]
         model = fit_prophet(hist, procs, params={"max_history": max_history})
         fits += len(model.models_)
         rows = frame.loc[frame["date"].isin(block), ["date", "ticker"]]
@@ -250,6 +265,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             fit_s = time.perf_counter() - t
             p = model.predict(test_in)
             pv = model.predict(valid_in)
+            if name == "prophet" and args.prophet_refit_every > 0:  # the test dates as jobs.score runs it
+                once = p[p["date"] >= sp["test_start"]].reset_index(drop=True)
+                rows["prophet_fit_once"] = score(once, truth)
+                t_wf = time.perf_counter()
+                test_dates = dates[dates >= sp["test_start"]]
+                p, wf_fits = prophet_walk_forward(
+                    prices,
+                    frame,
+                    test_dates,
+                    args.prophet_refit_every,
+                    args.prophet_procs,
+                    TrainingConfig().training_days,
+                )
+                wf_s = time.perf_counter() - t_wf
         except Exception as exc:  # reported, never replaced
             logger.exception("%s failed", name)
             rows[name] = {"error": f"{type(exc).__name__}: {exc}"}
@@ -269,6 +298,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 tickers=len(model.models_),
                 failed=len(model.failed_),
             )
+            if args.prophet_refit_every > 0:
+                rows[name].update(refit_every=args.prophet_refit_every, refit_fits=wf_fits, refit_s=wf_s)
         elif hasattr(model, "n_epochs_"):
             rows[name].update(epochs=model.n_epochs_, best_epoch=model.best_epoch_)
         elif hasattr(model, "fit_info_"):
@@ -277,16 +308,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"  {name:<14} fit {fit_s:7.1f} s   valid Rank IC h5 {vrows[name]['ic_h5']:+.4f} "
             f"h20 {vrows[name]['ic_h20']:+.4f} h60 {vrows[name]['ic_h60']:+.4f}   "
             f"test h5 {rows[name]['ic_h5']:+.4f} h20 {rows[name]['ic_h20']:+.4f} h60 {rows[name]['ic_h60']:+.4f}",
-            flush=True,
-        )
-    if saved is None and "prophet" in args.models and args.prophet_refit_every > 0:
-        t = time.perf_counter()
-        test_dates = dates[dates >= sp["test_start"]]
-        p, fits = prophet_walk_forward(frame, test_dates, args.prophet_refit_every, args.prophet_procs, 500)
-        name = f"prophet_wf{args.prophet_refit_every}"
-        rows[name] = {**score(p, truth), "fit_s": time.perf_counter() - t, "fits": fits}
-        print(
-            f"  {name:<14} fit {rows[name]['fit_s']:7.1f} s   test Rank IC h5 {rows[name]['ic_h5']:+.4f}",
             flush=True,
         )
     coverage: dict[str, float] = {}
@@ -357,15 +378,17 @@ def table(res: dict[str, Any]) -> str:
         note = ""
         if "per_ticker_s" in r:
             note = f"{r['per_ticker_s']:.2f} s/ticker in-process, {r['tickers']} fitted, {r['failed']} failed"
+            if "refit_every" in r:
+                note += (
+                    f"; test: refitted every {r['refit_every']} dates ({r['refit_fits']} fits, "
+                    f"{r['refit_s']:.0f} s)"
+                )
         elif "epochs" in r:
             note = f"{r['epochs']} epochs (best {r['best_epoch']})"
         lines.append(line(name, r, note))
-    for name in [n for n in res["models"] if n.startswith("prophet_wf")]:
-        every = name.removeprefix("prophet_wf")
-        note = (
-            f"walk-forward: refit every {every} test dates on <= 500 days, {res['models'][name]['fits']} fits"
-        )
-        lines.append(line(name, res["models"][name], note))
+    if "prophet_fit_once" in res["models"]:
+        note = "Prophet's one fit through the training end on the test dates (not in the ensemble)"
+        lines.append(line("prophet_fit_once", res["models"]["prophet_fit_once"], note))
     if "ensemble" in res["models"]:
         lines.append(line("ensemble", res["models"]["ensemble"], "learned weights (validation), calibrated"))
     if "ensemble_fixed" in res["models"]:
@@ -412,8 +435,9 @@ def main() -> int:
     ap.add_argument(
         "--prophet-refit-every",
         type=int,
-        default=0,
-        help="also score Prophet refitted walk-forward every N test dates (0: off; not in the ensemble)",
+        default=ScoringConfig().prophet_refit_every_days,
+        help="Prophet's test forecasts from refits every N test dates, as jobs.score makes them "
+        "(default: scoring.prophet_refit_every_days; 0: the one fit through the training end)",
     )
     ap.add_argument("--target", choices=list(KINDS), default=TrainingConfig().target)
     ap.add_argument("--cs-norm", choices=list(KINDS), default=FeatureConfig().cs_norm)
