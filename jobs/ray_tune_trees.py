@@ -38,7 +38,8 @@ Cost budget
     what the stage was billed between the first and the latest finish per trial finished in between
     (which includes Tune's overhead and reserved CPUs left idle between trials), and stops
     launching trials (``Searcher.FINISHED``) when the spend so far + what the running trials still
-    need + one more trial + the refit (one trial per horizon) would pass ``cost_limit_usd``; the
+    need + one more trial + the refit (one trial per model it fits: horizons that learn the same
+    return, ``label_horizons``, share one) would pass ``cost_limit_usd``; the
     reason (``"cost budget guard: ..."``) goes to ``meter.note_stop``. As a backstop,
     ``time_budget_s`` = the budget left at the start / the price per second of the reserved CPUs
     ends the experiment when the limit is reached even if the estimate was wrong (reason
@@ -256,7 +257,8 @@ class _BudgetGuard:
                     self.stop_reason = (
                         f"cost budget guard: ${spent:.4f} spent of cost_limit_usd ${self.meter.limit_usd:.4f}; "
                         f"one more trial (~${est:.4f}, from {len(self.finished_usd)} finished) + "
-                        f"{len(self.running)} running (~${running:.4f} to go) + the refit (~${refit:.4f}) "
+                        f"{len(self.running)} running (~${running:.4f} to go) + the refit "
+                        f"({self.refit_trials} fits, ~${refit:.4f}) "
                         f"would pass it: stopped launching trials after {self.launched} of {self.requested}"
                     )
                     logger.info("%s: %s", self.stage, self.stop_reason)
@@ -393,7 +395,9 @@ def tune_tree_model(
 
     fixed = member_params(settings, name)
     fixed.setdefault("random_state", tc.seed)
-    resolved = cls(horizons=horizons, **fixed).resolved_params()  # refuses unknown parameters now
+    probe = cls(horizons=horizons, **fixed)  # refuses unknown parameters now
+    resolved = probe.resolved_params()
+    refit_fits = len({probe.label(k) for k in horizons})  # horizons learning one return share a fit
     space = {k: v for k, v in search_space(name).items() if k not in fixed}
     defaults_point = {k: resolved[k] for k in space}
     trial_fixed = {**{k: v for k, v in cls.trial_overrides.items() if k not in fixed}, **fixed}
@@ -454,7 +458,7 @@ def tune_tree_model(
             sampler=optuna.samplers.TPESampler(seed=tc.seed),
         )
         token = uuid.uuid4().hex
-        guard = _BudgetGuard(meter, stage, rc.trial_cpus, len(horizons), requested)
+        guard = _BudgetGuard(meter, stage, rc.trial_cpus, refit_fits, requested)
         _GUARDS[token] = guard
         root = Path(storage_path or rc.storage_path).expanduser().resolve()
         run_name = f"tune-{name}-{time.strftime('%Y%m%d-%H%M%S')}-{token[:6]}"

@@ -145,6 +145,9 @@ def test_tune_stops_launching_trials_at_the_cost_budget(ray_local, frames, tmp_p
     assert out.stop_reason is not None and out.stop_reason.startswith("cost budget guard: "), out.stop_reason
     assert f"cost_limit_usd ${meter.limit_usd:.4f}" in out.stop_reason
     assert f"stopped launching trials after {out.trials_run} of {requested}" in out.stop_reason
+    # the refit is priced as the models it fits: 5, 20 and 60 days, the 20-day one learning the
+    # 5-day return (label_horizons' default), so two fits, not three
+    assert "+ the refit (2 fits, ~$" in out.stop_reason, out.stop_reason
     assert meter.report()["stopped"] == [f"xgboost.tune: {out.stop_reason}"]
     # billed by the end of tuning (Tune's wind-down after the stop included): within the limit + one
     # trial (the costliest trial's own time x its CPU, at $1 per CPU-second)
