@@ -24,7 +24,7 @@ default ``scoring.prophet_refit_every_days``): its per-ticker models are refitte
 N test dates on the last ``training.training_days`` dates up to the block's first date, each block
 predicted by the models fitted at its start, and those forecasts are the member's row and what the
 ensemble combines. Its validation forecasts come from the one fit through the training end, as in
-``jobs.train``, which fits the weights on them. That one fit's test forecasts, up to a year and a half
+``jobs.train``, which fits the weights on them. That one fit's test forecasts, up to two years
 stale, are kept as the row ``prophet_fit_once`` (out of the ensemble); ``N = 0`` makes them the
 member's test forecasts instead, as before.
 
