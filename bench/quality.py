@@ -73,14 +73,17 @@ from ensemble.config import (  # noqa: E402
     EnsembleConfig,
     FeatureConfig,
     ScoringConfig,
+    Settings,
     SyntheticConfig,
     TrainingConfig,
+    load_settings,
 )
 from ensemble.features import Preprocessor, build_features  # noqa: E402
 from ensemble.features.normalize import KINDS, cross_sectional_targets  # noqa: E402
 from ensemble.models import create_model  # noqa: E402
 from ensemble.models.ensemble import VOL_COLUMN, EnsembleForecaster, trailing_volatility  # noqa: E402
 from ensemble.models.prophet_model import ProphetForecaster  # noqa: E402
+from ensemble.scoring import per_ticker_fit_frame  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 HORIZONS = tuple(DEFAULT_HORIZONS)
@@ -162,21 +165,19 @@ def prophet_walk_forward(
     test_dates: pd.DatetimeIndex,
     every: int,
     procs: int,
-    max_history: int,
+    settings: Settings,
 ) -> tuple[pd.DataFrame, int]:
-    """Prophet refitted every ``every`` test dates on each ticker's closes (``prices``) of the last
-    ``max_history`` trading dates up to (and including) the first date of the block, predicting that
-    block's rows of ``frame`` only: each forecast uses a model fitted on closes dated <= its own date.
-    Returns the predictions and the number of fits."""
+    """Prophet refitted every ``every`` test dates on what a refit in scoring fits on as of the
+    block's first date (:func:`ensemble.scoring.per_ticker_fit_frame`: each ticker's closes over the
+    last ``training.training_days`` trading dates up to it), predicting that block's rows of ``frame``
+    only: each forecast uses a model fitted on closes dated <= its own date. Returns the predictions
+    and the number of fits."""
     preds, fits = [], 0
-    all_dates = pd.DatetimeIndex(np.sort(prices["date"].unique()))
+    tickers = [str(t) for t in prices["ticker"].unique()]
     for i in range(0, len(test_dates), every):
         block = test_dates[i : i + every]
-        first = all_dates[max(0, all_dates.get_loc(block[0]) - max_history + 1)]
-        hist = prices.loc[
-            (prices["date"] >= first) & (prices["date"] <= block[0]), ["date", "ticker", "close"]
-        ]
-        model = fit_prophet(hist, procs, params={"max_history": max_history})
+        hist = per_ticker_fit_frame(settings, ProphetForecaster(HORIZONS), prices, block[0], tickers)
+        model = fit_prophet(hist, procs)
         fits += len(model.models_)
         rows = frame.loc[frame["date"].isin(block), ["date", "ticker"]]
         preds.append(model.predict(rows))
@@ -276,7 +277,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     test_dates,
                     args.prophet_refit_every,
                     args.prophet_procs,
-                    TrainingConfig().training_days,
+                    load_settings(),
                 )
                 wf_s = time.perf_counter() - t_wf
         except Exception as exc:  # reported, never replaced
