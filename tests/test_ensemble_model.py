@@ -12,7 +12,7 @@ from scipy import stats
 
 from ensemble.backtest.metrics import interval_coverage, rank_ic
 from ensemble.features.normalize import cross_sectional_targets, per_date
-from ensemble.models.ensemble import VOL_COLUMN, EnsembleForecaster, trailing_volatility
+from ensemble.models.ensemble import VOL_COLUMN, EnsembleForecaster, outside_block, trailing_volatility
 
 HORIZONS = (5, 20)
 PRIOR = {"good": 0.2, "noise": 0.4, "weak": 0.4}
@@ -237,6 +237,44 @@ def test_the_gate_zeroes_the_prior_of_a_member_with_significantly_negative_valid
         )
     with pytest.raises(ValueError, match="gate"):
         EnsembleForecaster(PRIOR, HORIZONS, gate="sometimes")  # type: ignore[arg-type]
+
+
+def test_outside_block_purges_the_labels_that_overlap_the_held_out_block() -> None:
+    """By hand: 2 tickers x 10 dates, block = dates 4..5. Rows before it keep a label realised by
+    date 3 (h=2: dates 0, 1); rows after it lose the labels of its first h dates (h=2: 6, 7)."""
+    dates = pd.bdate_range("2021-01-04", periods=10)
+    f = pd.DataFrame({"date": np.tile(dates, 2), "ticker": np.repeat(["A", "B"], 10)})
+    f["target_h2"] = np.arange(20.0)
+    f["target_h1"] = 100.0 + np.arange(20.0)
+    f["ref_vol"] = 0.01
+    shuffled = f.sample(frac=1.0, random_state=0)  # any row order: the result keeps it
+    out = outside_block(shuffled, dates[4:6])
+    assert out.index.tolist() == [i for i in shuffled.index if f.loc[i, "date"] not in dates[4:6]]
+    day = {i: dates.get_loc(f.loc[i, "date"]) for i in out.index}
+    for i in out.index:
+        kept2 = day[i] in (0, 1, 8, 9)
+        kept1 = day[i] in (0, 1, 2, 7, 8, 9)
+        assert np.isfinite(out.loc[i, "target_h2"]) == kept2, (i, day[i])
+        assert np.isfinite(out.loc[i, "target_h1"]) == kept1, (i, day[i])
+        if kept2:
+            assert out.loc[i, "target_h2"] == f.loc[i, "target_h2"]
+    assert (out["ref_vol"] == 0.01).all()
+
+
+def test_the_shrinkage_choice_reads_no_label_that_overlaps_the_second_half() -> None:
+    """lambda is chosen by fitting on the first half of the validation dates and scoring on the
+    second: the first half's last h dates' labels overlap the second half's and are purged, so
+    poisoning them with labels that follow one member leaves the choice and the gate unchanged."""
+    members, truth = panel(n_dates=100)
+    dates = np.sort(truth["date"].unique())
+    poisoned = truth.copy()
+    for h in HORIZONS:
+        zone = truth["date"].isin(dates[50 - h : 50]).to_numpy()  # the first half ends at date 49
+        poisoned.loc[zone, f"target_h{h}"] = -members["good"].loc[zone, f"pred_h{h}"].to_numpy()
+    clean = EnsembleForecaster(PRIOR, HORIZONS).fit(members, truth)
+    again = EnsembleForecaster(PRIOR, HORIZONS).fit(members, poisoned)
+    for h in HORIZONS:
+        assert again.lambda_[h] == clean.lambda_[h]
 
 
 def test_fitting_reads_only_the_rows_it_is_given(fitted) -> None:

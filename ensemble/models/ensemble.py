@@ -15,8 +15,9 @@ Per horizon, :meth:`EnsembleForecaster.fit` learns on the validation dates (neve
   per-date rank-gaussian realised return on the members' z-scores, with a ridge penalty pulling the
   weights toward the configured prior (``lambda * n * ||w - prior||^2``). ``lambda`` is chosen among
   ``lambdas`` (default :data:`LAMBDAS`; ``(0,)`` is plain non-negative least squares) on the
-  validation dates themselves, honestly: weights fitted on the first half for each candidate,
-  scored by Rank IC on the second half; the largest lambda (closest to the prior) within one
+  validation dates themselves, honestly: weights fitted on the first half for each candidate (its
+  labels that overlap the second half's purged, :func:`outside_block`: at h days, the first half's
+  last h dates), scored by Rank IC on the second half; the largest lambda (closest to the prior) within one
   standard error of the best is kept (the one-standard-error rule; the error counts the horizon's
   overlapping labels, ``n_dates / h`` independent windows): on ~190 validation dates, weights moved
   off the prior on weaker evidence scored lower out of fold (bench/quality.py, synthetic and S&P).
@@ -69,7 +70,9 @@ import pandas as pd
 from scipy.optimize import nnls
 
 from ensemble.backtest.metrics import rank_ic, rank_ic_by_date
+from ensemble.backtest.splits import purge_labels
 from ensemble.features.normalize import per_date
+from ensemble.features.targets import target_horizon
 from ensemble.models.base import KEY_COLUMNS, pred_col, target_col
 
 logger = logging.getLogger(__name__)
@@ -113,6 +116,36 @@ def _own_returns(history: pd.DataFrame, h: int, before: Any) -> tuple[np.ndarray
     scale = hist[VOL_COLUMN].to_numpy(dtype=np.float64) * math.sqrt(h)
     ok = np.isfinite(own) & np.isfinite(scale) & (scale > 0)
     return own[ok], scale[ok]
+
+
+def outside_block(frame: pd.DataFrame, block: Any) -> pd.DataFrame:
+    """``frame``'s rows dated outside ``block`` (consecutive trading dates held out), in their order
+    and with their index, every label that overlaps a held-out label blanked, per horizon h (each
+    ``target_h{h}`` column): the rows before the block purged at the last date before it
+    (:func:`purge_labels`: labels realised inside the block), and the rows of the first h dates
+    after it (labels that start inside the block's label windows)."""
+    block = pd.to_datetime(np.asarray(block))
+    d = pd.to_datetime(frame["date"]).to_numpy()
+    keep = ~np.isin(d, block.to_numpy())
+    out = frame.loc[keep].reset_index(drop=True)
+    if len(block) == 0 or out.empty:
+        return out.set_axis(frame.index[keep])
+    d = d[keep]
+    before = np.flatnonzero(d < block.min().to_datetime64())
+    after = d > block.max().to_datetime64()
+    later = np.unique(d[after])
+    for col in out.columns:
+        h = target_horizon(str(col))
+        if h is None:
+            continue
+        values = out[col].to_numpy(dtype=np.float64, copy=True)
+        if before.size:
+            part = out.iloc[before].sort_values(["ticker", "date"], kind="stable")
+            purged = purge_labels(part[["ticker", "date", col]], d[before].max())[col]
+            values[purged.index.to_numpy()] = purged.to_numpy()
+        values[after & np.isin(d, later[:h])] = np.nan
+        out[col] = values
+    return out.set_axis(frame.index[keep])
 
 
 def _zscores(member_preds: Mapping[str, pd.DataFrame], keys: pd.DataFrame, h: int) -> np.ndarray:
@@ -193,6 +226,8 @@ class EnsembleForecaster:
         dates = keys["date"].to_numpy()
         udates = np.unique(dates)
         first_half = dates <= udates[max(0, len(udates) // 2 - 1)]
+        # the first half's rows with every label that overlaps the second half's blanked
+        first_part = outside_block(truth.reset_index(drop=True), udates[~np.isin(udates, dates[first_half])])
         vol = truth[VOL_COLUMN].to_numpy(dtype=np.float64)
         self.members_ = members
         self.weights_: dict[int, list[float]] = {}
@@ -226,11 +261,11 @@ class EnsembleForecaster:
             self.skill_[h] = {m: rank_ic(dates, z[:, j], y_raw) for j, m in enumerate(members)}
             if self.mode == "learned" and len(members) > 1:
                 daily = {}
-                prior_first = _gated_prior(
-                    prior, dates[first_half], z[first_half], y_raw[first_half], h, self.gate
-                )
+                y_first = first_part[target_col(h)].to_numpy(dtype=np.float64)  # purged at the halves
+                y_rg_first = per_date(first_part.assign(y=y_first), ["y"], "rank_gauss")["y"].to_numpy()
+                prior_first = _gated_prior(prior, dates[first_half], z[first_half], y_first, h, self.gate)
                 for lam in self.lambdas:
-                    w = _fit_weights(z[first_half], y_rg[first_half], prior_first, lam)
+                    w = _fit_weights(z[first_half], y_rg_first, prior_first, lam)
                     s, _ = _combine(z[~first_half], w)
                     daily[lam] = _daily_rank_ic(dates[~first_half], s, y_raw[~first_half])
                 lam = _one_se_choice(daily, h)
