@@ -264,7 +264,8 @@ def test_outside_block_purges_the_labels_that_overlap_the_held_out_block() -> No
 def test_the_shrinkage_choice_reads_no_label_that_overlaps_the_second_half() -> None:
     """lambda is chosen by fitting on the first half of the validation dates and scoring on the
     second: the first half's last h dates' labels overlap the second half's and are purged, so
-    poisoning them with labels that follow one member leaves the choice and the gate unchanged."""
+    poisoning them with labels that follow one member leaves the chosen lambda unchanged (without
+    the purge it moves)."""
     members, truth = panel(n_dates=100)
     dates = np.sort(truth["date"].unique())
     poisoned = truth.copy()
