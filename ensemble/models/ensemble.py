@@ -128,23 +128,18 @@ def outside_block(frame: pd.DataFrame, block: Any) -> pd.DataFrame:
     d = pd.to_datetime(frame["date"]).to_numpy()
     keep = ~np.isin(d, block.to_numpy())
     out = frame.loc[keep].reset_index(drop=True)
-    if len(block) == 0 or out.empty:
-        return out.set_axis(frame.index[keep])
-    d = d[keep]
-    before = np.flatnonzero(d < block.min().to_datetime64())
-    after = d > block.max().to_datetime64()
-    later = np.unique(d[after])
-    for col in out.columns:
-        h = target_horizon(str(col))
-        if h is None:
-            continue
-        values = out[col].to_numpy(dtype=np.float64, copy=True)
-        if before.size:
-            part = out.iloc[before].sort_values(["ticker", "date"], kind="stable")
-            purged = purge_labels(part[["ticker", "date", col]], d[before].max())[col]
-            values[purged.index.to_numpy()] = purged.to_numpy()
-        values[after & np.isin(d, later[:h])] = np.nan
-        out[col] = values
+    targets = {str(c): h for c in out.columns if (h := target_horizon(str(c))) is not None}
+    if len(block) and targets and not out.empty:
+        out[list(targets)] = out[list(targets)].astype(np.float64)
+        d = d[keep]
+        before = d < block.min().to_datetime64()
+        if before.any():
+            part = out.loc[before].sort_values(["ticker", "date"], kind="stable")
+            out.loc[part.index, list(targets)] = purge_labels(part, d[before].max())[list(targets)]
+        after = d > block.max().to_datetime64()
+        later = np.unique(d[after])
+        for col, h in targets.items():
+            out.loc[after & np.isin(d, later[:h]), col] = np.nan
     return out.set_axis(frame.index[keep])
 
 
@@ -225,9 +220,10 @@ class EnsembleForecaster:
         prior = prior / prior.sum()
         dates = keys["date"].to_numpy()
         udates = np.unique(dates)
-        first_half = dates <= udates[max(0, len(udates) // 2 - 1)]
+        mid = udates[max(0, len(udates) // 2 - 1)]
+        first_half = dates <= mid
         # the first half's rows with every label that overlaps the second half's blanked
-        first_part = outside_block(truth.reset_index(drop=True), udates[~np.isin(udates, dates[first_half])])
+        first_part = outside_block(truth.reset_index(drop=True), udates[udates > mid])
         vol = truth[VOL_COLUMN].to_numpy(dtype=np.float64)
         self.members_ = members
         self.weights_: dict[int, list[float]] = {}
@@ -262,7 +258,7 @@ class EnsembleForecaster:
             if self.mode == "learned" and len(members) > 1:
                 daily = {}
                 y_first = first_part[target_col(h)].to_numpy(dtype=np.float64)  # purged at the halves
-                y_rg_first = per_date(first_part.assign(y=y_first), ["y"], "rank_gauss")["y"].to_numpy()
+                y_rg_first = per_date(first_part, [target_col(h)], "rank_gauss")[target_col(h)].to_numpy()
                 prior_first = _gated_prior(prior, dates[first_half], z[first_half], y_first, h, self.gate)
                 for lam in self.lambdas:
                     w = _fit_weights(z[first_half], y_rg_first, prior_first, lam)
