@@ -278,6 +278,50 @@ def test_the_shrinkage_choice_reads_no_label_that_overlaps_the_second_half() -> 
         assert again.lambda_[h] == clean.lambda_[h]
 
 
+def test_out_of_fold_forecasts_read_no_label_that_overlaps_their_block() -> None:
+    """cross_fit_predict forecasts each block of dates with an ensemble fitted on the other blocks:
+    their labels that overlap the block's (the h dates before it, realised inside it, and the h
+    dates after it, which start inside its labels' windows) are purged, in the truth and in the
+    history, so poisoning them leaves the block's forecasts and intervals unchanged (without the
+    purge they move); poisoning a label just outside that zone moves them."""
+    members, truth = panel(n_dates=120)
+    dates = np.sort(truth["date"].unique())  # folds=3: blocks of dates 0-39, 40-79, 80-119
+    middle = truth["date"].isin(dates[40:80]).to_numpy()
+
+    def poison(zone_dates: dict[int, np.ndarray]) -> pd.DataFrame:
+        out = truth.copy()
+        for h, zd in zone_dates.items():
+            zone = truth["date"].isin(zd).to_numpy()
+            out.loc[zone, f"target_h{h}"] = -members["good"].loc[zone, f"pred_h{h}"].to_numpy() / 100
+        return out
+
+    ens = EnsembleForecaster(PRIOR, HORIZONS)
+
+    def oof(t: pd.DataFrame) -> pd.DataFrame:
+        return ens.cross_fit_predict(members, t, folds=3, history=t).loc[middle]
+
+    clean = oof(truth)
+    cols = [c for c in clean.columns if c not in ("date", "ticker")]
+    assert np.isfinite(clean[[f"pred_h{h}" for h in HORIZONS]].to_numpy()).all()
+    overlapping = poison({h: np.concatenate([dates[40 - h : 40], dates[80 : 80 + h]]) for h in HORIZONS})
+    pd.testing.assert_frame_equal(oof(overlapping), clean)
+    for h in HORIZONS:  # one date further out on either side is read
+        for near in (dates[40 - h - 1 : 40 - h], dates[80 + h : 80 + h + 1]):
+            moved = oof(poison({h: near}))
+            assert not np.allclose(moved[cols].to_numpy(), clean[cols].to_numpy(), equal_nan=True), (h, near)
+
+
+def test_a_block_without_out_of_fold_evidence_at_a_horizon_has_no_forecast_there() -> None:
+    """Blocks of 20 dates: the middle one's fold keeps no 20-day label once the purge has blanked the
+    20 dates either side of it, so it forecasts NaN at 20 days (no evidence), and still at 5 days."""
+    members, truth = panel(n_dates=60)
+    out = EnsembleForecaster(PRIOR, HORIZONS).cross_fit_predict(members, truth, folds=3)
+    dates = np.sort(truth["date"].unique())
+    middle = out["date"].isin(dates[20:40]).to_numpy()
+    assert out.loc[middle, "pred_h20"].isna().all() and np.isfinite(out.loc[middle, "pred_h5"]).all()
+    assert np.isfinite(out.loc[~middle, "pred_h20"]).all()
+
+
 def test_fitting_reads_only_the_rows_it_is_given(fitted) -> None:
     """Poisoned forecasts and returns after the validation window change no learned number."""
     members, truth = panel()

@@ -57,8 +57,9 @@ def head(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_ray_job_submit_trains_and_registers_a_version(head, tmp_path: Path) -> None:
-    # a validation window over 2 x 60 dates: every horizon has labels in both halves the ensemble is
-    # scored out of fold on (with TINY's 63 dates, only 3 carry an h60 label, all in the first half)
+    # a validation window over 2 x 60 dates: every horizon has labels in the first half, from which
+    # the ensemble's out-of-fold forecasts of the second half learn (with TINY's 63 dates, only 3
+    # carry an h60 label)
     cfg = write_config(tmp_path / "tiny.yaml", training={**TINY["training"], "valid_fraction": 0.35})
     registry = tmp_path / "registry"
     env = {**os.environ, **head.env()}
@@ -81,13 +82,21 @@ def test_ray_job_submit_trains_and_registers_a_version(head, tmp_path: Path) -> 
     assert reg.resolve("production") == version  # the first version is promoted
     assert man["cost"]["total_usd"] > 0 and man["cost"]["limit_usd"] == 5.0
     # every model, the ensemble and the synthetic market's oracle scored on the validation window: a
-    # finite Rank IC and ICIR per horizon, over every validation date whose h-day label is known
+    # finite Rank IC and ICIR per horizon, over every validation date whose h-day label is known; the
+    # ensemble's, out of fold on two blocks of dates (n1, n2) with the labels that overlap the other
+    # block purged, over the dates of a block whose fold keeps >= 2 labelled dates: the first block
+    # from the second's dates at least h after it (n2 - 2h), the second from the first's labels
+    # realised before it (n1 - h), whose last h dates have no label
     valid_days = reg.load_extra(version, "training")["split"]["valid_days"]
     assert set(man["metrics"]) == {*MODEL_NAMES, "ensemble", "oracle"}
-    assert valid_days > 2 * 60
+    assert valid_days > 2 * 60 + 4
+    n1, n2 = -(-valid_days // 2), valid_days // 2
     for name, m in man["metrics"].items():
         for h in (5, 20, 60):
-            assert m[f"valid_ic_dates_h{h}"] == valid_days - h, (name, h, m)
+            dates = valid_days - h
+            if name == "ensemble":
+                dates = (n1 if n2 - 2 * h >= 2 else 0) + (n2 - h if n1 - h >= 2 else 0)
+            assert m[f"valid_ic_dates_h{h}"] == dates, (name, h, m)
             for key in (f"valid_rank_ic_h{h}", f"valid_icir_h{h}"):  # NaN is stored as null
                 assert isinstance(m[key], float) and math.isfinite(m[key]), (name, key, m)
     assert man["metrics"]["oracle"]["valid_rank_ic_h5"] > 0, man["metrics"]["oracle"]

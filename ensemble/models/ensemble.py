@@ -134,7 +134,9 @@ def outside_block(frame: pd.DataFrame, block: Any) -> pd.DataFrame:
         d = d[keep]
         before = d < block.min().to_datetime64()
         if before.any():
-            part = out.loc[before].sort_values(["ticker", "date"], kind="stable")
+            part = out.loc[before]  # a frame without tickers (one row per date) is one series
+            part = part if "ticker" in part.columns else part.assign(ticker="")
+            part = part.sort_values(["ticker", "date"], kind="stable")
             out.loc[part.index, list(targets)] = purge_labels(part, d[before].max())[list(targets)]
         after = d > block.max().to_datetime64()
         later = np.unique(d[after])
@@ -385,14 +387,17 @@ class EnsembleForecaster:
     ) -> pd.DataFrame:
         """Out-of-fold forecasts on ``truth``'s dates: the dates split into ``folds`` consecutive
         blocks, each predicted by an ensemble (same settings) fitted on the other blocks (and on
-        ``history`` less the block's dates). An honest validation score for a model that learns on
-        the validation dates."""
+        ``history`` less the block's dates), every label that overlaps one of the block's purged
+        (:func:`outside_block`, in ``truth`` and ``history``): an honest validation score for a
+        model that learns on the validation dates. A block whose fold is left with fewer than 2
+        labelled dates at h (at long horizons on short validation windows) has no forecast (NaN) at
+        h: no out-of-fold evidence there."""
         dates = truth["date"].to_numpy()
         blocks = np.array_split(np.unique(dates), folds)
         parts = []
         for block in blocks:
             held = np.isin(dates, block)
-            rest = truth.loc[~held].reset_index(drop=True)
+            rest = outside_block(truth, block)
             fold = EnsembleForecaster(
                 self.prior,
                 self.horizons,
@@ -404,7 +409,7 @@ class EnsembleForecaster:
             fold.fit(
                 {m: p[~np.isin(p["date"].to_numpy(), block)] for m, p in member_preds.items()},
                 rest,
-                history=None if history is None else history[~history["date"].isin(block)],
+                history=None if history is None else outside_block(history, block),
             )
             test = truth.loc[held].reset_index(drop=True)
             parts.append(
