@@ -61,19 +61,19 @@ def validation_only(folder: Path) -> tuple[dict[str, pd.DataFrame], pd.DataFrame
 def daily_oof(
     members: dict[str, pd.DataFrame], vtruth: pd.DataFrame, history: pd.DataFrame, gate: str
 ) -> dict[int, pd.Series]:
-    """Per horizon, the out-of-fold daily Rank IC averaged over :data:`FOLDS` (:func:`validation_only`'s
-    data of one folder)."""
+    """Per horizon, the out-of-fold daily Rank IC averaged over the :data:`FOLDS` that forecast the
+    date (a block left without labelled dates once its overlapping labels are purged has none at
+    long horizons) (:func:`validation_only`'s data of one folder)."""
     ec = EnsembleConfig()
     ens = EnsembleForecaster(ec.weights, HORIZONS, mode="learned", levels=ec.interval_levels, gate=gate)  # type: ignore[arg-type]
-    out: dict[int, pd.Series] = {}
+    per_k: dict[int, list[pd.Series]] = {h: [] for h in HORIZONS}
     for k in FOLDS:
         df = ens.cross_fit_predict(members, vtruth, folds=k, history=history).merge(
             vtruth, on=["date", "ticker"]
         )
         for h in HORIZONS:
-            s = rank_ic_by_date(df, f"pred_h{h}", f"target_h{h}") / len(FOLDS)
-            out[h] = s if h not in out else out[h] + s
-    return out
+            per_k[h].append(rank_ic_by_date(df, f"pred_h{h}", f"target_h{h}"))
+    return {h: pd.concat(s, axis=1, sort=True).mean(axis=1).dropna() for h, s in per_k.items()}
 
 
 def main() -> int:

@@ -415,10 +415,19 @@ def table(res: dict[str, Any]) -> str:
     if res.get("coverage"):
         lines.append("interval coverage on the test dates: " + ", ".join(
             f"{k} {v:.1%}" for k, v in res["coverage"].items()))  # fmt: skip
-    lines.append("validation dates (what defaults are chosen by; the ensembles scored out of fold):")
+    lines.append(
+        "validation dates (what defaults are chosen by; the ensembles scored out of fold, over the"
+        " dates a fold had evidence for, counted at the end):"
+    )
     for name, r in res.get("valid", {}).items():
         lines.append(
-            f"  {name:<14}" + "".join(f"{r[f'ic_h{h}']:>+10.4f}{r[f'icir_h{h}']:>8.2f}" for h in HORIZONS)
+            f"  {name:<14}"
+            + "".join(f"{r[f'ic_h{h}']:>+10.4f}{r[f'icir_h{h}']:>8.2f}" for h in HORIZONS)
+            + (
+                "   dates " + " / ".join(f"{r.get(f'n_h{h}', 0):.0f}" for h in HORIZONS)
+                if "ensemble" in name
+                else ""
+            )
         )
     lines.append(f"total {res['total_s']:.0f} s, peak RSS {res['peak_rss_mib']:.0f} MiB")
     return "\n".join(lines)
