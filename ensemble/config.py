@@ -316,6 +316,7 @@ class MonitoringConfig(_Strict):
     min_dates: int = Field(5, ge=1)  # dates a row needs before it can alert
     min_rank_ic: float = 0.0  # alert when the rolling Rank IC falls below it
     max_rank_ic_drop: float | None = Field(0.05, ge=0.0)  # ... or this far below the version's validation
+    baseline_windows: float = Field(2.0, ge=0.0)  # ...Rank IC, if measured over >= this many h-day windows
     # alert when the rolling directional accuracy falls below it
     min_directional_accuracy: float = Field(0.5, ge=0.0, le=1.0)
     coverage_tolerance: float = Field(0.10, ge=0.0, le=1.0)  # alert when coverage < level - tolerance

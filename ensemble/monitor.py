@@ -194,16 +194,25 @@ def rank_ic_series(joined: pd.DataFrame, window: int = 63, *, min_tickers: int =
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
 
 
-def validation_baselines(version: str, metrics: Mapping[str, Any]) -> dict[tuple[str, str, int], float]:
+def validation_baselines(
+    version: str, metrics: Mapping[str, Any], min_windows: float = 2.0
+) -> dict[tuple[str, str, int], float]:
     """``(version, model, horizon) -> validation Rank IC`` from a registry version's metrics
-    (``{model: {"valid_rank_ic_h5": ...}}``)."""
+    (``{model: {"valid_rank_ic_h5": ..., "valid_ic_dates_h5": ...}}``), each only when measured over
+    at least ``min_windows`` non-overlapping h-day windows (``valid_ic_dates_h{h} / h``; kept when the
+    count is not recorded): a few dates of overlapping long-horizon labels (the ensemble's purged
+    out-of-fold score at 60 days) say too little to alert on a drop from."""
     out: dict[tuple[str, str, int], float] = {}
     for model, m in metrics.items():
         if not isinstance(m, Mapping):
             continue
         for k, v in m.items():
             if str(k).startswith("valid_rank_ic_h") and isinstance(v, int | float) and np.isfinite(v):
-                out[(str(version), str(model), int(str(k).rsplit("h", 1)[1]))] = float(v)
+                h = int(str(k).rsplit("h", 1)[1])
+                n = m.get(f"valid_ic_dates_h{h}")
+                if isinstance(n, int | float) and n / h < min_windows:
+                    continue
+                out[(str(version), str(model), h)] = float(v)
     return out
 
 

@@ -100,7 +100,8 @@ def run(
     baselines: dict[tuple[str, str, int], float] = {}
     for v in sorted(set(log["version"])):
         try:
-            baselines.update(validation_baselines(v, registry.manifest(v)["metrics"]))
+            metrics = registry.manifest(v)["metrics"]
+            baselines.update(validation_baselines(v, metrics, min_windows=mc.baseline_windows))
         except VersionNotFoundError:
             notes.append(f"version {v} of the log is not in the registry: no validation baseline")
 

@@ -188,6 +188,18 @@ def test_a_planted_accuracy_drop_raises_the_alert() -> None:
     cfg = MonitoringConfig(rolling_window=30, min_rank_ic=0.05, max_rank_ic_drop=0.1)
     baselines = validation_baselines("v1", {"ensemble": {"valid_rank_ic_h5": 0.4}, "lightgbm": {}})
     assert baselines == {("v1", "ensemble", 5): 0.4}
+    # a validation Rank IC over fewer than two non-overlapping h-day windows is no baseline
+    counted = {
+        "valid_rank_ic_h5": 0.4,
+        "valid_ic_dates_h5": 10,
+        "valid_rank_ic_h60": 0.2,
+        "valid_ic_dates_h60": 119,
+    }
+    assert validation_baselines("v1", {"ensemble": counted}) == {("v1", "ensemble", 5): 0.4}
+    assert validation_baselines("v1", {"ensemble": counted}, min_windows=1.0) == {
+        ("v1", "ensemble", 5): 0.4,
+        ("v1", "ensemble", 60): 0.2,
+    }
 
     before = accuracy_table(join_realised(log, prices, as_of=dates[85]), cfg.rolling_window)
     assert before.set_index("model").loc["ensemble", "rank_ic"] > 0.3
