@@ -4,7 +4,8 @@ Reads folders written by ``bench/quality.py --save-preds DIR`` (the members' for
 truth) and cuts every date after the validation period off on load: the test dates are never read.
 For each gate, the learned ensemble (``EnsembleForecaster``, the configured prior and levels) is
 scored out of fold on the validation dates with 2, 3 and 4 consecutive folds
-(:meth:`EnsembleForecaster.cross_fit_predict`), and the daily Rank IC averaged over the three.
+(:meth:`EnsembleForecaster.cross_fit_predict`, the labels that overlap each held-out block purged),
+and each date's Rank IC averaged over the fold counts that forecast it.
 Printed: the mean Rank IC per folder, horizon and gate, and each gate's difference from the
 default with its standard error (daily differences; ``n_dates / h`` independent windows for the
 overlapping labels; folders and horizons taken as independent cells).

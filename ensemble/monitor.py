@@ -262,7 +262,8 @@ def build_drift_reference(
 ) -> dict[str, Any]:
     """The training reference of ``features`` (columns of ``frame``, e.g. the training rows of the
     model frame) and, when given, of the ensemble's forecasts (``forecasts``' ``pred_h{h}``, e.g. its
-    out-of-fold validation forecasts): a JSON-able dict (:func:`column_reference` per column)."""
+    forecasts of the validation dates): a JSON-able dict (:func:`column_reference` per column). A
+    forecast column without a finite value is left out (drift then compares with the earlier log)."""
     missing = [f for f in features if f not in frame.columns]
     if missing:
         raise KeyError(f"the frame lacks the features {missing[:5]} ({len(missing)} in all)")
@@ -281,9 +282,9 @@ def build_drift_reference(
     if forecasts is not None:
         for c in forecasts.columns:
             if str(c).startswith("pred_h") and str(c)[6:].isdigit():
-                ref["forecasts"][str(c)[6:]] = column_reference(
-                    forecasts[c].to_numpy(), bins=bins, sample=sample, seed=seed
-                )
+                col = column_reference(forecasts[c].to_numpy(), bins=bins, sample=sample, seed=seed)
+                if col["n"] > 0:
+                    ref["forecasts"][str(c)[6:]] = col
     return ref
 
 

@@ -268,7 +268,7 @@ def run(
         history = prep.label_history()
         ensemble.fit(preds, truth, history=history)
         # scored out of fold: the ensemble learns on the validation dates, so each half of them is
-        # predicted by an ensemble fitted on the other half
+        # predicted by an ensemble fitted on the other half, the labels that overlap it purged
         oof = ensemble.cross_fit_predict(preds, truth, history=history)
     metrics["ensemble"] = {
         **forecast_metrics(oof, valid, horizons, prefix="valid_"),
@@ -292,7 +292,10 @@ def run(
         extras={
             "preprocessor": pre.to_dict(),
             "ensemble": ensemble.to_dict(),
-            "drift_reference": training_reference(settings, train, pre.selected_, oof),
+            # the forecasts' reference: the served ensemble's own forecasts of the validation dates
+            "drift_reference": training_reference(
+                settings, train, pre.selected_, ensemble.predict(preds, truth)
+            ),
             "training": {
                 "split": split.as_dict(),
                 "models": details,

@@ -259,6 +259,19 @@ def test_outside_block_purges_the_labels_that_overlap_the_held_out_block() -> No
         if kept2:
             assert out.loc[i, "target_h2"] == f.loc[i, "target_h2"]
     assert (out["ref_vol"] == 0.01).all()
+    # a frame without tickers (the universe's mean per date) is one series: the same dates kept
+    universe = f[f["ticker"] == "A"].drop(columns="ticker").sample(frac=1.0, random_state=1)
+    per_date = outside_block(universe, dates[4:6])
+    day = {i: dates.get_loc(universe.loc[i, "date"]) for i in per_date.index}
+    assert sorted(d for i, d in day.items() if np.isfinite(per_date.loc[i, "target_h2"])) == [0, 1, 8, 9]
+    assert sorted(d for i, d in day.items() if np.isfinite(per_date.loc[i, "target_h1"])) == [
+        0,
+        1,
+        2,
+        7,
+        8,
+        9,
+    ]
 
 
 def test_the_shrinkage_choice_reads_no_label_that_overlaps_the_second_half() -> None:

@@ -152,6 +152,12 @@ def test_forecast_drift_against_the_validation_forecasts_or_the_earlier_log() ->
     ref = build_drift_reference(pd.DataFrame({"x": [0.0, 1.0]}), ["x"], forecasts=valid)
     fv = forecast_drift(log, "v1", days=10, reference=ref)
     assert fv["baseline"].tolist() == ["validation"] and not fv["drift"].any()
+    # a horizon the validation forecasts never reached has no reference: the earlier log is used
+    empty = build_drift_reference(
+        pd.DataFrame({"x": [0.0, 1.0]}), ["x"], forecasts=valid.assign(pred_h5=np.nan)
+    )
+    assert empty["forecasts"] == {}
+    assert forecast_drift(log, "v1", days=10, reference=empty)["baseline"].tolist() == ["earlier log"]
     alerts = evaluate_alerts(MonitoringConfig(), forecasts=fd)
     assert alerts and {a.subject for a in alerts} == {"v1/forecast_h5"}
     assert {a.rule for a in alerts} <= {"forecast_psi", "forecast_ks"}

@@ -85,7 +85,9 @@ def test_the_budget_guard_stops_tuning_within_the_limit_and_the_manifest_says_wh
     assert cost["total_usd"] == pytest.approx(sum(s["usd"] for s in stages.values()))
 
     # the best trial's configuration was refitted and validated: finite validation metrics (the 45
-    # validation days realise the 5- and 20-day targets, not the 60-day one)
+    # validation days realise the 5- and 20-day targets, not the 60-day one; the ensemble's purged
+    # out-of-fold score at 20 days covers only the second block's first 2 dates, fitted on the 3 of
+    # the first block's 23 whose labels are realised before it)
     for who in ("xgboost", "ensemble"):
         m = man["metrics"][who]
         for h in (5, 20):

@@ -100,6 +100,10 @@ def test_ray_job_submit_trains_and_registers_a_version(head, tmp_path: Path) -> 
             for key in (f"valid_rank_ic_h{h}", f"valid_icir_h{h}"):  # NaN is stored as null
                 assert isinstance(m[key], float) and math.isfinite(m[key]), (name, key, m)
     assert man["metrics"]["oracle"]["valid_rank_ic_h5"] > 0, man["metrics"]["oracle"]
+    # the forecast drift reference: the served ensemble's forecasts of every validation row
+    fref = reg.load_extra(version, "drift_reference")["forecasts"]
+    assert sorted(fref, key=int) == ["5", "20", "60"], sorted(fref)
+    assert {r["n"] for r in fref.values()} == {fref["5"]["n"]} and fref["5"]["nan_share"] == 0.0, fref
     pre = reg.load_extra(version, "preprocessor")
     assert len(pre["selected"]) == 20
     loaded = reg.load_version("production", models=["xgboost", "prophet", "lstm", "transformer"])

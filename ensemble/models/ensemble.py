@@ -26,9 +26,10 @@ Per horizon, :meth:`EnsembleForecaster.fit` learns on the validation dates (neve
   on is below 0 by more than one standard error (same error as above; ``negative``: below 0 at all;
   ``none``: no gate), and renormalises; when every member would go, the prior is kept. Members
   with clearly wrong validation rankings (Prophet's trend on real prices) otherwise kept their
-  prior weight, the rule finding no held-out reason to move: on the bench's saved member forecasts
-  this raised the S&P sample's out-of-fold validation Rank IC and left the synthetic market's
-  unchanged (README). The members whose prior was zeroed are ``excluded_`` per horizon.
+  prior weight, the rule finding no held-out reason to move. On the bench's saved member forecasts
+  the purged out-of-fold validation scores (:meth:`cross_fit_predict`) neither support nor refute
+  the gate (README); it guards against a member that ranks clearly backwards on the whole
+  validation window. The members whose prior was zeroed are ``excluded_`` per horizon.
   ``mode='fixed'``: the prior. A member that is missing (failed,
   or no forecast for a row) drops out and the others renormalise, row by row.
 * **Calibration** to return units: the expected excess return over the universe is
@@ -388,8 +389,10 @@ class EnsembleForecaster:
         """Out-of-fold forecasts on ``truth``'s dates: the dates split into ``folds`` consecutive
         blocks, each predicted by an ensemble (same settings) fitted on the other blocks (and on
         ``history`` less the block's dates), every label that overlaps one of the block's purged
-        (:func:`outside_block`, in ``truth`` and ``history``): an honest validation score for a
-        model that learns on the validation dates. A block whose fold is left with fewer than 2
+        (:func:`outside_block`, in ``truth`` and ``history``): a validation score for a model that
+        learns on the validation dates, honest about the ensemble's own learning. Not about the
+        members': they were early-stopped and tuned on the same validation dates, so their forecasts
+        have already seen every block's labels. A block whose fold is left with fewer than 2
         labelled dates at h (at long horizons on short validation windows) has no forecast (NaN) at
         h: no out-of-fold evidence there."""
         dates = truth["date"].to_numpy()
