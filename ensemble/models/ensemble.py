@@ -20,7 +20,8 @@ Per horizon, :meth:`EnsembleForecaster.fit` learns on the validation dates (neve
   last h dates), scored by Rank IC on the second half; the largest lambda (closest to the prior) within one
   standard error of the best is kept (the one-standard-error rule; the error counts the horizon's
   overlapping labels, ``n_dates / h`` independent windows): on ~190 validation dates, weights moved
-  off the prior on weaker evidence scored lower out of fold (bench/quality.py, synthetic and S&P).
+  off the prior on weaker evidence scored lower out of fold (bench/quality.py, synthetic and S&P;
+  measured before the out-of-fold scores were purged).
   Then refitted on all validation dates. Before that, the ``gate`` (default ``significant``) sets
   to 0 the prior weight of each member whose mean daily Rank IC on the dates the weights are fitted
   on is below 0 by more than one standard error (same error as above; ``negative``: below 0 at all;
