@@ -270,6 +270,8 @@ def run(
         # scored out of fold: the ensemble learns on the validation dates, so each half of them is
         # predicted by an ensemble fitted on the other half, the labels that overlap it purged
         oof = ensemble.cross_fit_predict(preds, truth, history=history)
+        # the forecasts' drift reference: the served ensemble's own forecasts of the validation dates
+        valid_forecasts = ensemble.predict(preds, truth)
     metrics["ensemble"] = {
         **forecast_metrics(oof, valid, horizons, prefix="valid_"),
         **interval_coverage(oof, valid, horizons, ec.interval_levels, prefix="valid_"),
@@ -292,10 +294,7 @@ def run(
         extras={
             "preprocessor": pre.to_dict(),
             "ensemble": ensemble.to_dict(),
-            # the forecasts' reference: the served ensemble's own forecasts of the validation dates
-            "drift_reference": training_reference(
-                settings, train, pre.selected_, ensemble.predict(preds, truth)
-            ),
+            "drift_reference": training_reference(settings, train, pre.selected_, valid_forecasts),
             "training": {
                 "split": split.as_dict(),
                 "models": details,
