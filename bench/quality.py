@@ -3,14 +3,20 @@
 Two data sets, one run each (``--source``):
 
 * ``synthetic`` (default): the synthetic market (500 tickers x 1,260 days, seed 7). Fixed dates: the
-  first 60% train, the next 15% validate (early stopping), the last 25% test; every label realised
+  first 60% train, the next 15% validate (the ensembles learn there), the last 25% test; every label realised
   after the end of its window is purged (no training label looks into validation, no validation
   label into the test). The oracle ``E[log(close[t+h]/close[t]) | information at t]`` written by the
   generator is scored on the same test rows: the ceiling.
 * ``sp500``: the real S&P 500 sample in ../shared/data (505 tickers, 2013-02..2018-02, cleaned with
   ``schema.clean(mode="repair")``, GICS sectors joined; no fundamentals or sentiment). Train on the
-  first 70% of the dates (its last 15% used for early stopping, purged), test on the rest; every
-  training label realised after the 70% cut is purged. There is no oracle for real data.
+  first 70% of the dates (its last 15% validate, purged), test on the rest; every training label
+  realised after the 70% cut is purged. There is no oracle for real data.
+
+On both, the members that stop early (the boosters and the sequence models) stop on the last
+``--early-stopping-fraction`` of the training dates (default ``training.early_stopping_fraction``,
+labels purged between, ``ensemble.backtest.splits.stopping_split``) and fit on the dates before,
+as every training path fits them; the others fit the whole training window. So no member has seen a
+validation label (``0``: they stop on the validation dates, as before 2026-12).
 
 Features: the whole pipeline (``build_features``), then a ``Preprocessor`` (top ``k`` by training
 Rank IC, robust scaling) fitted on the training dates only. Each model is fitted once with its
@@ -66,7 +72,7 @@ sys.path.insert(0, str(REPO))
 
 from ensemble.backtest.evaluation import baseline_forecasts  # noqa: E402
 from ensemble.backtest.metrics import ic_summary, interval_coverage, rank_ic_by_date  # noqa: E402
-from ensemble.backtest.splits import window  # noqa: E402
+from ensemble.backtest.splits import stopping_split, window  # noqa: E402
 from ensemble.config import (  # noqa: E402
     DEFAULT_HORIZONS,
     MODEL_NAMES,
@@ -216,6 +222,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         valid = window(frame, sp["valid_start"], sp["valid_end"])
         train_fit = cross_sectional_targets(train, args.target)
         valid_fit = cross_sectional_targets(valid, args.target)
+        if args.early_stopping_fraction > 0:  # as ensemble.training.prepare_data cuts them
+            member_fit, member_stop = (
+                cross_sectional_targets(f, args.target)
+                for f in stopping_split(train, args.early_stopping_fraction)
+            )
+        else:
+            member_fit, member_stop = train_fit, valid_fit
         lead_v = dates[max(0, dates.get_loc(sp["valid_start"]) - 70)]  # history for the sequence windows
         valid_in = frame[(frame["date"] >= lead_v) & (frame["date"] <= sp["valid_end"])].reset_index(
             drop=True
@@ -262,7 +275,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 model: Any = fit_prophet(train, args.prophet_procs)
             else:
                 params = json.loads(args.params).get(name, {}) if args.params else {}
-                model = create_model(name, horizons=HORIZONS, **params).fit(train_fit, valid_fit)
+                model = create_model(name, horizons=HORIZONS, **params)
+                model.fit(*((member_fit, member_stop) if model.early_stops else (train_fit, None)))
             fit_s = time.perf_counter() - t
             p = model.predict(test_in)
             pv = model.predict(valid_in)
@@ -450,6 +464,13 @@ def main() -> int:
         "(default: scoring.prophet_refit_every_days; 0: the one fit through the training end)",
     )
     ap.add_argument("--target", choices=list(KINDS), default=TrainingConfig().target)
+    ap.add_argument(
+        "--early-stopping-fraction",
+        type=float,
+        default=TrainingConfig().early_stopping_fraction,
+        help="the members that stop early stop on this last fraction of the training dates (default: "
+        "training.early_stopping_fraction); 0: on the validation dates",
+    )
     ap.add_argument("--cs-norm", choices=list(KINDS), default=FeatureConfig().cs_norm)
     ap.add_argument(
         "--params", help='per-model parameters as JSON, e.g. {"xgboost": {"eval_metric": "rmse"}}'

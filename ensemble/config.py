@@ -113,6 +113,13 @@ class TrainingConfig(_Strict):
     # Fraction of the dates (after the training window) held out for validation; the horizon is
     # purged between train and validation.
     valid_fraction: float = Field(0.15, gt=0.0, lt=0.5)
+    # The last fraction of the training dates on which the members that stop early (the boosters, the
+    # sequence models) stop, and the tree models are tuned; they fit on the dates before it (labels
+    # purged between). So the validation dates stay out of sample for every member, and the
+    # ensemble's weights, score calibration and intervals learn on honest forecasts. 0: members
+    # early-stop and tune on the validation dates themselves (their forecasts there have then seen
+    # its labels, which flatters them to the ensemble).
+    early_stopping_fraction: float = Field(0.15, ge=0.0, lt=0.5)
     # The last date whose information training may use (YYYY-MM-DD; None: the last date of the data).
     # Later rows may be present: they change nothing (labels realised after it are purged).
     as_of: str | None = None

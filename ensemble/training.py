@@ -1,5 +1,6 @@
 """The data side of the one training path, as library calls: prices -> features -> the
-train-only preprocessor -> purged train / validation windows -> the learning targets.
+train-only preprocessor -> purged train / validation windows (and, inside the training window, the
+members' fitting and early-stopping rows) -> the learning targets.
 
 ``jobs.train`` (Ray), ``jobs.backtest`` (one fold per cut-off date) and the benchmarks all prepare
 their data here, so a model is always fitted on the same kind of frame. Nothing here imports Ray.
@@ -14,13 +15,14 @@ from typing import Any
 
 import pandas as pd
 
-from ensemble.backtest.splits import train_valid_split, window
+from ensemble.backtest.splits import stopping_split, train_valid_split, window
 from ensemble.config import Settings
 from ensemble.cost import CostMeter
 from ensemble.data.sources import load_prices
 from ensemble.features import Preprocessor, build_features
 from ensemble.features.normalize import cross_sectional_targets
 from ensemble.models import get_model_class
+from ensemble.models.base import Forecaster
 from ensemble.models.ensemble import trailing_volatility
 from ensemble.registry import data_fingerprint
 
@@ -106,6 +108,19 @@ class Prepared:
     eval_frame: pd.DataFrame  # the validation dates plus enough history for the sequence windows
     train_fit: pd.DataFrame  # the same rows with the learning target (training.target, per date)
     valid_fit: pd.DataFrame
+    # what the members that stop early fit on and stop on (learning targets): the training window
+    # cut by :func:`ensemble.backtest.splits.stopping_split`; with ``training.early_stopping_fraction``
+    # 0, ``train_fit`` and ``valid_fit``
+    member_fit: pd.DataFrame
+    member_stop: pd.DataFrame
+
+    def member_rows(self, cls: type[Forecaster]) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+        """``(train, valid)`` for ``cls.fit``: a member that stops early (``Forecaster.early_stops``)
+        fits on ``member_fit`` and stops on ``member_stop``; any other fits on the whole training
+        window and is given no validation rows. Every training path fits members with these."""
+        if cls.early_stops:
+            return self.member_fit, self.member_stop
+        return self.train_fit, None
 
     def label_history(self) -> pd.DataFrame:
         """(date, ticker, ``target_h{h}``..., ``ref_vol``) the realised forward returns of the training and validation rows:
@@ -159,5 +174,14 @@ def prepare_data(
         eval_frame = frame[frame["date"] >= first].reset_index(drop=True)
         train_fit = cross_sectional_targets(train, tr.target)
         valid_fit = cross_sectional_targets(valid, tr.target)
+        if tr.early_stopping_fraction > 0:
+            fit_rows, stop_rows = stopping_split(train, tr.early_stopping_fraction)
+            member_fit = cross_sectional_targets(fit_rows, tr.target)
+            member_stop = cross_sectional_targets(stop_rows, tr.target)
+        else:
+            member_fit, member_stop = train_fit, valid_fit
     logger.info("split: %s; %d features selected", split.as_dict(), len(pre.selected_))
-    return Prepared(prices, oracle, fingerprint, pre, split, train, valid, eval_frame, train_fit, valid_fit)
+    return Prepared(
+        prices, oracle, fingerprint, pre, split, train, valid, eval_frame, train_fit, valid_fit,
+        member_fit, member_stop,
+    )  # fmt: skip

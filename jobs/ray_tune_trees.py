@@ -12,7 +12,9 @@ What a trial optimises
     A trial fits one model for the tuning horizon (5 days, else the shortest horizon) on every
     ``settings.training.tuning_date_stride``-th date of ``train`` (default 2: adjacent dates share
     most features and overlapping labels, so configurations rank alike at half the rows) and is
-    scored on every validation date. Two metrics are reported:
+    scored on every date of ``valid`` (in jobs.train the last ``training.early_stopping_fraction``
+    of the training dates, never the validation window the ensemble learns on; "validation"
+    below means these rows). Two metrics are reported:
 
     * ``valid_rmse``: the validation RMSE of the current boosting round, reported *every round* by
       Ray's XGBoost / LightGBM Tune callback. ASHA (``metric=valid_rmse, mode=min``, time attribute
@@ -46,8 +48,8 @@ Cost budget
     ``"cost budget: time_budget_s ..."``). With no budget left at the start no trial runs and the
     configured defaults are fitted (reason ``"cost budget: nothing left ..."``).
 
-The refit (the best configuration, all horizons, ``valid`` for early stopping) runs in the driver
-process, metered as stage ``<name>.refit`` (wall x ``n_jobs`` threads).
+The refit (the best configuration, all horizons, ``valid`` for early stopping, or the ``refit`` rows)
+runs in the driver process, metered as stage ``<name>.refit`` (wall x ``n_jobs`` threads).
 """
 
 from __future__ import annotations
@@ -362,11 +364,16 @@ def tune_tree_model(
     *,
     num_samples: int | None = None,
     storage_path: str | None = None,
+    refit: tuple[pd.DataFrame, pd.DataFrame | None] | None = None,
 ) -> TuneOutcome:
     """Tune tree model ``name`` with Ray Tune (Optuna + ASHA) within the cost budget, refit the best.
 
     ``train`` / ``valid``: feature frames with the target columns of ``settings.horizons`` (valid is
-    used for pruning, model selection and the refit's early stopping). ``num_samples``: the number of
+    used for pruning, model selection and the refit's early stopping; jobs.train gives the tail of
+    the training window as ``valid``, ``Prepared.member_stop``, so the validation dates stay out of
+    sample). ``refit``: the ``(train, valid)`` the best configuration is refitted on (default the
+    same two; jobs.train refits a model that does not stop early on the whole training window,
+    ``Prepared.member_rows``). ``num_samples``: the number of
     trials (default ``settings.training.tuning_trials``). ``storage_path``: where Tune writes the
     experiment (default ``settings.ray.storage_path``). Ray must be reachable (``ray.init`` first to
     join a cluster; otherwise Tune starts a local one). See the module docstring for the metric and
@@ -534,7 +541,7 @@ def tune_tree_model(
     best_params = {**fixed, **best_config}
     n_jobs = int(cls(horizons=horizons, **best_params).resolved_params()["n_jobs"])
     with meter.stage(refit_stage, cpus=float(n_jobs)):
-        model = cls(horizons=horizons, **best_params).fit(train, valid)
+        model = cls(horizons=horizons, **best_params).fit(*(refit or (train, valid)))
     outcome = TuneOutcome(
         name=name,
         best_params=best_params,

@@ -117,11 +117,14 @@ def _prophet_fanout(
 
 
 def _fit_model(
-    name: str, train: pd.DataFrame, valid: pd.DataFrame, settings: Settings, meter: CostMeter, progress: bool
+    name: str, prep: Prepared, settings: Settings, meter: CostMeter, progress: bool
 ) -> tuple[Forecaster, dict[str, Any]]:
     """Fit model ``name`` on Ray, chosen by its capabilities: per ticker -> the Prophet fan-out of Ray
-    tasks; sequences -> Ray Train; tunable -> Ray Tune; otherwise a plain fit, metered."""
+    tasks; sequences -> Ray Train; tunable -> Ray Tune; otherwise a plain fit, metered. A member
+    that stops early stops on the tail of the training window, the tree models are tuned there, and
+    the rest fit the whole window (``Prepared.member_rows``): no member reads a validation label."""
     cls = get_model_class(name)
+    train, valid = prep.member_rows(cls)
     if cls.per_ticker:
         r = _prophet_fanout(name, train, settings, meter, progress)
         if not r.model.tickers_:
@@ -145,7 +148,7 @@ def _fit_model(
     if cls.tunable():
         from jobs.ray_tune_trees import tune_tree_model
 
-        t = tune_tree_model(name, train, valid, settings, meter)
+        t = tune_tree_model(name, prep.member_fit, prep.member_stop, settings, meter, refit=(train, valid))
         return t.model, {
             "best_params": t.best_params,
             "best_score": t.best_score,
@@ -208,7 +211,6 @@ def run(
     prep = prepared or prepare_data(settings, meter, prices=prices, oracle=oracle)
     oracle, fingerprint, pre, split = prep.oracle, prep.fingerprint, prep.preprocessor, prep.split
     train, valid, eval_frame = prep.train, prep.valid, prep.eval_frame
-    train_fit, valid_fit = prep.train_fit, prep.valid_fit
 
     connect_ray(settings)
     models: dict[str, Forecaster] = {}
@@ -220,7 +222,7 @@ def run(
 
     def fit_and_validate(name: str) -> tuple[Forecaster, dict[str, Any], pd.DataFrame, float]:
         t0 = time.perf_counter()
-        model, info = _fit_model(name, train_fit, valid_fit, settings, meter, progress)
+        model, info = _fit_model(name, prep, settings, meter, progress)
         with meter.stage(f"{name}.validate", cpus=1):
             p = model.predict(eval_frame)
             p = p[p["date"] >= split.valid_start].reset_index(drop=True)

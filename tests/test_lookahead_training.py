@@ -177,3 +177,49 @@ def test_poisoning_every_price_after_as_of_changes_no_fitted_artifact(ray_local,
     assert not leaks, "look-ahead during training:\n" + "\n".join(leaks)
     # and the validation window did end at as_of (the premise of the test)
     assert pd.Timestamp(s_clean["split"]["valid_end"]) == as_of
+
+
+def test_no_member_reads_a_validation_label(ray_local, tmp_path: Path) -> None:
+    """The members learn nothing from the validation dates, on which the ensemble learns its weights,
+    score calibration and intervals: poisoning every price after the training window's end changes
+    the validation rows (features and labels) and leaves every tree member jobs.train stores
+    (tuned on Ray Tune, the boosters refitted with early stopping, the forest on the whole window)
+    bit-identical. With ``training.early_stopping_fraction`` 0 the boosters stop on the validation
+    dates, and the same poisoning moves them: the check can fail."""
+    trees = ["xgboost", "lightgbm", "random_forest"]
+
+    def settings(fraction: float, models: list[str]) -> Any:
+        cfg = copy.deepcopy(TINY)
+        cfg["training"].update(tuning_trials=1, models=models, early_stopping_fraction=fraction)
+        cfg["ray"].update({"max_concurrent_trials": 1, "storage_path": str(tmp_path / "ray_results")})
+        return load_settings(overrides=cfg)
+
+    s = settings(0.15, trees)
+    clean_prices = generate_market(s.synthetic, horizons=tuple(s.horizons)).prices
+    clean = prepare_data(s, CostMeter(0.0, 0.0, 0.0), prices=clean_prices)
+    train_end = clean.split.train_end
+    poisoned_prices = _poison(clean_prices, train_end)
+    frame = clean.train  # forecast on the training dates: the same features in both runs
+    horizons = list(s.horizons)
+
+    def changed(settings: Any, root: Path) -> list[str]:
+        """The stored members whose training-date forecasts differ between clean and poisoned prices."""
+        out = []
+        models = {}
+        for label, prices in (("clean", clean_prices), ("poisoned", poisoned_prices)):
+            prep, summary = _train(settings, prices, root / label)
+            assert summary["split"]["train_end"] == str(train_end.date()) and not summary["degraded"]
+            models[label] = ModelRegistry(root / label).load_version(summary["version"])
+            if label == "poisoned":  # not vacuous: the validation rows the members could read moved
+                feats = feature_columns(prep.valid)
+                assert not np.array_equal(
+                    clean.valid[feats].to_numpy(), prep.valid[feats].to_numpy(), equal_nan=True
+                )
+        for name in settings.training.models:
+            a, b = models["clean"][name].predict(frame), models["poisoned"][name].predict(frame)
+            if not all(np.array_equal(a[pred_col(h)], b[pred_col(h)], equal_nan=True) for h in horizons):
+                out.append(name)
+        return out
+
+    assert changed(s, tmp_path / "tail") == []
+    assert changed(settings(0.0, ["xgboost", "lightgbm"]), tmp_path / "validation") != []

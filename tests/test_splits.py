@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ensemble.backtest.splits import purge_labels, train_valid_split, window
+from ensemble.backtest.splits import purge_labels, stopping_split, train_valid_split, window
 from ensemble.features.targets import forward_log_returns
 
 
@@ -49,3 +49,31 @@ def test_purged_labels_never_look_past_the_cutoff() -> None:
     g[["target_h1", "target_h5"]] = forward_log_returns(g, [1, 5]).to_numpy()
     pd.testing.assert_frame_equal(purge_labels(g[g["date"] <= end].reset_index(drop=True), end).drop(columns="close"),
                                   tr.drop(columns="close"), check_exact=True)  # fmt: skip
+
+
+def test_the_stopping_rows_are_the_training_tail_and_no_fitting_label_reaches_them() -> None:
+    f = _frame(n_days=60)
+    dates = pd.DatetimeIndex(sorted(f["date"].unique()))
+    train = window(f, None, dates[49])  # a training window of 50 dates, purged at its end
+    fit, stop = stopping_split(train, 0.2)
+    # the last 10 training dates stop; the 40 before them fit; nothing after the window is read
+    assert sorted(stop["date"].unique()) == list(dates[40:50])
+    assert sorted(fit["date"].unique()) == list(dates[:40])
+    pd.testing.assert_frame_equal(stop, train[train["date"] >= dates[40]].reset_index(drop=True))
+    for h in (1, 5):
+        col = f"target_h{h}"
+        # by hand: a fitting row's h-day label is kept iff its realisation date is a fitting date
+        known = fit["date"].map({d: i for i, d in enumerate(dates)}) + h <= 39
+        assert fit.loc[~known, col].isna().all() and fit.loc[known, col].notna().all()
+        same = train.loc[train["date"] <= dates[39]].reset_index(drop=True)
+        np.testing.assert_array_equal(fit.loc[known, col].to_numpy(), same.loc[known, col].to_numpy())
+        # the stopping rows keep the window's own purge: labelled on their first 10 - h dates only
+        assert sorted(stop.dropna(subset=[col])["date"].unique()) == list(dates[40 : 50 - h])
+    # poisoning every price from the first stopping date on changes no fitting row
+    g = f.copy()
+    g.loc[g["date"] >= dates[40], "close"] *= 10
+    g[["target_h1", "target_h5"]] = forward_log_returns(g, [1, 5]).to_numpy()
+    pd.testing.assert_frame_equal(stopping_split(window(g, None, dates[49]), 0.2)[0], fit, check_exact=True)
+    for bad in (0.0, 1.0, 0.99):
+        with pytest.raises(ValueError, match="stopping_split"):
+            stopping_split(train, bad)

@@ -84,3 +84,27 @@ def window(frame: pd.DataFrame, start: pd.Timestamp | None, end: pd.Timestamp) -
     d = frame["date"]
     mask = d <= end if start is None else (d >= start) & (d <= end)
     return purge_labels(frame.loc[mask].reset_index(drop=True), end)
+
+
+def stopping_split(train: pd.DataFrame, fraction: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A training window's rows cut for a member's fit and for its early stopping (and tuning): the
+    last ``fraction`` of its dates stop, the dates before them fit, with every fitting label realised
+    on a stopping date purged (:func:`window`), so no fitting label looks into the stopping rows.
+
+    ``train``: a training window, its labels already purged at its own end (:func:`window`), so the
+    stopping rows' h-day labels cover their first dates only (``len(stop dates) - h`` of them).
+    Nothing after the training window is read: the validation dates that follow stay out of sample
+    for every member, for the ensemble's weights, its score calibration and its intervals to learn on."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"stopping_split: fraction must be in (0, 1), got {fraction}")
+    udates = pd.DatetimeIndex(pd.unique(train["date"])).sort_values()
+    n_stop = int(round(len(udates) * fraction))
+    if n_stop < 1 or len(udates) - n_stop < 2:
+        raise ValueError(
+            f"stopping_split: {len(udates)} training dates leave {n_stop} early-stopping and "
+            f"{len(udates) - n_stop} fitting dates (fraction {fraction}); need at least 1 and 2"
+        )
+    stop_start = udates[len(udates) - n_stop]
+    fit = window(train, None, udates[len(udates) - n_stop - 1])
+    stop = train.loc[train["date"] >= stop_start].reset_index(drop=True)
+    return fit, stop

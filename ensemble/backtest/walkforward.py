@@ -16,7 +16,8 @@ One fold (:func:`fit_fold`), in-process, no Ray (``jobs.backtest`` runs the fold
     ``ensemble.training.prepare_data`` with ``training.as_of = fold.as_of`` (features may be given,
     computed once on the whole panel: every feature at t uses rows dated <= t; the preprocessor is
     fitted per fold on its training dates), then every configured member's own
-    ``fit(train_fit, valid_fit)`` with ``settings.models[name]`` (no tuning; Prophet refitted per
+    ``fit(*Prepared.member_rows(...))`` with ``settings.models[name]`` (the members that stop early
+    stop on the tail of the training window, as in the training job; no tuning; Prophet refitted per
     fold); sequence members (``max_epochs`` from ``training.max_epochs`` unless pinned, as in the
     training job) once per seed of ``seeds``, their forecasts averaged over the seeds
     (each seed's test Rank IC kept). The :class:`~ensemble.models.ensemble.EnsembleForecaster` learns
@@ -234,7 +235,7 @@ def fit_fold(
                     seed_preds[name], seed_scores[name] = {}, {}
                     for seed in seeds:
                         m = create_model(name, horizons=horizons, **{**params, "seed": seed})
-                        m.fit(prep.train_fit, prep.valid_fit)
+                        m.fit(*prep.member_rows(cls))
                         pv.append(on_valid(m.predict(valid_in)))
                         p = on_test(m.predict(test_in))
                         seed_preds[name][seed] = p
@@ -242,7 +243,7 @@ def fit_fold(
                     vpreds[name] = _mean_preds(pv, horizons)
                     scores[name] = _mean_preds(list(seed_preds[name].values()), horizons)
                 else:
-                    m = create_model(name, horizons=horizons, **params).fit(prep.train_fit, prep.valid_fit)
+                    m = create_model(name, horizons=horizons, **params).fit(*prep.member_rows(cls))
                     vpreds[name] = on_valid(m.predict(valid_in))
                     scores[name] = on_test(m.predict(test_in))
         except Exception as exc:  # one failing member is reported and left out, never replaced

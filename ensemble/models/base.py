@@ -179,6 +179,10 @@ class Forecaster(ABC):
     supports_gpu: ClassVar[bool] = False
     # Fits in rounds / epochs that it reports to FitCallback.on_iteration (a tuner may prune on them)
     iterative: ClassVar[bool] = False
+    # Reads ``valid`` in ``fit`` to stop early (the round / epoch it keeps): the training path gives
+    # it the tail of the training window (``training.early_stopping_fraction``), never the validation
+    # dates the ensemble learns on (ensemble.training.Prepared.member_rows)
+    early_stops: ClassVar[bool] = False
     # The hyperparameter search space, beside the model's defaults, in plain terms (no Ray here):
     # name -> (kind, low, high), kind one of 'uniform', 'loguniform' (floats), 'randint',
     # 'lograndint' (integers, high exclusive). Empty: the model is not tuned.
@@ -223,6 +227,7 @@ class Forecaster(ABC):
             "uses_sequences": self.uses_sequences,
             "supports_gpu": self.supports_gpu,
             "iterative": self.iterative,
+            "early_stops": self.early_stops,
             "tunable": self.tunable(),
         }
 

@@ -104,6 +104,7 @@ class LightGBMForecaster(TreeForecaster):
     artifact_magic: ClassVar[tuple[bytes, ...]] = (b"tree\n", b"tree\r\n")
     search_space: ClassVar[dict[str, tuple[str, float, float]]] = SEARCH_SPACE
     iterative: ClassVar[bool] = True
+    early_stops: ClassVar[bool] = True
 
     @staticmethod
     def _booster_params(p: dict[str, Any]) -> dict[str, Any]:

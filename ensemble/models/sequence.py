@@ -363,6 +363,7 @@ class SequenceForecaster(Forecaster):
     uses_sequences: ClassVar[bool] = True
     supports_gpu: ClassVar[bool] = True
     iterative: ClassVar[bool] = True
+    early_stops: ClassVar[bool] = True
     model_defaults: ClassVar[dict[str, Any]] = {}
 
     @classmethod

@@ -92,6 +92,7 @@ class XGBoostForecaster(TreeForecaster):
     artifact_magic: ClassVar[tuple[bytes, ...]] = (b"{",)  # UBJSON object
     search_space: ClassVar[dict[str, tuple[str, float, float]]] = SEARCH_SPACE
     iterative: ClassVar[bool] = True
+    early_stops: ClassVar[bool] = True
 
     @staticmethod
     def _booster_params(p: dict[str, Any]) -> dict[str, Any]:
