@@ -25,8 +25,9 @@ What a trial optimises
       model cut at its best-RMSE round so far, refreshed every ``grace_period`` rounds while the best
       round moves, and computed exactly at the end. This is the objective: Optuna maximises it and
       the best trial is the one with the highest final ``rank_ic``. At the end of a completed trial
-      it is the Rank IC of the trial's model (the refit then fits every training date, with the same
-      early stopping on the validation RMSE).
+      it is the Rank IC of the trial's model (the refit then fits every date of ``train``, not every
+      N-th, with the model's own early stopping on ``valid``; jobs.train refits the forest, which
+      does not stop early, on the whole training window: ``refit``).
 
     A model without rounds (the Random Forest) reports once (both metrics) and runs under a FIFO
     scheduler. Keys pinned in ``settings.models[name]`` are fixed, not searched; the first trial is

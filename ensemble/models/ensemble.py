@@ -391,11 +391,11 @@ class EnsembleForecaster:
         blocks, each predicted by an ensemble (same settings) fitted on the other blocks (and on
         ``history`` less the block's dates), every label that overlaps one of the block's purged
         (:func:`outside_block`, in ``truth`` and ``history``): a validation score for a model that
-        learns on the validation dates, honest about the ensemble's own learning. Not about the
-        members': they were early-stopped and tuned on the same validation dates, so their forecasts
-        have already seen every block's labels. A block whose fold is left with fewer than 2
-        labelled dates at h (at long horizons on short validation windows) has no forecast (NaN) at
-        h: no out-of-fold evidence there."""
+        learns on the validation dates, honest about the ensemble's own learning (the training path
+        keeps the members' own early stopping and tuning off these dates, ``training.
+        early_stopping_fraction``; with it at 0 the members have seen every block's labels). A
+        block whose fold is left with fewer than 2 labelled dates at h (at long horizons on short
+        validation windows) has no forecast (NaN) at h: no out-of-fold evidence there."""
         dates = truth["date"].to_numpy()
         blocks = np.array_split(np.unique(dates), folds)
         parts = []
