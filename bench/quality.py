@@ -361,6 +361,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "source": args.source,
         "target": args.target,
         "cs_norm": args.cs_norm,
+        # the members' rows (None: their forecasts came from --from-preds, made under whatever rule)
+        "early_stopping_fraction": None if saved is not None else args.early_stopping_fraction,
         "split": {k: str(v.date()) for k, v in sp.items()},
         "n_tickers": int(prices["ticker"].nunique()),
         "n_days": len(dates),

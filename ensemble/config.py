@@ -100,7 +100,7 @@ class TrainingConfig(_Strict):
     training_days: int = Field(1000, ge=60)  # trading dates of training before the validation dates
     max_epochs: int = Field(50, ge=1)  # most epochs of a sequence model (early stopping ends sooner)
     tuning_trials: int = Field(30, ge=1)  # Ray Tune trials per tree model
-    # Tree tuning trials fit on every N-th training date (validation and the refit keep every date):
+    # Tree tuning trials fit on every N-th training date (the tuning rows and the refit keep every date):
     # adjacent dates share most of their features and overlapping labels, so the trials rank
     # configurations alike at 1/N of the rows (bench/train.py prints each model's validation Rank IC).
     tuning_date_stride: int = Field(2, ge=1)

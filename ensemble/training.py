@@ -176,6 +176,15 @@ def prepare_data(
         valid_fit = cross_sectional_targets(valid, tr.target)
         if tr.early_stopping_fraction > 0:
             fit_rows, stop_rows = stopping_split(train, tr.early_stopping_fraction)
+            n_stop = stop_rows["date"].nunique()
+            short = [h for h in horizons if n_stop <= h]
+            if short:
+                logger.warning(
+                    "training.early_stopping_fraction %.2f: the last %d training dates stop the members "
+                    "that stop early, and none holds a label at h=%s: their early stopping cannot "
+                    "watch it (raise the fraction or training.training_days)",
+                    tr.early_stopping_fraction, n_stop, short,
+                )  # fmt: skip
             member_fit = cross_sectional_targets(fit_rows, tr.target)
             member_stop = cross_sectional_targets(stop_rows, tr.target)
         else:

@@ -184,8 +184,9 @@ def test_no_member_reads_a_validation_label(ray_local, tmp_path: Path) -> None:
     score calibration and intervals: poisoning every price after the training window's end changes
     the validation rows (features and labels) and leaves every tree member jobs.train stores
     (tuned on Ray Tune, the boosters refitted with early stopping, the forest on the whole window)
-    bit-identical. With ``training.early_stopping_fraction`` 0 the boosters stop on the validation
-    dates, and the same poisoning moves them: the check can fail."""
+    bit-identical, and so are the tuning outcomes. With ``training.early_stopping_fraction`` 0 the
+    boosters stop, and every tuning trial is scored, on the validation dates, and the same poisoning
+    moves them: the check can fail."""
     trees = ["xgboost", "lightgbm", "random_forest"]
 
     def settings(fraction: float, models: list[str]) -> Any:
@@ -203,13 +204,15 @@ def test_no_member_reads_a_validation_label(ray_local, tmp_path: Path) -> None:
     horizons = list(s.horizons)
 
     def changed(settings: Any, root: Path) -> list[str]:
-        """The stored members whose training-date forecasts differ between clean and poisoned prices."""
+        """The stored members whose training-date forecasts, or whose tuning outcome (the trial's
+        score on its tuning rows, the parameters chosen), differ between clean and poisoned prices."""
         out = []
-        models = {}
+        models, details = {}, {}
         for label, prices in (("clean", clean_prices), ("poisoned", poisoned_prices)):
             prep, summary = _train(settings, prices, root / label)
             assert summary["split"]["train_end"] == str(train_end.date()) and not summary["degraded"]
             models[label] = ModelRegistry(root / label).load_version(summary["version"])
+            details[label] = summary["details"]
             if label == "poisoned":  # not vacuous: the validation rows the members could read moved
                 feats = feature_columns(prep.valid)
                 assert not np.array_equal(
@@ -219,7 +222,12 @@ def test_no_member_reads_a_validation_label(ray_local, tmp_path: Path) -> None:
             a, b = models["clean"][name].predict(frame), models["poisoned"][name].predict(frame)
             if not all(np.array_equal(a[pred_col(h)], b[pred_col(h)], equal_nan=True) for h in horizons):
                 out.append(name)
+            for key in ("best_score", "best_params"):
+                if not _same_numbers(details["clean"][name][key], details["poisoned"][name][key]):
+                    out.append(f"{name} {key}")
         return out
 
     assert changed(s, tmp_path / "tail") == []
-    assert changed(settings(0.0, ["xgboost", "lightgbm"]), tmp_path / "validation") != []
+    moved = changed(settings(0.0, trees), tmp_path / "validation")
+    # the boosters stop on the validation dates; every tuning trial is scored there
+    assert {"xgboost best_score", "lightgbm best_score", "random_forest best_score"} <= set(moved), moved

@@ -106,5 +106,5 @@ def stopping_split(train: pd.DataFrame, fraction: float) -> tuple[pd.DataFrame, 
         )
     stop_start = udates[len(udates) - n_stop]
     fit = window(train, None, udates[len(udates) - n_stop - 1])
-    stop = train.loc[train["date"] >= stop_start].reset_index(drop=True)
+    stop = window(train, stop_start, udates[-1])  # already purged at the window's end: unchanged
     return fit, stop
