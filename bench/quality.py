@@ -72,7 +72,7 @@ sys.path.insert(0, str(REPO))
 
 from ensemble.backtest.evaluation import baseline_forecasts  # noqa: E402
 from ensemble.backtest.metrics import ic_summary, interval_coverage, rank_ic_by_date  # noqa: E402
-from ensemble.backtest.splits import stopping_split, window  # noqa: E402
+from ensemble.backtest.splits import window  # noqa: E402
 from ensemble.config import (  # noqa: E402
     DEFAULT_HORIZONS,
     MODEL_NAMES,
@@ -90,6 +90,7 @@ from ensemble.models import create_model  # noqa: E402
 from ensemble.models.ensemble import VOL_COLUMN, EnsembleForecaster, trailing_volatility  # noqa: E402
 from ensemble.models.prophet_model import ProphetForecaster  # noqa: E402
 from ensemble.scoring import per_ticker_fit_frame  # noqa: E402
+from ensemble.training import fit_rows, member_windows  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 HORIZONS = tuple(DEFAULT_HORIZONS)
@@ -222,13 +223,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         valid = window(frame, sp["valid_start"], sp["valid_end"])
         train_fit = cross_sectional_targets(train, args.target)
         valid_fit = cross_sectional_targets(valid, args.target)
-        if args.early_stopping_fraction > 0:  # as ensemble.training.prepare_data cuts them
-            member_fit, member_stop = (
-                cross_sectional_targets(f, args.target)
-                for f in stopping_split(train, args.early_stopping_fraction)
-            )
-        else:
-            member_fit, member_stop = train_fit, valid_fit
+        member_settings = load_settings(
+            overrides={
+                "training": {"target": args.target, "early_stopping_fraction": args.early_stopping_fraction}
+            }
+        )
+        member_fit, member_stop = member_windows(
+            train, train_fit, valid_fit, member_settings
+        )  # as prepare_data cuts them
         lead_v = dates[max(0, dates.get_loc(sp["valid_start"]) - 70)]  # history for the sequence windows
         valid_in = frame[(frame["date"] >= lead_v) & (frame["date"] <= sp["valid_end"])].reset_index(
             drop=True
@@ -276,7 +278,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             else:
                 params = json.loads(args.params).get(name, {}) if args.params else {}
                 model = create_model(name, horizons=HORIZONS, **params)
-                model.fit(*((member_fit, member_stop) if model.early_stops else (train_fit, None)))
+                model.fit(*fit_rows(type(model), train_fit, member_fit, member_stop))
             fit_s = time.perf_counter() - t
             p = model.predict(test_in)
             pv = model.predict(valid_in)

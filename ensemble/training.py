@@ -115,12 +115,8 @@ class Prepared:
     member_stop: pd.DataFrame
 
     def member_rows(self, cls: type[Forecaster]) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-        """``(train, valid)`` for ``cls.fit``: a member that stops early (``Forecaster.early_stops``)
-        fits on ``member_fit`` and stops on ``member_stop``; any other fits on the whole training
-        window and is given no validation rows. Every training path fits members with these."""
-        if cls.early_stops:
-            return self.member_fit, self.member_stop
-        return self.train_fit, None
+        """``(train, valid)`` for ``cls.fit`` (:func:`fit_rows`)."""
+        return fit_rows(cls, self.train_fit, self.member_fit, self.member_stop)
 
     def label_history(self) -> pd.DataFrame:
         """(date, ticker, ``target_h{h}``..., ``ref_vol``) the realised forward returns of the training and validation rows:
@@ -128,6 +124,45 @@ class Prepared:
         cols = ["date", "ticker", *[c for c in self.train.columns if c.startswith("target_h")]]
         cols += [c for c in ("ref_vol",) if c in self.train.columns]
         return pd.concat([self.train[cols], self.valid[cols]], ignore_index=True)
+
+
+def member_windows(
+    train: pd.DataFrame,
+    train_fit: pd.DataFrame,
+    valid_fit: pd.DataFrame,
+    settings: Settings,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(member_fit, member_stop)``, with the learning target ``training.target``: the training
+    window ``train`` (realised returns, purged at its end) cut by
+    :func:`ensemble.backtest.splits.stopping_split` at ``training.early_stopping_fraction``; with the
+    fraction 0, ``train_fit`` and ``valid_fit`` (the members stop on the validation dates). Warns
+    when the stopping rows hold no label at a horizon."""
+    tr = settings.training
+    if tr.early_stopping_fraction <= 0:
+        return train_fit, valid_fit
+    fit, stop = stopping_split(train, tr.early_stopping_fraction)
+    n_stop = stop["date"].nunique()
+    short = [h for h in settings.horizons if n_stop <= h]
+    if short:
+        logger.warning(
+            "training.early_stopping_fraction %.2f: the last %d training dates stop the members "
+            "that stop early, and none holds a label at h=%s: their early stopping cannot "
+            "watch it (raise the fraction or training.training_days)",
+            tr.early_stopping_fraction, n_stop, short,
+        )  # fmt: skip
+    return cross_sectional_targets(fit, tr.target), cross_sectional_targets(stop, tr.target)
+
+
+def fit_rows(
+    cls: type[Forecaster], train_fit: pd.DataFrame, member_fit: pd.DataFrame, member_stop: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """``(train, valid)`` for ``cls.fit``: a member that stops early (``Forecaster.early_stops``)
+    fits on ``member_fit`` and stops on ``member_stop`` (:func:`member_windows`); any other fits on
+    the whole training window ``train_fit`` and is given no validation rows. Every training path
+    (and bench/quality.py) fits members with these."""
+    if cls.early_stops:
+        return member_fit, member_stop
+    return train_fit, None
 
 
 def prepare_data(
@@ -174,21 +209,7 @@ def prepare_data(
         eval_frame = frame[frame["date"] >= first].reset_index(drop=True)
         train_fit = cross_sectional_targets(train, tr.target)
         valid_fit = cross_sectional_targets(valid, tr.target)
-        if tr.early_stopping_fraction > 0:
-            fit_rows, stop_rows = stopping_split(train, tr.early_stopping_fraction)
-            n_stop = stop_rows["date"].nunique()
-            short = [h for h in horizons if n_stop <= h]
-            if short:
-                logger.warning(
-                    "training.early_stopping_fraction %.2f: the last %d training dates stop the members "
-                    "that stop early, and none holds a label at h=%s: their early stopping cannot "
-                    "watch it (raise the fraction or training.training_days)",
-                    tr.early_stopping_fraction, n_stop, short,
-                )  # fmt: skip
-            member_fit = cross_sectional_targets(fit_rows, tr.target)
-            member_stop = cross_sectional_targets(stop_rows, tr.target)
-        else:
-            member_fit, member_stop = train_fit, valid_fit
+        member_fit, member_stop = member_windows(train, train_fit, valid_fit, settings)
     logger.info("split: %s; %d features selected", split.as_dict(), len(pre.selected_))
     return Prepared(
         prices, oracle, fingerprint, pre, split, train, valid, eval_frame, train_fit, valid_fit,
