@@ -16,7 +16,9 @@ On both, the members that stop early (the boosters and the sequence models) stop
 ``--early-stopping-fraction`` of the training dates (default ``training.early_stopping_fraction``,
 labels purged between, ``ensemble.backtest.splits.stopping_split``) and fit on the dates before,
 as every training path fits them; the others fit the whole training window. So no member has seen a
-validation label (``0``: they stop on the validation dates, as before 2026-12).
+validation label (``0``: they stop on the validation dates, as before 2026-12). The boosters are then
+fitted again on the whole training window for the rounds they stopped at (``--refit-after-stopping``,
+default ``training.refit_after_stopping``).
 
 Features: the whole pipeline (``build_features``), then a ``Preprocessor`` (top ``k`` by training
 Rank IC, robust scaling) fitted on the training dates only. Each model is fitted once with its
@@ -90,7 +92,7 @@ from ensemble.models import create_model  # noqa: E402
 from ensemble.models.ensemble import VOL_COLUMN, EnsembleForecaster, trailing_volatility  # noqa: E402
 from ensemble.models.prophet_model import ProphetForecaster  # noqa: E402
 from ensemble.scoring import per_ticker_fit_frame  # noqa: E402
-from ensemble.training import fit_rows, member_windows  # noqa: E402
+from ensemble.training import fit_rows, member_windows, refits_stopped  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 HORIZONS = tuple(DEFAULT_HORIZONS)
@@ -225,7 +227,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         valid_fit = cross_sectional_targets(valid, args.target)
         member_settings = load_settings(
             overrides={
-                "training": {"target": args.target, "early_stopping_fraction": args.early_stopping_fraction}
+                "training": {
+                    "target": args.target,
+                    "early_stopping_fraction": args.early_stopping_fraction,
+                    "refit_after_stopping": args.refit_after_stopping,
+                }
             }
         )
         member_fit, member_stop = member_windows(
@@ -278,7 +284,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             else:
                 params = json.loads(args.params).get(name, {}) if args.params else {}
                 model = create_model(name, horizons=HORIZONS, **params)
-                model.fit(*fit_rows(type(model), train_fit, member_fit, member_stop))
+                refit = refits_stopped(member_settings)
+                fit_rows(type(model), train_fit, member_fit, member_stop, refit).fit(model)
             fit_s = time.perf_counter() - t
             p = model.predict(test_in)
             pv = model.predict(valid_in)
@@ -365,6 +372,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "cs_norm": args.cs_norm,
         # the members' rows (None: their forecasts came from --from-preds, made under whatever rule)
         "early_stopping_fraction": None if saved is not None else args.early_stopping_fraction,
+        "refit_after_stopping": None if saved is not None else args.refit_after_stopping,
         "split": {k: str(v.date()) for k, v in sp.items()},
         "n_tickers": int(prices["ticker"].nunique()),
         "n_days": len(dates),
@@ -474,6 +482,13 @@ def main() -> int:
         default=TrainingConfig().early_stopping_fraction,
         help="the members that stop early stop on this last fraction of the training dates (default: "
         "training.early_stopping_fraction); 0: on the validation dates",
+    )
+    ap.add_argument(
+        "--refit-after-stopping",
+        action=argparse.BooleanOptionalAction,
+        default=TrainingConfig().refit_after_stopping,
+        help="fit the members that refit (the boosters) again on the whole training window for the "
+        "rounds they stopped at (default: training.refit_after_stopping)",
     )
     ap.add_argument("--cs-norm", choices=list(KINDS), default=FeatureConfig().cs_norm)
     ap.add_argument(

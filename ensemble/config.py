@@ -120,6 +120,11 @@ class TrainingConfig(_Strict):
     # early-stop and tune on the validation dates themselves (their forecasts there have then seen
     # its labels, which flatters them to the ensemble).
     early_stopping_fraction: float = Field(0.15, ge=0.0, lt=0.5)
+    # A member that can (the boosters: Forecaster.refits) is then fitted again on the whole
+    # training window for the rounds it stopped at, scaled by the rows it gains: it stops on the tail
+    # but its final model has seen the newest training dates too. No validation label is read either
+    # way. False: the member fitted on the dates before the tail is the one kept.
+    refit_after_stopping: bool = True
     # The last date whose information training may use (YYYY-MM-DD; None: the last date of the data).
     # Later rows may be present: they change nothing (labels realised after it are purged).
     as_of: str | None = None

@@ -113,10 +113,13 @@ class Prepared:
     # 0, ``train_fit`` and ``valid_fit``
     member_fit: pd.DataFrame
     member_stop: pd.DataFrame
+    # ``training.refit_after_stopping`` with a stopping tail: the members that refit are fitted
+    # again on ``train_fit`` (:func:`fit_rows`)
+    refit_stopped: bool = False
 
-    def member_rows(self, cls: type[Forecaster]) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-        """``(train, valid)`` for ``cls.fit`` (:func:`fit_rows`)."""
-        return fit_rows(cls, self.train_fit, self.member_fit, self.member_stop)
+    def member_rows(self, cls: type[Forecaster]) -> FitRows:
+        """The rows ``cls.fit`` gets (:func:`fit_rows`)."""
+        return fit_rows(cls, self.train_fit, self.member_fit, self.member_stop, refit=self.refit_stopped)
 
     def label_history(self) -> pd.DataFrame:
         """(date, ticker, ``target_h{h}``..., ``ref_vol``) the realised forward returns of the training and validation rows:
@@ -153,16 +156,43 @@ def member_windows(
     return cross_sectional_targets(fit, tr.target), cross_sectional_targets(stop, tr.target)
 
 
+@dataclass(frozen=True)
+class FitRows:
+    """What one member's ``fit`` gets (:func:`fit_rows`): ``train``, ``valid`` (the rows it stops
+    on, or None) and ``refit_on`` (the rows a member that refits is fitted again on, or None)."""
+
+    train: pd.DataFrame
+    valid: pd.DataFrame | None = None
+    refit_on: pd.DataFrame | None = None
+
+    def fit(self, model: Forecaster, **kwargs: Any) -> Forecaster:
+        """``model.fit`` on these rows (``kwargs``: e.g. ``callbacks``); returns the fitted model."""
+        return model.fit(self.train, self.valid, refit_on=self.refit_on, **kwargs)
+
+
 def fit_rows(
-    cls: type[Forecaster], train_fit: pd.DataFrame, member_fit: pd.DataFrame, member_stop: pd.DataFrame
-) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """``(train, valid)`` for ``cls.fit``: a member that stops early (``Forecaster.early_stops``)
-    fits on ``member_fit`` and stops on ``member_stop`` (:func:`member_windows`); any other fits on
-    the whole training window ``train_fit`` and is given no validation rows. Every training path
-    (and bench/quality.py) fits members with these."""
+    cls: type[Forecaster],
+    train_fit: pd.DataFrame,
+    member_fit: pd.DataFrame,
+    member_stop: pd.DataFrame,
+    refit: bool = False,
+) -> FitRows:
+    """The rows for ``cls.fit``: a member that stops early (``Forecaster.early_stops``) fits on
+    ``member_fit`` and stops on ``member_stop`` (:func:`member_windows`), and with ``refit``
+    (``training.refit_after_stopping`` with a stopping tail) one that ``refits`` is then fitted
+    again on the whole training window ``train_fit`` for the rounds it stopped at; any other member
+    fits on ``train_fit`` and is given no validation rows. Every training path (and
+    bench/quality.py) fits members with these."""
     if cls.early_stops:
-        return member_fit, member_stop
-    return train_fit, None
+        return FitRows(member_fit, member_stop, train_fit if refit and cls.refits else None)
+    return FitRows(train_fit, None, None)
+
+
+def refits_stopped(settings: Settings) -> bool:
+    """Whether the members that refit are fitted again on the whole training window (``fit_rows``'
+    ``refit``): ``training.refit_after_stopping`` with a stopping tail (fraction > 0)."""
+    tr = settings.training
+    return bool(tr.refit_after_stopping and tr.early_stopping_fraction > 0)
 
 
 def prepare_data(
@@ -213,5 +243,5 @@ def prepare_data(
     logger.info("split: %s; %d features selected", split.as_dict(), len(pre.selected_))
     return Prepared(
         prices, oracle, fingerprint, pre, split, train, valid, eval_frame, train_fit, valid_fit,
-        member_fit, member_stop,
+        member_fit, member_stop, refits_stopped(settings),
     )  # fmt: skip

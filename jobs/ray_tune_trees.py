@@ -63,7 +63,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -82,6 +82,9 @@ from ensemble.models.base import (
     pred_col,
     target_col,
 )
+
+if TYPE_CHECKING:
+    from ensemble.training import FitRows
 
 logger = logging.getLogger(__name__)
 
@@ -365,16 +368,16 @@ def tune_tree_model(
     *,
     num_samples: int | None = None,
     storage_path: str | None = None,
-    refit: tuple[pd.DataFrame, pd.DataFrame | None] | None = None,
+    refit: FitRows | None = None,
 ) -> TuneOutcome:
     """Tune tree model ``name`` with Ray Tune (Optuna + ASHA) within the cost budget, refit the best.
 
     ``train`` / ``valid``: feature frames with the target columns of ``settings.horizons`` (valid is
     used for pruning, model selection and the refit's early stopping; jobs.train gives the tail of
     the training window as ``valid``, ``Prepared.member_stop``, so the validation dates stay out of
-    sample). ``refit``: the ``(train, valid)`` the best configuration is refitted on (default the
-    same two; jobs.train refits a model that does not stop early on the whole training window,
-    ``Prepared.member_rows``). ``num_samples``: the number of
+    sample). ``refit``: the rows the best configuration is refitted on (default ``train`` stopping
+    on ``valid``; jobs.train gives ``Prepared.member_rows``: a model that does not stop early fits
+    the whole training window, and a booster that stops on the tail is fitted again on it). ``num_samples``: the number of
     trials (default ``settings.training.tuning_trials``). ``storage_path``: where Tune writes the
     experiment (default ``settings.ray.storage_path``). Ray must be reachable (``ray.init`` first to
     join a cluster; otherwise Tune starts a local one). See the module docstring for the metric and
@@ -399,13 +402,15 @@ def tune_tree_model(
     requested = int(num_samples if num_samples is not None else tc.tuning_trials)
     if requested < 1:
         raise ValueError(f"num_samples must be >= 1, got {requested}")
-    from ensemble.training import member_params  # the driver's only: keeps the trials' imports light
+    from ensemble.training import FitRows, member_params  # the driver's only: keeps the trials' imports light
 
     fixed = member_params(settings, name)
     fixed.setdefault("random_state", tc.seed)
     probe = cls(horizons=horizons, **fixed)  # refuses unknown parameters now
     resolved = probe.resolved_params()
     refit_fits = len({probe.label(k) for k in horizons})  # horizons learning one return share a fit
+    if refit is not None and refit.refit_on is not None:
+        refit_fits *= 2  # each stops on ``valid`` and is then fitted again on ``refit_on``
     space = {k: v for k, v in search_space(name).items() if k not in fixed}
     defaults_point = {k: resolved[k] for k in space}
     trial_fixed = {**{k: v for k, v in cls.trial_overrides.items() if k not in fixed}, **fixed}
@@ -542,7 +547,7 @@ def tune_tree_model(
     best_params = {**fixed, **best_config}
     n_jobs = int(cls(horizons=horizons, **best_params).resolved_params()["n_jobs"])
     with meter.stage(refit_stage, cpus=float(n_jobs)):
-        model = cls(horizons=horizons, **best_params).fit(*(refit or (train, valid)))
+        model = (refit or FitRows(train, valid)).fit(cls(horizons=horizons, **best_params))
     outcome = TuneOutcome(
         name=name,
         best_params=best_params,

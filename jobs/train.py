@@ -121,10 +121,12 @@ def _fit_model(
 ) -> tuple[Forecaster, dict[str, Any]]:
     """Fit model ``name`` on Ray, chosen by its capabilities: per ticker -> the Prophet fan-out of Ray
     tasks; sequences -> Ray Train; tunable -> Ray Tune; otherwise a plain fit, metered. A member
-    that stops early stops on the tail of the training window, the tree models are tuned there, and
-    the rest fit the whole window (``Prepared.member_rows``): no member reads a validation label."""
+    that stops early stops on the tail of the training window (a booster is then fitted again on the
+    whole window for the rounds it stopped at), the tree models are tuned there, and the rest fit
+    the whole window (``Prepared.member_rows``): no member reads a validation label."""
     cls = get_model_class(name)
-    train, valid = prep.member_rows(cls)
+    rows = prep.member_rows(cls)
+    train, valid = rows.train, rows.valid
     if cls.per_ticker:
         r = _prophet_fanout(name, train, settings, meter, progress)
         if not r.model.tickers_:
@@ -148,7 +150,7 @@ def _fit_model(
     if cls.tunable():
         from jobs.ray_tune_trees import tune_tree_model
 
-        t = tune_tree_model(name, prep.member_fit, prep.member_stop, settings, meter, refit=(train, valid))
+        t = tune_tree_model(name, prep.member_fit, prep.member_stop, settings, meter, refit=rows)
         return t.model, {
             "best_params": t.best_params,
             "best_score": t.best_score,
@@ -158,7 +160,7 @@ def _fit_model(
             "trial_nodes": len(set(t.trial_nodes.values())),
         }
     with meter.stage(name, cpus=1):
-        return cls(horizons=settings.horizons, **member_params(settings, name)).fit(train, valid), {}
+        return rows.fit(cls(horizons=settings.horizons, **member_params(settings, name))), {}
 
 
 def _refit_through(

@@ -61,7 +61,7 @@ def train_tiny_version(root: Path, settings: Settings | None = None) -> tuple[Mo
     for name in tr.models:
         cls = get_model_class(name)
         model = cls(horizons=settings.horizons, **settings.models.get(name, {}))
-        models[name] = model.fit(*prep.member_rows(cls))
+        models[name] = prep.member_rows(cls).fit(model)
         p = model.predict(prep.eval_frame)
         preds[name] = p[p["date"] >= prep.split.valid_start].reset_index(drop=True)
     hs = settings.horizons

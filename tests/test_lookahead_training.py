@@ -183,8 +183,9 @@ def test_no_member_reads_a_validation_label(ray_local, tmp_path: Path) -> None:
     """The members learn nothing from the validation dates, on which the ensemble learns its weights,
     score calibration and intervals: poisoning every price after the training window's end changes
     the validation rows (features and labels) and leaves every tree member jobs.train stores
-    (tuned on Ray Tune, the boosters refitted with early stopping, the forest on the whole window)
-    bit-identical, and so are the tuning outcomes. With ``training.early_stopping_fraction`` 0 the
+    (tuned on Ray Tune; the boosters refitted stopping on the training tail, then fitted again on
+    the whole training window; the forest on the whole window) bit-identical, and so are the tuning
+    outcomes. With ``training.early_stopping_fraction`` 0 the
     boosters stop, and every tuning trial is scored, on the validation dates, and the same poisoning
     moves them: the check can fail."""
     trees = ["xgboost", "lightgbm", "random_forest"]
@@ -218,6 +219,9 @@ def test_no_member_reads_a_validation_label(ray_local, tmp_path: Path) -> None:
                 assert not np.array_equal(
                     clean.valid[feats].to_numpy(), prep.valid[feats].to_numpy(), equal_nan=True
                 )
+        for name in ("xgboost", "lightgbm"):  # each stored booster is the fit again on the whole window
+            again = settings.training.early_stopping_fraction > 0
+            assert all(("stopped_n_rounds" in i) == again for i in models["clean"][name].fit_info_.values())
         for name in settings.training.models:
             a, b = models["clean"][name].predict(frame), models["poisoned"][name].predict(frame)
             if not all(np.array_equal(a[pred_col(h)], b[pred_col(h)], equal_nan=True) for h in horizons):

@@ -18,7 +18,7 @@ from ensemble.backtest.metrics import rank_ic  # noqa: E402
 from ensemble.backtest.splits import window  # noqa: E402
 from ensemble.features.targets import forward_log_returns  # noqa: E402
 from ensemble.models import get_model_class  # noqa: E402
-from ensemble.models.base import UnsafeArtifactError  # noqa: E402
+from ensemble.models.base import UnsafeArtifactError, pred_col  # noqa: E402
 from ensemble.models.explain import BIAS_COLUMN, feature_matrix  # noqa: E402
 
 HORIZONS = (5, 20, 60)
@@ -298,6 +298,50 @@ def test_early_stopping_on_valid(name: str, data: tuple, tmp_path: Path) -> None
     assert np.array_equal(
         loaded.predict(test)[PRED_COLS].to_numpy(), model.predict(test)[PRED_COLS].to_numpy()
     )
+
+
+@pytest.mark.parametrize("name", ["xgboost", "lightgbm"])
+def test_refit_on_fits_again_for_the_rounds_it_stopped_at(name: str, data: tuple, tmp_path: Path) -> None:
+    """With ``refit_on``, each horizon's booster stops on ``valid`` as without it, and the model kept
+    is then fitted on ``refit_on`` alone for the rounds it stopped at, scaled by the labelled rows
+    gained: the same as a fit of those rows for that many rounds, with no validation."""
+    train, test, _ = data
+    dates = np.sort(train["date"].unique())
+    fit = train[train["date"] < dates[int(len(dates) * 0.8)]].reset_index(drop=True)
+    params = {**SMALL[name], "n_estimators": 300, "learning_rate": 0.3, "early_stopping_rounds": 10}
+    cls = get_model_class(name)
+    stopped = cls(**params).fit(fit, valid=test)
+    model = cls(**params).fit(fit, valid=test, refit_on=train)
+    assert cls.refits
+    for h in HORIZONS:
+        info, before = model.fit_info_[h], stopped.fit_info_[h]
+        label = model.label(h)
+        n_fit, n_all = int(fit[label].notna().sum()), int(train[label].notna().sum())
+        assert info["stopped_n_rounds"] == before["n_rounds"] < 300
+        assert info["stopped_best_iteration"] == before["best_iteration"]
+        assert info["stopped_n_train_rows"] == n_fit and info["n_train_rows"] == n_all > n_fit
+        assert info["n_rounds"] == min(300, round(before["n_rounds"] * n_all / n_fit))
+        assert info["n_valid_rows"] == before["n_valid_rows"]
+        once = cls(**{**params, "n_estimators": info["n_rounds"]}).fit(train[train[label].notna()])
+        assert np.array_equal(
+            model.predict(test)[pred_col(h)].to_numpy(), once.predict(test)[pred_col(h)].to_numpy()
+        )
+    assert not np.array_equal(
+        model.predict(test)[PRED_COLS].to_numpy(), stopped.predict(test)[PRED_COLS].to_numpy()
+    )
+    loaded = cls.load(model.save(tmp_path))
+    assert loaded.fit_info_ == model.fit_info_
+    assert np.array_equal(
+        loaded.predict(test)[PRED_COLS].to_numpy(), model.predict(test)[PRED_COLS].to_numpy()
+    )
+
+
+def test_a_model_that_does_not_refit_refuses_refit_on(data: tuple) -> None:
+    train, test, _ = data
+    cls = get_model_class("random_forest")
+    assert not cls.refits
+    with pytest.raises(ValueError, match="random_forest: does not refit"):
+        cls(**SMALL["random_forest"]).fit(train, refit_on=train)
 
 
 def _first_rounds(booster: object, x: np.ndarray, k: int) -> np.ndarray:

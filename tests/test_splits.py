@@ -77,3 +77,23 @@ def test_the_stopping_rows_are_the_training_tail_and_no_fitting_label_reaches_th
     for bad in (0.0, 1.0, 0.99):
         with pytest.raises(ValueError, match="stopping_split"):
             stopping_split(train, bad)
+
+
+@pytest.mark.parametrize("refit", [True, False])
+def test_each_member_gets_its_rows(refit: bool) -> None:
+    """``fit_rows``: the members that stop early fit on the rows before the tail and stop on the tail;
+    with ``refit`` the boosters (``Forecaster.refits``) are then fitted again on the whole training
+    window, the sequence models are not; the forest and Prophet fit the whole window, no stopping."""
+    from ensemble.catalog import MODEL_NAMES
+    from ensemble.models import get_model_class
+    from ensemble.training import fit_rows
+
+    whole, fit, stop = (pd.DataFrame({"date": [i]}) for i in range(3))
+    rows = {name: fit_rows(get_model_class(name), whole, fit, stop, refit) for name in MODEL_NAMES}
+    for name in ("xgboost", "lightgbm"):
+        assert rows[name].train is fit and rows[name].valid is stop
+        assert rows[name].refit_on is (whole if refit else None)
+    for name in ("lstm", "transformer"):
+        assert rows[name].train is fit and rows[name].valid is stop and rows[name].refit_on is None
+    for name in ("random_forest", "prophet"):
+        assert rows[name].train is whole and rows[name].valid is None and rows[name].refit_on is None

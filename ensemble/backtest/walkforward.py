@@ -16,8 +16,9 @@ One fold (:func:`fit_fold`), in-process, no Ray (``jobs.backtest`` runs the fold
     ``ensemble.training.prepare_data`` with ``training.as_of = fold.as_of`` (features may be given,
     computed once on the whole panel: every feature at t uses rows dated <= t; the preprocessor is
     fitted per fold on its training dates), then every configured member's own
-    ``fit(*Prepared.member_rows(...))`` with ``settings.models[name]`` (the members that stop early
-    stop on the tail of the training window, as in the training job; no tuning; Prophet refitted per
+    ``fit`` on ``Prepared.member_rows(...)`` with ``settings.models[name]`` (the members that stop
+    early stop on the tail of the training window and the boosters are fitted again on the whole
+    window, as in the training job; no tuning; Prophet refitted per
     fold); sequence members (``max_epochs`` from ``training.max_epochs`` unless pinned, as in the
     training job) once per seed of ``seeds``, their forecasts averaged over the seeds
     (each seed's test Rank IC kept). The :class:`~ensemble.models.ensemble.EnsembleForecaster` learns
@@ -235,7 +236,7 @@ def fit_fold(
                     seed_preds[name], seed_scores[name] = {}, {}
                     for seed in seeds:
                         m = create_model(name, horizons=horizons, **{**params, "seed": seed})
-                        m.fit(*prep.member_rows(cls))
+                        prep.member_rows(cls).fit(m)
                         pv.append(on_valid(m.predict(valid_in)))
                         p = on_test(m.predict(test_in))
                         seed_preds[name][seed] = p
@@ -243,7 +244,7 @@ def fit_fold(
                     vpreds[name] = _mean_preds(pv, horizons)
                     scores[name] = _mean_preds(list(seed_preds[name].values()), horizons)
                 else:
-                    m = create_model(name, horizons=horizons, **params).fit(*prep.member_rows(cls))
+                    m = prep.member_rows(cls).fit(create_model(name, horizons=horizons, **params))
                     vpreds[name] = on_valid(m.predict(valid_in))
                     scores[name] = on_test(m.predict(test_in))
         except Exception as exc:  # one failing member is reported and left out, never replaced

@@ -183,6 +183,9 @@ class Forecaster(ABC):
     # it the tail of the training window (``training.early_stopping_fraction``), never the validation
     # dates the ensemble learns on (ensemble.training.Prepared.member_rows)
     early_stops: ClassVar[bool] = False
+    # Given ``refit_on`` in ``fit``: after stopping on ``valid``, fits again on those rows (the whole
+    # training window) for the rounds it stopped at, scaled by the rows gained, and keeps that model
+    refits: ClassVar[bool] = False
     # The hyperparameter search space, beside the model's defaults, in plain terms (no Ray here):
     # name -> (kind, low, high), kind one of 'uniform', 'loguniform' (floats), 'randint',
     # 'lograndint' (integers, high exclusive). Empty: the model is not tuned.
@@ -203,7 +206,13 @@ class Forecaster(ABC):
         valid: pd.DataFrame | None = None,
         *,
         callbacks: Sequence[FitCallback] = (),
+        refit_on: pd.DataFrame | None = None,
     ) -> Self: ...
+
+    def _refuse_refit(self, refit_on: pd.DataFrame | None) -> None:
+        """Raise unless ``refit_on`` is None: for ``fit`` of a model that does not refit."""
+        if refit_on is not None:
+            raise ValueError(f"{self.name}: does not refit after stopping (Forecaster.refits is False)")
 
     @abstractmethod
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame: ...
@@ -228,6 +237,7 @@ class Forecaster(ABC):
             "supports_gpu": self.supports_gpu,
             "iterative": self.iterative,
             "early_stops": self.early_stops,
+            "refits": self.refits,
             "tunable": self.tunable(),
         }
 

@@ -294,6 +294,32 @@ class TreeForecaster(Forecaster):
 
         return score
 
+    def _refit_one(
+        self,
+        h: int,
+        xr: np.ndarray,
+        yr: np.ndarray,
+        n_stopped: int,
+        stopped: dict[str, Any],
+        p: dict[str, Any],
+    ) -> tuple[Any, dict[str, Any]]:
+        """The model of horizon ``h`` fitted again on the labelled rows of ``xr`` / ``yr`` with no
+        validation, for the ``stopped['n_rounds']`` rounds the stopped fit kept (on ``n_stopped``
+        rows) scaled by the rows gained, at most ``n_estimators``; with no early stop (no validation
+        label at ``h``) for ``n_estimators``. Returns (model, info): the stopped fit's info under
+        ``stopped_*`` beside the refit's."""
+        ok = np.isfinite(yr)
+        if not ok.any():
+            raise ValueError(f"{self.name}: target {self.label(h)} has no finite value in the refit frame")
+        cap = int(p["n_estimators"])
+        kept = int(stopped.get("n_rounds", cap))
+        rounds = cap
+        if "best_iteration" in stopped:  # it stopped early: as many rounds per row seen
+            rounds = min(cap, max(1, int(round(kept * ok.sum() / max(n_stopped, 1)))))
+        model, info = self._fit_one(h, xr[ok], yr[ok], None, None, {**p, "n_estimators": rounds})
+        before = {f"stopped_{k}": v for k, v in stopped.items()}
+        return model, {**before, "stopped_n_train_rows": int(n_stopped), **info}
+
     def _extra_meta(self) -> dict[str, Any]:
         return {}
 
@@ -307,10 +333,19 @@ class TreeForecaster(Forecaster):
         valid: pd.DataFrame | None = None,
         *,
         callbacks: Sequence[FitCallback] = (),
+        refit_on: pd.DataFrame | None = None,
     ) -> Self:
+        """One model per horizon on ``train``, stopping early on ``valid`` (the model's own rule).
+        ``refit_on`` (a model that ``refits``): the model of each horizon is then fitted again on
+        these rows, with no validation, for the rounds it kept scaled by the labelled rows gained
+        (at most ``n_estimators``), and that model is the one kept (:meth:`_refit_one`)."""
         self.check_targets(train)
         if valid is not None:
             self.check_targets(valid)
+        if refit_on is not None:
+            if not self.refits:
+                self._refuse_refit(refit_on)
+            self.check_targets(refit_on)
         p = self.resolved_params()
         names = feature_columns(train)
         if not names:
@@ -320,6 +355,7 @@ class TreeForecaster(Forecaster):
         self._prepare(x)
         x = self._transform(x)
         xv = self._transform(feature_matrix(valid, names)) if valid is not None else None
+        xr = self._transform(feature_matrix(refit_on, names)) if refit_on is not None else None
         for cb in callbacks:
             cb.on_fit_start(self)
         models: dict[int, Any] = {}
@@ -348,11 +384,16 @@ class TreeForecaster(Forecaster):
                     )
             t0 = time.perf_counter()
             models[h], extra = self._fit_one(h, x[ok], y[ok], xv_h, yv_h, p, callbacks, dv_h)
+            n_rows = int(ok.sum())
+            if xr is not None and refit_on is not None:
+                yr = refit_on[label].to_numpy(dtype=np.float64, na_value=np.nan)
+                models[h], extra = self._refit_one(h, xr, yr, n_rows, extra, p)
+                n_rows = int(np.isfinite(yr).sum())
             seconds = time.perf_counter() - t0
             fitted_on[label] = h
             info[h] = {
                 "label": label,
-                "n_train_rows": int(ok.sum()),
+                "n_train_rows": n_rows,
                 "n_valid_rows": 0 if yv_h is None else len(yv_h),
                 "fit_seconds": seconds,
                 **extra,

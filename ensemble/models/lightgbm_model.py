@@ -105,6 +105,7 @@ class LightGBMForecaster(TreeForecaster):
     search_space: ClassVar[dict[str, tuple[str, float, float]]] = SEARCH_SPACE
     iterative: ClassVar[bool] = True
     early_stops: ClassVar[bool] = True
+    refits: ClassVar[bool] = True
 
     @staticmethod
     def _booster_params(p: dict[str, Any]) -> dict[str, Any]:

@@ -184,9 +184,11 @@ class ProphetForecaster(Forecaster):
         valid: pd.DataFrame | None = None,
         *,
         callbacks: Sequence[FitCallback] = (),
+        refit_on: pd.DataFrame | None = None,
     ) -> Self:
         """One Prophet per ticker on its close history (``valid`` is not used). ``callbacks`` see
         the start and the end of the fit (Prophet's optimiser has no iterations to report)."""
+        self._refuse_refit(refit_on)
         for cb in callbacks:
             cb.on_fit_start(self)
         missing = [c for c in ("date", "ticker", "close") if c not in train.columns]

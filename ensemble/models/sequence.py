@@ -391,6 +391,7 @@ class SequenceForecaster(Forecaster):
         valid: pd.DataFrame | None = None,
         *,
         callbacks: Sequence[FitCallback] = (),
+        refit_on: pd.DataFrame | None = None,
         device: str | torch.device | None = None,
     ) -> Self:
         """Fit on ``train`` (early stopping on ``valid``, else on an internal split; see the module
@@ -398,6 +399,7 @@ class SequenceForecaster(Forecaster):
         ``state()`` to checkpoint); a :class:`SequenceTrainingHooks` among them may resume, wrap the
         module and shard the batches. ``device`` overrides the ``device`` parameter (e.g. the device
         a distributed runner assigns to this worker)."""
+        self._refuse_refit(refit_on)
         self.check_targets(train)
         if valid is not None:
             self.check_targets(valid)
