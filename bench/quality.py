@@ -17,8 +17,8 @@ On both, the members that stop early (the boosters and the sequence models) stop
 labels purged between, ``ensemble.backtest.splits.stopping_split``) and fit on the dates before,
 as every training path fits them; the others fit the whole training window. So no member has seen a
 validation label (``0``: they stop on the validation dates, as before 2026-12). The boosters are then
-fitted again on the whole training window for the rounds they stopped at (``--refit-after-stopping``,
-default ``training.refit_after_stopping``).
+fitted again on the whole training window for the rounds they stopped at (``--refit-after-stopping
+MODEL ...``, default ``training.refit_after_stopping``; the sequence models can be named too).
 
 Features: the whole pipeline (``build_features``), then a ``Preprocessor`` (top ``k`` by training
 Rank IC, robust scaling) fitted on the training dates only. Each model is fitted once with its
@@ -92,7 +92,7 @@ from ensemble.models import create_model  # noqa: E402
 from ensemble.models.ensemble import VOL_COLUMN, EnsembleForecaster, trailing_volatility  # noqa: E402
 from ensemble.models.prophet_model import ProphetForecaster  # noqa: E402
 from ensemble.scoring import per_ticker_fit_frame  # noqa: E402
-from ensemble.training import fit_rows, member_windows, refits_stopped  # noqa: E402
+from ensemble.training import fit_rows, member_windows, refit_members  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 HORIZONS = tuple(DEFAULT_HORIZONS)
@@ -284,7 +284,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             else:
                 params = json.loads(args.params).get(name, {}) if args.params else {}
                 model = create_model(name, horizons=HORIZONS, **params)
-                refit = refits_stopped(member_settings)
+                refit = name in refit_members(member_settings)
                 fit_rows(type(model), train_fit, member_fit, member_stop, refit).fit(model)
             fit_s = time.perf_counter() - t
             p = model.predict(test_in)
@@ -485,10 +485,11 @@ def main() -> int:
     )
     ap.add_argument(
         "--refit-after-stopping",
-        action=argparse.BooleanOptionalAction,
+        nargs="*",
+        metavar="MODEL",
         default=TrainingConfig().refit_after_stopping,
-        help="fit the members that refit (the boosters) again on the whole training window for the "
-        "rounds they stopped at (default: training.refit_after_stopping)",
+        help="the members that stop early and are then fitted again on the whole training window for "
+        "the rounds or epochs they stopped at (default: training.refit_after_stopping; none: none)",
     )
     ap.add_argument("--cs-norm", choices=list(KINDS), default=FeatureConfig().cs_norm)
     ap.add_argument(

@@ -113,13 +113,12 @@ class Prepared:
     # 0, ``train_fit`` and ``valid_fit``
     member_fit: pd.DataFrame
     member_stop: pd.DataFrame
-    # ``training.refit_after_stopping`` with a stopping tail: the members that refit are fitted
-    # again on ``train_fit`` (:func:`fit_rows`)
-    refit_stopped: bool = False
+    # the members fitted again on ``train_fit`` after stopping (:func:`refit_members`)
+    refit: frozenset[str] = frozenset()
 
     def member_rows(self, cls: type[Forecaster]) -> FitRows:
         """The rows ``cls.fit`` gets (:func:`fit_rows`)."""
-        return fit_rows(cls, self.train_fit, self.member_fit, self.member_stop, refit=self.refit_stopped)
+        return fit_rows(cls, self.train_fit, self.member_fit, self.member_stop, cls.name in self.refit)
 
     def label_history(self) -> pd.DataFrame:
         """(date, ticker, ``target_h{h}``..., ``ref_vol``) the realised forward returns of the training and validation rows:
@@ -179,20 +178,27 @@ def fit_rows(
 ) -> FitRows:
     """The rows for ``cls.fit``: a member that stops early (``Forecaster.early_stops``) fits on
     ``member_fit`` and stops on ``member_stop`` (:func:`member_windows`), and with ``refit``
-    (``training.refit_after_stopping`` with a stopping tail) one that ``refits`` is then fitted
-    again on the whole training window ``train_fit`` for the rounds it stopped at; any other member
-    fits on ``train_fit`` and is given no validation rows. Every training path (and
-    bench/quality.py) fits members with these."""
+    (:func:`refit_members`) is then fitted again on the whole training window ``train_fit`` for the
+    rounds or epochs it stopped at; any other member fits on ``train_fit`` and is given no
+    validation rows. Every training path (and bench/quality.py) fits members with these."""
     if cls.early_stops:
-        return FitRows(member_fit, member_stop, train_fit if refit and cls.refits else None)
+        return FitRows(member_fit, member_stop, train_fit if refit else None)
     return FitRows(train_fit, None, None)
 
 
-def refits_stopped(settings: Settings) -> bool:
-    """Whether the members that refit are fitted again on the whole training window (``fit_rows``'
-    ``refit``): ``training.refit_after_stopping`` with a stopping tail (fraction > 0)."""
+def refit_members(settings: Settings) -> frozenset[str]:
+    """The members :func:`fit_rows` refits: ``training.refit_after_stopping`` when there is a
+    stopping tail (``training.early_stopping_fraction`` > 0; with 0 the members stop on the
+    validation dates and fit the whole training window already). Raises ValueError, naming the
+    setting, for a model that cannot refit (``Forecaster.refits``: one that does not stop early)."""
     tr = settings.training
-    return bool(tr.refit_after_stopping and tr.early_stopping_fraction > 0)
+    cannot = [n for n in tr.refit_after_stopping if not get_model_class(n).refits]
+    if cannot:
+        raise ValueError(
+            f"training.refit_after_stopping: {cannot} cannot refit (they do not stop early); "
+            "models that can: the boosters and the sequence models"
+        )
+    return frozenset(tr.refit_after_stopping) if tr.early_stopping_fraction > 0 else frozenset()
 
 
 def prepare_data(
@@ -243,5 +249,5 @@ def prepare_data(
     logger.info("split: %s; %d features selected", split.as_dict(), len(pre.selected_))
     return Prepared(
         prices, oracle, fingerprint, pre, split, train, valid, eval_frame, train_fit, valid_fit,
-        member_fit, member_stop, refits_stopped(settings),
+        member_fit, member_stop, refit_members(settings),
     )  # fmt: skip

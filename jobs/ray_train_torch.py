@@ -156,10 +156,11 @@ def _train_worker(config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     train = ray.get(config["train_ref"])
     valid = ray.get(config["valid_ref"]) if config["valid_ref"] is not None else None
+    refit_on = ray.get(config["refit_ref"]) if config["refit_ref"] is not None else None
     model = get_model_class(config["name"])(horizons=config["horizons"], **config["params"])
     assert isinstance(model, SequenceForecaster)
     hooks = RayTrainHooks(rank, world, config["fail_at_epoch"], Path(config["marker"]))
-    model.fit(train, valid, callbacks=[hooks], device=rtt.get_device())
+    model.fit(train, valid, callbacks=[hooks], refit_on=refit_on, device=rtt.get_device())
     # the finished model (best weights), saved by the library, in one last checkpoint
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = None
@@ -193,12 +194,15 @@ def train_sequence_model(
     *,
     storage_path: str | None = None,
     fail_at_epoch: int | None = None,
+    refit_on: pd.DataFrame | None = None,
 ) -> TrainOutcome:
     """Train sequence model ``name`` ('lstm' or 'transformer') with Ray Train; see the module docstring.
 
     Parameters: ``ensemble.training.member_params`` (``settings.models[name]`` over the model's
     defaults; ``seq_len``, ``max_epochs`` and ``seed`` from the settings unless pinned there).
-    ``valid`` (or, if None, the model's internal split of ``train``) drives early stopping. ``storage_path``: where the run's checkpoints go
+    ``valid`` (or, if None, the model's internal split of ``train``) drives early stopping; with
+    ``refit_on`` every worker then trains the refit (``SequenceForecaster.fit``'s ``refit_on``),
+    sharded as before, unreported. ``storage_path``: where the run's checkpoints go
     (default ``settings.ray.storage_path``). ``fail_at_epoch``: inject one failure (tests).
     """
     import ray
@@ -228,6 +232,7 @@ def train_sequence_model(
         "params": params,
         "train_ref": ray.put(train),
         "valid_ref": None if valid is None else ray.put(valid),
+        "refit_ref": None if refit_on is None else ray.put(refit_on),
         "fail_at_epoch": fail_at_epoch,
         "marker": str(root / run_name / "fault_injected"),
     }

@@ -121,8 +121,8 @@ def _fit_model(
 ) -> tuple[Forecaster, dict[str, Any]]:
     """Fit model ``name`` on Ray, chosen by its capabilities: per ticker -> the Prophet fan-out of Ray
     tasks; sequences -> Ray Train; tunable -> Ray Tune; otherwise a plain fit, metered. A member
-    that stops early stops on the tail of the training window (a booster is then fitted again on the
-    whole window for the rounds it stopped at), the tree models are tuned there, and the rest fit
+    that stops early stops on the tail of the training window (and is then fitted again on the whole
+    window for the rounds or epochs it stopped at), the tree models are tuned there, and the rest fit
     the whole window (``Prepared.member_rows``): no member reads a validation label."""
     cls = get_model_class(name)
     rows = prep.member_rows(cls)
@@ -141,11 +141,12 @@ def _fit_model(
     if cls.uses_sequences:
         from jobs.ray_train_torch import train_sequence_model
 
-        n = train_sequence_model(name, train, valid, settings, meter)
+        n = train_sequence_model(name, train, valid, settings, meter, refit_on=rows.refit_on)
         return n.model, {
             "epochs_run": n.epochs_run,
             "val_loss": n.val_loss,
             "restarts": n.resumed_from_epoch,
+            "refit": n.model.refit_,
         }
     if cls.tunable():
         from jobs.ray_tune_trees import tune_tree_model

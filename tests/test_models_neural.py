@@ -256,6 +256,43 @@ def test_early_stopping_on_internal_validation(name: str) -> None:
     assert min(losses) == losses[model.best_epoch_ - 1]
 
 
+@pytest.mark.parametrize("name", MODELS)
+def test_refit_on_trains_a_fresh_module_for_the_best_epochs(
+    name: str, frame: pd.DataFrame, tmp_path: Path
+) -> None:
+    """With ``refit_on``, the fit stops on ``valid`` as without it (its history kept), then a fresh
+    module with the same seed trains on ``refit_on`` for the epochs up to the best one, with no
+    validation: given the training rows themselves, the same as a plain fit of them for that many
+    epochs (the same scalers, initial weights and batches); on more rows, another model."""
+    train, valid = split(frame, 0, TRAIN_END), split(frame, TRAIN_END, VALID_END)
+    p = params(name, max_epochs=8, patience=2)
+    cls = get_model_class(name)
+    assert cls.refits
+    stopped: Any = cls(**p).fit(train, valid)
+    model: Any = cls(**p).fit(train, valid, refit_on=train)
+    losses = [(h["train_loss"], h["valid_loss"]) for h in model.history_]
+    assert losses == [(h["train_loss"], h["valid_loss"]) for h in stopped.history_]
+    assert model.best_epoch_ == stopped.best_epoch_
+    assert model.refit_["epochs"] == max(1, stopped.best_epoch_)
+    labelled = int(train[PRED_COLS[0].replace("pred", "target")].notna().sum())
+    assert model.refit_["n_train_rows"] == model.refit_["stopped_n_train_rows"] >= labelled
+    plain: Any = cls(**{**p, "max_epochs": model.refit_["epochs"], "valid_fraction": 0.0}).fit(train)
+    assert np.array_equal(
+        model.predict(frame)[PRED_COLS].to_numpy(), plain.predict(frame)[PRED_COLS].to_numpy()
+    )
+    whole = split(frame, 0, VALID_END)
+    longer: Any = cls(**p).fit(train, valid, refit_on=whole)
+    assert longer.refit_["n_train_rows"] > model.refit_["n_train_rows"]
+    assert not np.array_equal(
+        longer.predict(frame)[PRED_COLS].to_numpy(), model.predict(frame)[PRED_COLS].to_numpy()
+    )
+    loaded: Any = cls.load(longer.save(tmp_path))
+    assert loaded.refit_ == longer.refit_ and loaded.history_ == longer.history_
+    assert np.array_equal(
+        loaded.predict(frame)[PRED_COLS].to_numpy(), longer.predict(frame)[PRED_COLS].to_numpy()
+    )
+
+
 def test_lstm_attention_weights(fitted: dict, frame: pd.DataFrame) -> None:
     model = fitted["lstm"]
     att = model.attention(frame)

@@ -83,3 +83,16 @@ def test_two_workers_shard_the_rows_and_average_the_gradients(ray_local, tmp_pat
     # local batch-b model (what every worker training all rows would give) is
     assert gap_union < 1e-4 * spread, (gap_union, spread)
     assert gap_unsharded > 100 * max(gap_union, 1e-9 * spread), (gap_unsharded, gap_union)
+
+    # the refit on the whole window (jobs.train's refit_on) is sharded the same way on both workers
+    whole = f[f["date"] < dates[125]].reset_index(drop=True)
+    out = train_sequence_model("lstm", train, valid, s, meter, storage_path=str(tmp_path), refit_on=whole)
+    assert out.best_epoch == best_epoch and out.model.refit_["epochs"] == best_epoch
+    got = out.model.predict(valid)["pred_h5"].to_numpy()
+    m = create_model("lstm", horizons=(5,), **{**SEQ, "batch_size": 2 * BATCH}).fit(
+        train, valid, refit_on=whole
+    )
+    refit = np.asarray(m.predict(valid)["pred_h5"].to_numpy())
+    assert m.refit_["n_train_rows"] == out.model.refit_["n_train_rows"] > len(train)
+    assert float(np.abs(got - refit).max()) < 1e-4 * float(np.ptp(refit))
+    assert float(np.abs(refit - union).max()) > 1e-2 * spread  # the refit is another model

@@ -81,19 +81,36 @@ def test_the_stopping_rows_are_the_training_tail_and_no_fitting_label_reaches_th
 
 @pytest.mark.parametrize("refit", [True, False])
 def test_each_member_gets_its_rows(refit: bool) -> None:
-    """``fit_rows``: the members that stop early fit on the rows before the tail and stop on the tail;
-    with ``refit`` the boosters (``Forecaster.refits``) are then fitted again on the whole training
-    window, the sequence models are not; the forest and Prophet fit the whole window, no stopping."""
+    """``fit_rows``: the members that stop early (the boosters, the sequence models) fit on the rows
+    before the tail and stop on the tail, and with ``refit`` are then fitted again on the whole
+    training window; the forest and Prophet fit the whole window, no stopping."""
     from ensemble.catalog import MODEL_NAMES
     from ensemble.models import get_model_class
     from ensemble.training import fit_rows
 
     whole, fit, stop = (pd.DataFrame({"date": [i]}) for i in range(3))
     rows = {name: fit_rows(get_model_class(name), whole, fit, stop, refit) for name in MODEL_NAMES}
-    for name in ("xgboost", "lightgbm"):
+    for name in ("xgboost", "lightgbm", "lstm", "transformer"):
         assert rows[name].train is fit and rows[name].valid is stop
         assert rows[name].refit_on is (whole if refit else None)
-    for name in ("lstm", "transformer"):
-        assert rows[name].train is fit and rows[name].valid is stop and rows[name].refit_on is None
     for name in ("random_forest", "prophet"):
         assert rows[name].train is whole and rows[name].valid is None and rows[name].refit_on is None
+
+
+def test_which_members_refit() -> None:
+    """``training.refit_after_stopping``: the boosters by default, none without a stopping tail, and a
+    model that cannot refit (it does not stop early) or an unknown one is refused, naming the setting."""
+    from ensemble.config import load_settings
+    from ensemble.training import refit_members
+
+    def members(**training: object) -> frozenset[str]:
+        return refit_members(load_settings(overrides={"training": training}))
+
+    assert members() == {"xgboost", "lightgbm"}
+    assert members(refit_after_stopping=["lstm", "xgboost"]) == {"lstm", "xgboost"}
+    assert members(early_stopping_fraction=0.0) == frozenset()
+    assert members(refit_after_stopping=[]) == frozenset()
+    with pytest.raises(ValueError, match=r"training.refit_after_stopping: \['random_forest'\] cannot refit"):
+        members(refit_after_stopping=["random_forest"])
+    with pytest.raises(ValueError, match="training.refit_after_stopping has unknown models"):
+        members(refit_after_stopping=["arima"])

@@ -354,6 +354,20 @@ class SequenceTrainingHooks(FitCallback):
         return (perm[b : b + batch_size] for b in range(0, len(perm), batch_size))
 
 
+class _RefitHooks(SequenceTrainingHooks):
+    """A runner's hooks for :meth:`SequenceForecaster._refit`: its sharding and module wrapping, but
+    no resume (the refit starts afresh) and no per-epoch reports (nothing to stop or checkpoint)."""
+
+    def __init__(self, inner: SequenceTrainingHooks | None) -> None:
+        self.inner = inner or SequenceTrainingHooks()
+
+    def wrap_module(self, module: nn.Module) -> nn.Module:
+        return self.inner.wrap_module(module)
+
+    def batches(self, perm: torch.Tensor, batch_size: int) -> Iterable[torch.Tensor]:
+        return self.inner.batches(perm, batch_size)
+
+
 class SequenceForecaster(Forecaster):
     """Fit / predict / save / load for a torch module mapping (x (B,L,F), pad_mask (B,L)) -> (B, H).
 
@@ -364,7 +378,14 @@ class SequenceForecaster(Forecaster):
     supports_gpu: ClassVar[bool] = True
     iterative: ClassVar[bool] = True
     early_stops: ClassVar[bool] = True
+    refits: ClassVar[bool] = True
     model_defaults: ClassVar[dict[str, Any]] = {}
+    # fitted state (set by fit / load)
+    history_: list[dict[str, float]]
+    n_epochs_: int
+    best_epoch_: int
+    best_valid_loss_: float | None
+    refit_: dict[str, Any] | None
 
     @classmethod
     def param_names(cls) -> frozenset[str]:
@@ -398,11 +419,14 @@ class SequenceForecaster(Forecaster):
         docstring). ``callbacks`` see every epoch (:class:`ensemble.models.base.Iteration`, with a
         ``state()`` to checkpoint); a :class:`SequenceTrainingHooks` among them may resume, wrap the
         module and shard the batches. ``device`` overrides the ``device`` parameter (e.g. the device
-        a distributed runner assigns to this worker)."""
-        self._refuse_refit(refit_on)
+        a distributed runner assigns to this worker). ``refit_on``: after stopping, a fresh module
+        (the same seed) is trained on these rows, with no validation, for the epochs up to the best
+        one, and is the one kept (:meth:`_refit`); the scalers stay those fitted on ``train``."""
         self.check_targets(train)
         if valid is not None:
             self.check_targets(valid)
+        if refit_on is not None:
+            self.check_targets(refit_on)
         p = self.resolved_params()
         dev = device if isinstance(device, torch.device) else resolve_device(device or p["device"])
         names = feature_columns(train)
@@ -461,10 +485,45 @@ class SequenceForecaster(Forecaster):
         with torch_runtime(dev, p["seed"], p["num_threads"]):
             self.module_ = self._build_module(len(names)).to(dev)
             self._train_loop(tr, train_rows, va, v_rows, p, callbacks)
+        self.refit_ = None
+        if refit_on is not None:
+            self._refit(SequenceData(refit_on, **common), len(train_rows), p, callbacks)
         self.module_.eval()
         for cb in callbacks:
             cb.on_fit_end(self)
         return self
+
+    def _refit(
+        self, data: SequenceData, n_stopped: int, p: dict[str, Any], callbacks: Sequence[FitCallback]
+    ) -> None:
+        """Train a fresh module (the same seed) on the labelled rows of ``data`` with no validation
+        for ``best_epoch_`` epochs (each samples as many rows as one epoch of the fit that stopped:
+        ``max_samples_per_epoch``, or every row), and keep it. The stopped fit's ``history_``,
+        ``n_epochs_`` and ``best_epoch_`` stay; ``refit_`` records the refit. A distributed runner's
+        hooks shard the batches and wrap the module as before, but neither resume nor report."""
+        rows = data.labelled_rows()
+        epochs = max(1, int(self.best_epoch_))
+        stopped = (self.history_, self.n_epochs_, self.best_epoch_, self.best_valid_loss_)
+        hooks = next((c for c in callbacks if isinstance(c, SequenceTrainingHooks)), None)
+        t0 = time.perf_counter()
+        with torch_runtime(self.device_, p["seed"], p["num_threads"]):
+            self.module_ = self._build_module(len(self.feature_names_)).to(self.device_)
+            self._train_loop(
+                data, rows, data, np.zeros(0, dtype=np.int64), {**p, "max_epochs": epochs},
+                [_RefitHooks(hooks)], refit=True,
+            )  # fmt: skip
+        refit_history = self.history_
+        self.history_, self.n_epochs_, self.best_epoch_, self.best_valid_loss_ = stopped
+        info: dict[str, Any] = {
+            "epochs": epochs,
+            "n_train_rows": int(len(rows)),
+            "stopped_n_train_rows": int(n_stopped),
+            "train_loss": float(refit_history[-1]["train_loss"]),
+            "seconds": time.perf_counter() - t0,
+        }
+        self.refit_ = info
+        logger.info("%s: refitted %d epoch(s) on %d rows in %.1f s", self.name, epochs, len(rows),
+                    info["seconds"])  # fmt: skip
 
     def _internal_split(
         self, data: SequenceData, rows: np.ndarray, frac: float
@@ -497,6 +556,7 @@ class SequenceForecaster(Forecaster):
         v_rows: np.ndarray,
         p: dict[str, Any],
         callbacks: Sequence[FitCallback] = (),
+        refit: bool = False,
     ) -> None:
         if len(train_rows) == 0:
             raise ValueError(f"{self.name}: no training row with a finite target")
@@ -517,7 +577,7 @@ class SequenceForecaster(Forecaster):
             else min(len(t_rows), int(p["max_samples_per_epoch"]))
         )
         use_valid = len(v_rows) > 0
-        if not use_valid:
+        if not use_valid and not refit:
             logger.warning(
                 "%s: no validation rows; training %d epochs without early stopping",
                 self.name,
@@ -720,6 +780,7 @@ class SequenceForecaster(Forecaster):
                 "history": self.history_,
                 "n_epochs": self.n_epochs_,
                 "best_epoch": self.best_epoch_,
+                "refit": self.refit_,
                 "weights_file": WEIGHTS_FILE,
                 "torch_version": torch.__version__,
             },
@@ -741,6 +802,7 @@ class SequenceForecaster(Forecaster):
         model.history_ = list(meta["history"])
         model.n_epochs_ = int(meta["n_epochs"])
         model.best_epoch_ = int(meta["best_epoch"])
+        model.refit_ = meta.get("refit")  # absent from models saved before the refit
         model.device_ = resolve_device(meta["params"]["device"])
         refuse_pickles(d)
         state = load_file(str(d / WEIGHTS_FILE), device="cpu")
