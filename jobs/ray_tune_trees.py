@@ -377,7 +377,8 @@ def tune_tree_model(
     the training window as ``valid``, ``Prepared.member_stop``, so the validation dates stay out of
     sample). ``refit``: the rows the best configuration is refitted on (default ``train`` stopping
     on ``valid``; jobs.train gives ``Prepared.member_rows``: a model that does not stop early fits
-    the whole training window, and a booster that stops on the tail is fitted again on it). ``num_samples``: the number of
+    the whole training window, and a booster that stops on the tail is fitted again on it when
+    ``training.refit_after_stopping`` names it). ``num_samples``: the number of
     trials (default ``settings.training.tuning_trials``). ``storage_path``: where Tune writes the
     experiment (default ``settings.ray.storage_path``). Ray must be reachable (``ray.init`` first to
     join a cluster; otherwise Tune starts a local one). See the module docstring for the metric and

@@ -121,8 +121,9 @@ def _fit_model(
 ) -> tuple[Forecaster, dict[str, Any]]:
     """Fit model ``name`` on Ray, chosen by its capabilities: per ticker -> the Prophet fan-out of Ray
     tasks; sequences -> Ray Train; tunable -> Ray Tune; otherwise a plain fit, metered. A member
-    that stops early stops on the tail of the training window (and is then fitted again on the whole
-    window for the rounds or epochs it stopped at), the tree models are tuned there, and the rest fit
+    that stops early stops on the tail of the training window (and, when named in
+    ``training.refit_after_stopping``, is then fitted again on the whole window for the rounds or
+    epochs it stopped at), the tree models are tuned there, and the rest fit
     the whole window (``Prepared.member_rows``): no member reads a validation label."""
     cls = get_model_class(name)
     rows = prep.member_rows(cls)

@@ -17,8 +17,8 @@ One fold (:func:`fit_fold`), in-process, no Ray (``jobs.backtest`` runs the fold
     computed once on the whole panel: every feature at t uses rows dated <= t; the preprocessor is
     fitted per fold on its training dates), then every configured member's own
     ``fit`` on ``Prepared.member_rows(...)`` with ``settings.models[name]`` (the members that stop
-    early stop on the tail of the training window and the boosters are fitted again on the whole
-    window, as in the training job; no tuning; Prophet refitted per
+    early stop on the tail of the training window, those of ``training.refit_after_stopping`` are
+    fitted again on the whole window, as in the training job; no tuning; Prophet refitted per
     fold); sequence members (``max_epochs`` from ``training.max_epochs`` unless pinned, as in the
     training job) once per seed of ``seeds``, their forecasts averaged over the seeds
     (each seed's test Rank IC kept). The :class:`~ensemble.models.ensemble.EnsembleForecaster` learns

@@ -184,7 +184,8 @@ class Forecaster(ABC):
     # dates the ensemble learns on (ensemble.training.Prepared.member_rows)
     early_stops: ClassVar[bool] = False
     # Given ``refit_on`` in ``fit``: after stopping on ``valid``, fits again on those rows (the whole
-    # training window) for the rounds it stopped at, scaled by the rows gained, and keeps that model
+    # training window) for the rounds or epochs it stopped at, and keeps that model (the training
+    # path asks it of the members named in ``training.refit_after_stopping``)
     refits: ClassVar[bool] = False
     # The hyperparameter search space, beside the model's defaults, in plain terms (no Ray here):
     # name -> (kind, low, high), kind one of 'uniform', 'loguniform' (floats), 'randint',
