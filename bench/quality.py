@@ -202,6 +202,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     prices, oracle = load(args.source, args.tickers, args.days, args.seed)
     tcols = [f"target_h{h}" for h in HORIZONS]
     saved = Path(args.from_preds) if args.from_preds else None
+    refit_names: list[str] | None = None  # the members refitted after stopping (None: --from-preds)
     if saved is not None:  # the members' forecasts of an earlier run: only the ensembles are fitted
         truth_all = pd.read_parquet(saved / "truth.parquet")
         sp = {k: pd.Timestamp(v) for k, v in json.loads((saved / "split.json").read_text()).items()}
@@ -237,6 +238,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         member_fit, member_stop = member_windows(
             train, train_fit, valid_fit, member_settings
         )  # as prepare_data cuts them
+        refit_names = sorted(refit_members(member_settings))  # refuses a model that cannot refit, now
         lead_v = dates[max(0, dates.get_loc(sp["valid_start"]) - 70)]  # history for the sequence windows
         valid_in = frame[(frame["date"] >= lead_v) & (frame["date"] <= sp["valid_end"])].reset_index(
             drop=True
@@ -284,7 +286,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             else:
                 params = json.loads(args.params).get(name, {}) if args.params else {}
                 model = create_model(name, horizons=HORIZONS, **params)
-                refit = name in refit_members(member_settings)
+                refit = name in (refit_names or [])
                 fit_rows(type(model), train_fit, member_fit, member_stop, refit).fit(model)
             fit_s = time.perf_counter() - t
             p = model.predict(test_in)
@@ -372,7 +374,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "cs_norm": args.cs_norm,
         # the members' rows (None: their forecasts came from --from-preds, made under whatever rule)
         "early_stopping_fraction": None if saved is not None else args.early_stopping_fraction,
-        "refit_after_stopping": None if saved is not None else args.refit_after_stopping,
+        "refit_after_stopping": refit_names,
         "split": {k: str(v.date()) for k, v in sp.items()},
         "n_tickers": int(prices["ticker"].nunique()),
         "n_days": len(dates),

@@ -19,7 +19,9 @@ SequenceTrainingHooks``), as Ray's ``lightgbm_quickstart`` and darts' Ray test d
 from ``ray.train.get_checkpoint()``, wraps the module for DDP, shards the batches, and after every
 epoch saves the state the library hands it (``it.state()``) as a checkpoint with ``ray.train.report``.
 With one worker the result equals a local ``fit`` with the same parameters, and a run resumed from a
-checkpoint equals an uninterrupted one (the RNG states are checkpointed).
+checkpoint equals an uninterrupted one (the RNG states are checkpointed; a checkpoint of the epoch
+that stopped the fit trains no further epoch). The refit on ``refit_on`` reports no checkpoint: a
+failure during it resumes from the stopped fit's last one and refits again (the same seed).
 
 With ``num_workers > 1`` the module is wrapped for data parallelism with
 ``ray.train.torch.prepare_model`` (DDP) and each epoch's sampled rows are sharded over the workers
@@ -27,7 +29,7 @@ with ``prepare_data_loader`` (a ``DistributedSampler``); every worker validates 
 rows with the same weights, so the early-stopping decision is the same everywhere.
 
 The last checkpoint also holds the finished model saved by the library (``model/``: safetensors +
-``meta.json``, best weights): the driver loads it with the model class's own ``load``, so the result is
+``meta.json``; best weights, or the refit on ``refit_on``): the driver loads it with the model class's own ``load``, so the result is
 an ordinary ``LSTMForecaster`` / ``TransformerForecaster`` that predicts and saves as usual.
 
 Cost: the run is metered as stage ``<name>`` (wall time x the reserved worker CPUs / GPUs).
@@ -68,10 +70,11 @@ MODEL_DIR = "model"
 class TrainOutcome:
     """What :func:`train_sequence_model` trained.
 
-    ``model``: the fitted library Forecaster (best-validation weights). ``epochs_run``: epochs trained
-    in all (across restarts). ``resumed_from_epoch``: for each restart after a failure, the epoch of
-    the checkpoint it resumed from (empty when nothing failed). ``val_loss``: the best validation loss
-    (None without validation rows). ``checkpoint_path``: the run's last checkpoint (it holds the model
+    ``model``: the fitted library Forecaster (best-validation weights; with ``refit_on``, the refit,
+    recorded in ``model.refit_``). ``epochs_run``: epochs the fit that stopped trained in all (across
+    restarts; the refit's are in ``model.refit_``). ``resumed_from_epoch``: for each restart after a
+    failure, the epoch of the checkpoint it resumed from (empty when nothing failed). ``val_loss``:
+    the best validation loss of the fit that stopped (None without validation rows). ``checkpoint_path``: the run's last checkpoint (it holds the model
     under ``model/``). ``cost_usd``: what the run added to the meter.
     """
 
@@ -161,7 +164,7 @@ def _train_worker(config: dict[str, Any]) -> None:
     assert isinstance(model, SequenceForecaster)
     hooks = RayTrainHooks(rank, world, config["fail_at_epoch"], Path(config["marker"]))
     model.fit(train, valid, callbacks=[hooks], refit_on=refit_on, device=rtt.get_device())
-    # the finished model (best weights), saved by the library, in one last checkpoint
+    # the finished model (best weights, or the refit), saved by the library, in one last checkpoint
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = None
         if rank == 0:

@@ -27,7 +27,8 @@ What a trial optimises
       the best trial is the one with the highest final ``rank_ic``. At the end of a completed trial
       it is the Rank IC of the trial's model (the refit then fits every date of ``train``, not every
       N-th, with the model's own early stopping on ``valid``; jobs.train refits the forest, which
-      does not stop early, on the whole training window: ``refit``).
+      does not stop early, on the whole training window, and a booster named in
+      ``training.refit_after_stopping`` is fitted again on it after stopping: ``refit``).
 
     A model without rounds (the Random Forest) reports once (both metrics) and runs under a FIFO
     scheduler. Keys pinned in ``settings.models[name]`` are fixed, not searched; the first trial is
@@ -42,7 +43,7 @@ Cost budget
     (which includes Tune's overhead and reserved CPUs left idle between trials), and stops
     launching trials (``Searcher.FINISHED``) when the spend so far + what the running trials still
     need + one more trial + the refit (one trial per model it fits: horizons that learn the same
-    return, ``label_horizons``, share one) would pass ``cost_limit_usd``; the
+    return, ``label_horizons``, share one; two for a booster fitted again after stopping) would pass ``cost_limit_usd``; the
     reason (``"cost budget guard: ..."``) goes to ``meter.note_stop``. As a backstop,
     ``time_budget_s`` = the budget left at the start / the price per second of the reserved CPUs
     ends the experiment when the limit is reached even if the estimate was wrong (reason

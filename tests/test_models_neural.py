@@ -272,7 +272,8 @@ def test_refit_on_trains_a_fresh_module_for_the_best_epochs(
     model: Any = cls(**p).fit(train, valid, refit_on=train)
     losses = [(h["train_loss"], h["valid_loss"]) for h in model.history_]
     assert losses == [(h["train_loss"], h["valid_loss"]) for h in stopped.history_]
-    assert model.best_epoch_ == stopped.best_epoch_
+    assert model.best_epoch_ == stopped.best_epoch_ and model.n_epochs_ == stopped.n_epochs_
+    assert model.best_valid_loss_ == stopped.best_valid_loss_
     assert model.refit_["epochs"] == max(1, stopped.best_epoch_)
     labelled = int(train[PRED_COLS[0].replace("pred", "target")].notna().sum())
     assert model.refit_["n_train_rows"] == model.refit_["stopped_n_train_rows"] >= labelled
@@ -290,6 +291,36 @@ def test_refit_on_trains_a_fresh_module_for_the_best_epochs(
     assert loaded.refit_ == longer.refit_ and loaded.history_ == longer.history_
     assert np.array_equal(
         loaded.predict(frame)[PRED_COLS].to_numpy(), longer.predict(frame)[PRED_COLS].to_numpy()
+    )
+
+
+def test_a_fit_resumed_from_the_epoch_that_stopped_it_trains_no_further(frame: pd.DataFrame) -> None:
+    """A runner that fails after the epoch that stopped the fit (e.g. during the refit) resumes from
+    that epoch's checkpoint: the resumed fit trains no further epoch and equals the uninterrupted one."""
+    from ensemble.models.sequence import SequenceTrainingHooks
+
+    class Keep(SequenceTrainingHooks):
+        def __init__(self, resume: dict | None = None) -> None:
+            self.resume, self.states = resume, []
+
+        def resume_state(self) -> dict | None:
+            return self.resume
+
+        def on_iteration(self, model: object, it: Any) -> bool:
+            self.states.append(it.state())
+            return False
+
+    train, valid = split(frame, 0, TRAIN_END), split(frame, TRAIN_END, VALID_END)
+    p = params("lstm", max_epochs=30, patience=1, lr=3e-2)
+    keep = Keep()
+    first: Any = create_model("lstm", **p).fit(train, valid, callbacks=[keep])
+    assert first.n_epochs_ < 30 and keep.states[-1]["stopped"]
+    again = Keep(resume=keep.states[-1])
+    resumed: Any = create_model("lstm", **p).fit(train, valid, callbacks=[again])
+    assert again.states == [] and resumed.n_epochs_ == first.n_epochs_
+    assert resumed.best_epoch_ == first.best_epoch_
+    assert np.array_equal(
+        resumed.predict(frame)[PRED_COLS].to_numpy(), first.predict(frame)[PRED_COLS].to_numpy()
     )
 
 

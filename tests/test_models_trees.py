@@ -329,6 +329,10 @@ def test_refit_on_fits_again_for_the_rounds_it_stopped_at(name: str, data: tuple
     assert not np.array_equal(
         model.predict(test)[PRED_COLS].to_numpy(), stopped.predict(test)[PRED_COLS].to_numpy()
     )
+    # a horizon with no label to stop on: only the fit of the whole rows, for n_estimators rounds
+    blind = cls(**params).fit(fit, valid=test.assign(target_h60=np.nan), refit_on=train)
+    assert "stopped_n_rounds" not in blind.fit_info_[60] and blind.fit_info_[60]["n_rounds"] == 300
+    assert blind.fit_info_[60]["n_train_rows"] == int(train[model.label(60)].notna().sum())
     loaded = cls.load(model.save(tmp_path))
     assert loaded.fit_info_ == model.fit_info_
     assert np.array_equal(

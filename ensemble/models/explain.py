@@ -383,8 +383,10 @@ class TreeForecaster(Forecaster):
                         "%s: no finite %s in the validation frame: no early stopping", self.name, label
                     )
             t0 = time.perf_counter()
-            models[h], extra = self._fit_one(h, x[ok], y[ok], xv_h, yv_h, p, callbacks, dv_h)
             n_rows = int(ok.sum())
+            extra: dict[str, Any] = {}
+            if refit_on is None or yv_h is not None:  # with nothing to stop on, only the refit runs
+                models[h], extra = self._fit_one(h, x[ok], y[ok], xv_h, yv_h, p, callbacks, dv_h)
             if xr is not None and refit_on is not None:
                 yr = refit_on[label].to_numpy(dtype=np.float64, na_value=np.nan)
                 models[h], extra = self._refit_one(h, xr, yr, n_rows, extra, p)
@@ -402,7 +404,7 @@ class TreeForecaster(Forecaster):
                 "%s h=%d: fitted on %d rows x %d features in %.1f s %s",
                 self.name,
                 h,
-                ok.sum(),
+                n_rows,
                 len(names),
                 seconds,
                 extra,

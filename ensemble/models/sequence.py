@@ -28,7 +28,9 @@ Training
     is averaged per horizon over the rows whose target is finite (NaN targets are masked out), then
     over horizons. AdamW, gradient-norm clipping, mini-batches of (ticker, date) rows sampled without
     replacement by a seeded generator, at most ``max_samples_per_epoch`` rows per epoch. Early
-    stopping on the validation loss with ``patience`` epochs; the best-validation state_dict is kept.
+    stopping on the validation loss with ``patience`` epochs; the best-validation state_dict is kept,
+    unless ``fit`` is given ``refit_on``: then a fresh module (the same seed) trains on those rows for
+    the epochs up to the best one, with no validation, and is the one kept (``refit_``).
 
     Validation: with ``valid`` given, its windows take their history from the tail of ``train`` (the
     caller purges the train rows whose labels overlap the validation dates, as the walk-forward
@@ -46,7 +48,7 @@ Determinism
     identical predictions on the same machine, device and thread count.
 
 Artifacts: ``weights.safetensors`` (safetensors never unpickles) + ``meta.json`` (resolved params,
-feature names, scalers, history). The module is rebuilt from the stored params and the state_dict is
+feature names, scalers, history, the refit's record). The module is rebuilt from the stored params and the state_dict is
 loaded strictly.
 """
 
@@ -380,7 +382,7 @@ class SequenceForecaster(Forecaster):
     early_stops: ClassVar[bool] = True
     refits: ClassVar[bool] = True
     model_defaults: ClassVar[dict[str, Any]] = {}
-    # fitted state (set by fit / load)
+    # fitted state (set by fit; load sets all but best_valid_loss_)
     history_: list[dict[str, float]]
     n_epochs_: int
     best_epoch_: int
@@ -485,6 +487,7 @@ class SequenceForecaster(Forecaster):
         with torch_runtime(dev, p["seed"], p["num_threads"]):
             self.module_ = self._build_module(len(names)).to(dev)
             self._train_loop(tr, train_rows, va, v_rows, p, callbacks)
+        del tr, va
         self.refit_ = None
         if refit_on is not None:
             self._refit(SequenceData(refit_on, **common), len(train_rows), p, callbacks)
@@ -497,10 +500,12 @@ class SequenceForecaster(Forecaster):
         self, data: SequenceData, n_stopped: int, p: dict[str, Any], callbacks: Sequence[FitCallback]
     ) -> None:
         """Train a fresh module (the same seed) on the labelled rows of ``data`` with no validation
-        for ``best_epoch_`` epochs (each samples as many rows as one epoch of the fit that stopped:
-        ``max_samples_per_epoch``, or every row), and keep it. The stopped fit's ``history_``,
-        ``n_epochs_`` and ``best_epoch_`` stay; ``refit_`` records the refit. A distributed runner's
-        hooks shard the batches and wrap the module as before, but neither resume nor report."""
+        for ``best_epoch_`` epochs (each samples at most ``max_samples_per_epoch`` of its rows, as
+        the stopped fit's epochs did of theirs; no ``time_budget_s``), and keep it. The stopped fit's
+        ``history_``, ``n_epochs_``, ``best_epoch_`` and ``best_valid_loss_`` stay; ``refit_``
+        records the refit. A distributed runner's hooks shard the batches and wrap the module as
+        before, but neither resume nor report: a run that fails during the refit resumes the stopped
+        fit's last checkpoint, which trains no further epoch, and refits again from the start."""
         rows = data.labelled_rows()
         epochs = max(1, int(self.best_epoch_))
         stopped = (self.history_, self.n_epochs_, self.best_epoch_, self.best_valid_loss_)
@@ -509,13 +514,13 @@ class SequenceForecaster(Forecaster):
         with torch_runtime(self.device_, p["seed"], p["num_threads"]):
             self.module_ = self._build_module(len(self.feature_names_)).to(self.device_)
             self._train_loop(
-                data, rows, data, np.zeros(0, dtype=np.int64), {**p, "max_epochs": epochs},
-                [_RefitHooks(hooks)], refit=True,
+                data, rows, data, np.zeros(0, dtype=np.int64),
+                {**p, "max_epochs": epochs, "time_budget_s": None}, [_RefitHooks(hooks)], refit=True,
             )  # fmt: skip
         refit_history = self.history_
         self.history_, self.n_epochs_, self.best_epoch_, self.best_valid_loss_ = stopped
         info: dict[str, Any] = {
-            "epochs": epochs,
+            "epochs": len(refit_history),
             "n_train_rows": int(len(rows)),
             "stopped_n_train_rows": int(n_stopped),
             "train_loss": float(refit_history[-1]["train_loss"]),
@@ -586,6 +591,7 @@ class SequenceForecaster(Forecaster):
         best_loss = math.inf
         best_state: dict[str, torch.Tensor] | None = None
         best_epoch, bad, start = 0, 0, 0
+        stopped = False  # resumed from the checkpoint of the epoch that stopped the fit
         history: list[dict[str, float]] = []
         seconds_before = 0.0
         resume = hooks.resume_state()
@@ -593,6 +599,7 @@ class SequenceForecaster(Forecaster):
             module.load_state_dict(resume["model"])
             opt.load_state_dict(resume["optimizer"])
             start, best_epoch, bad = int(resume["epoch"]), int(resume["best_epoch"]), int(resume["bad"])
+            stopped = bool(resume.get("stopped", False))
             best_loss = float(resume["best_val_loss"])
             best_state = resume["best_state"]
             history = list(resume["history"])
@@ -603,7 +610,7 @@ class SequenceForecaster(Forecaster):
         net = hooks.wrap_module(module)
         t0 = time.perf_counter()
         assert tr.y is not None
-        for epoch in range(start + 1, int(p["max_epochs"]) + 1):
+        for epoch in range(start + 1, 0 if stopped else int(p["max_epochs"]) + 1):
             net.train()
             perm = t_rows[torch.randperm(len(t_rows), generator=gen)[:per_epoch]]
             tot, nb = 0.0, 0
@@ -651,6 +658,7 @@ class SequenceForecaster(Forecaster):
                 "best_val_loss": best_loss,
                 "best_epoch": best_epoch,
                 "bad": bad,
+                "stopped": stop,  # a run resumed from here trains no further epoch
                 "best_state": best_state,
                 "history": list(history),
                 "seconds": seconds,
