@@ -221,7 +221,9 @@ def test_no_member_reads_a_validation_label(ray_local, tmp_path: Path) -> None:
                 )
         for name in ("xgboost", "lightgbm"):  # each stored booster is the fit again on the whole window
             again = settings.training.early_stopping_fraction > 0
-            assert all(("stopped_n_rounds" in i) == again for i in models["clean"][name].fit_info_.values())
+            assert all(
+                ("stopped_n_train_rows" in i) == again for i in models["clean"][name].fit_info_.values()
+            )
         for name in settings.training.models:
             a, b = models["clean"][name].predict(frame), models["poisoned"][name].predict(frame)
             if not all(np.array_equal(a[pred_col(h)], b[pred_col(h)], equal_nan=True) for h in horizons):
