@@ -37,6 +37,13 @@ class ConfigFileNotFoundError(ConfigError, FileNotFoundError):
     """The config file does not exist."""
 
 
+def _check_model_names(setting: str, names: Iterable[str]) -> None:
+    """Raise ValueError, naming ``setting``, unless every name is a model of the catalogue."""
+    unknown = sorted(set(names) - set(MODEL_NAMES))
+    if unknown:
+        raise ValueError(f"{setting} has unknown models {unknown}; known: {list(MODEL_NAMES)}")
+
+
 class _Strict(BaseModel):
     """Unknown keys are an error: a typo in a YAML file must not be silently ignored."""
 
@@ -151,19 +158,13 @@ class TrainingConfig(_Strict):
     def _known(cls, v: list[str]) -> list[str]:
         if not v:
             raise ValueError(f"training.models must name at least one model of {list(MODEL_NAMES)}")
-        unknown = sorted(set(v) - set(MODEL_NAMES))
-        if unknown:
-            raise ValueError(f"training.models has unknown models {unknown}; known: {list(MODEL_NAMES)}")
+        _check_model_names("training.models", v)
         return v
 
     @field_validator("refit_after_stopping")
     @classmethod
     def _known_refits(cls, v: list[str]) -> list[str]:
-        unknown = sorted(set(v) - set(MODEL_NAMES))
-        if unknown:
-            raise ValueError(
-                f"training.refit_after_stopping has unknown models {unknown}; known: {list(MODEL_NAMES)}"
-            )
+        _check_model_names("training.refit_after_stopping", v)
         return v
 
 
@@ -222,9 +223,7 @@ class EnsembleConfig(_Strict):
     @field_validator("weights")
     @classmethod
     def _known_models(cls, v: dict[str, float]) -> dict[str, float]:
-        unknown = sorted(set(v) - set(MODEL_NAMES))
-        if unknown:
-            raise ValueError(f"ensemble.weights has unknown models {unknown}; known: {list(MODEL_NAMES)}")
+        _check_model_names("ensemble.weights", v)
         bad = {k: w for k, w in v.items() if not (math.isfinite(w) and w >= 0)}
         if bad:
             raise ValueError(f"ensemble.weights must be finite and non-negative, got {bad}")
@@ -412,9 +411,7 @@ class Settings(_Strict):
     @field_validator("models")
     @classmethod
     def _model_names(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        unknown = sorted(set(v) - set(MODEL_NAMES))
-        if unknown:
-            raise ValueError(f"models has unknown models {unknown}; known: {list(MODEL_NAMES)}")
+        _check_model_names("models", v)
         from ensemble.models import get_model_class  # lazy: ensemble.models imports this module
 
         for name, params in v.items():
