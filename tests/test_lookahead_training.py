@@ -179,6 +179,15 @@ def test_poisoning_every_price_after_as_of_changes_no_fitted_artifact(ray_local,
     assert pd.Timestamp(s_clean["split"]["valid_end"]) == as_of
 
 
+def _member_settings(tmp_path: Path, fraction: float, models: list[str], **training: Any) -> Any:
+    """TINY with one tuning trial at a time, ``models`` only, stopping on the training tail's
+    ``fraction`` of dates (0: on the validation dates), and ``training`` settings on top."""
+    cfg = copy.deepcopy(TINY)
+    cfg["training"].update(tuning_trials=1, models=models, early_stopping_fraction=fraction, **training)
+    cfg["ray"].update({"max_concurrent_trials": 1, "storage_path": str(tmp_path / "ray_results")})
+    return load_settings(overrides=cfg)
+
+
 def test_no_member_reads_a_validation_label(ray_local, tmp_path: Path) -> None:
     """The members learn nothing from the validation dates, on which the ensemble learns its weights,
     score calibration and intervals: poisoning every price after the training window's end changes
@@ -191,10 +200,7 @@ def test_no_member_reads_a_validation_label(ray_local, tmp_path: Path) -> None:
     trees = ["xgboost", "lightgbm", "random_forest"]
 
     def settings(fraction: float, models: list[str]) -> Any:
-        cfg = copy.deepcopy(TINY)
-        cfg["training"].update(tuning_trials=1, models=models, early_stopping_fraction=fraction)
-        cfg["ray"].update({"max_concurrent_trials": 1, "storage_path": str(tmp_path / "ray_results")})
-        return load_settings(overrides=cfg)
+        return _member_settings(tmp_path, fraction, models)
 
     s = settings(0.15, trees)
     clean_prices = generate_market(s.synthetic, horizons=tuple(s.horizons)).prices
@@ -237,3 +243,41 @@ def test_no_member_reads_a_validation_label(ray_local, tmp_path: Path) -> None:
     moved = changed(settings(0.0, trees), tmp_path / "validation")
     # the boosters stop on the validation dates; every tuning trial is scored there
     assert {"xgboost best_score", "lightgbm best_score", "random_forest best_score"} <= set(moved), moved
+
+
+def test_a_refitted_sequence_member_reads_no_validation_label(ray_local, tmp_path: Path) -> None:
+    """The sequence refit (``training.refit_after_stopping``: the LSTM on Ray Train stops on the
+    training tail, then a fresh module trains on the whole training window for the best epochs):
+    poisoning every price after the training window's end leaves its forecasts, its stopped fit's
+    validation losses and its refit record bit-identical. With ``early_stopping_fraction`` 0 it
+    stops on the validation dates and the same poisoning moves those losses: the check can fail."""
+    s = _member_settings(tmp_path, 0.15, ["lstm"], refit_after_stopping=["lstm"])
+    clean_prices = generate_market(s.synthetic, horizons=tuple(s.horizons)).prices
+    clean = prepare_data(s, CostMeter(0.0, 0.0, 0.0), prices=clean_prices)
+    poisoned_prices = _poison(clean_prices, clean.split.train_end)
+    frame = clean.train.sort_values(["ticker", "date"], kind="mergesort").reset_index(drop=True)
+
+    def fits(settings: Any, root: Path) -> dict[str, Any]:
+        out = {}
+        for label, prices in (("clean", clean_prices), ("poisoned", poisoned_prices)):
+            _, summary = _train(settings, prices, root / label)
+            assert not summary["degraded"], summary["degraded"]
+            out[label] = ModelRegistry(root / label).load_version(summary["version"])["lstm"]
+        return out
+
+    def figures(model: Any) -> list[dict[str, Any]]:
+        """The refit record (if any) and the stopped fit's epochs (with their validation losses),
+        wall times left out."""
+        records = [model.refit_] if model.refit_ else []
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in [*records, *model.history_]]
+
+    m = fits(s, tmp_path / "tail")
+    assert m["clean"].refit_ and m["poisoned"].refit_  # the stored module is the refit
+    assert any("valid_loss" in r for r in m["clean"].history_), m["clean"].history_
+    assert _same_numbers(figures(m["clean"]), figures(m["poisoned"]))
+    a, b = m["clean"].predict(frame), m["poisoned"].predict(frame)
+    for h in s.horizons:
+        assert np.isfinite(a[pred_col(h)]).mean() > 0.5, h  # forecasts to compare, not NaN == NaN
+        assert np.array_equal(a[pred_col(h)], b[pred_col(h)], equal_nan=True), h
+    m0 = fits(_member_settings(tmp_path, 0.0, ["lstm"]), tmp_path / "validation")
+    assert not _same_numbers(figures(m0["clean"]), figures(m0["poisoned"]))
