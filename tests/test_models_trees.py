@@ -321,7 +321,7 @@ def test_refit_on_fits_again_for_the_rounds_it_stopped_at(name: str, data: tuple
         assert info["stopped_best_iteration"] == before["best_iteration"]
         assert info["stopped_n_train_rows"] == n_fit and info["n_train_rows"] == n_all > n_fit
         assert info["n_rounds"] == min(300, round(before["n_rounds"] * n_all / n_fit))
-        assert info["n_valid_rows"] == before["n_valid_rows"]
+        assert info["stopped_n_valid_rows"] == before["n_valid_rows"] > 0 and info["n_valid_rows"] == 0
         once = cls(**{**params, "n_estimators": info["n_rounds"]}).fit(train[train[label].notna()])
         assert np.array_equal(
             model.predict(test)[pred_col(h)].to_numpy(), once.predict(test)[pred_col(h)].to_numpy()
@@ -331,7 +331,8 @@ def test_refit_on_fits_again_for_the_rounds_it_stopped_at(name: str, data: tuple
     )
     # a horizon with no label to stop on: only the fit of the whole rows, for n_estimators rounds
     blind = cls(**params).fit(fit, valid=test.assign(target_h60=np.nan), refit_on=train)
-    assert "stopped_n_rounds" not in blind.fit_info_[60] and blind.fit_info_[60]["n_rounds"] == 300
+    assert not {"stopped_n_rounds", "stopped_n_valid_rows"} & set(blind.fit_info_[60])
+    assert blind.fit_info_[60]["n_rounds"] == 300 and blind.fit_info_[60]["n_valid_rows"] == 0
     assert blind.fit_info_[60]["n_train_rows"] == int(train[model.label(60)].notna().sum())
     loaded = cls.load(model.save(tmp_path))
     assert loaded.fit_info_ == model.fit_info_

@@ -385,18 +385,20 @@ class TreeForecaster(Forecaster):
             t0 = time.perf_counter()
             n_rows = int(ok.sum())
             extra: dict[str, Any] = {}
+            n_valid = 0 if yv_h is None else len(yv_h)
             if refit_on is None or yv_h is not None:  # with nothing to stop on, only the refit runs
                 models[h], extra = self._fit_one(h, x[ok], y[ok], xv_h, yv_h, p, callbacks, dv_h)
             if xr is not None and refit_on is not None:
                 yr = refit_on[label].to_numpy(dtype=np.float64, na_value=np.nan)
-                models[h], extra = self._refit_one(h, xr, yr, n_rows, extra, p)
-                n_rows = int(np.isfinite(yr).sum())
+                stopped = {**extra, "n_valid_rows": n_valid} if extra else {}  # {}: nothing stopped
+                models[h], extra = self._refit_one(h, xr, yr, n_rows, stopped, p)
+                n_rows, n_valid = int(np.isfinite(yr).sum()), 0  # the model kept saw no validation row
             seconds = time.perf_counter() - t0
             fitted_on[label] = h
             info[h] = {
                 "label": label,
                 "n_train_rows": n_rows,
-                "n_valid_rows": 0 if yv_h is None else len(yv_h),
+                "n_valid_rows": n_valid,
                 "fit_seconds": seconds,
                 **extra,
             }
