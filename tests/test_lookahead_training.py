@@ -198,11 +198,7 @@ def test_no_member_reads_a_validation_label(ray_local, tmp_path: Path) -> None:
     boosters stop, and every tuning trial is scored, on the validation dates, and the same poisoning
     moves them: the check can fail."""
     trees = ["xgboost", "lightgbm", "random_forest"]
-
-    def settings(fraction: float, models: list[str]) -> Any:
-        return _member_settings(tmp_path, fraction, models)
-
-    s = settings(0.15, trees)
+    s = _member_settings(tmp_path, 0.15, trees)
     clean_prices = generate_market(s.synthetic, horizons=tuple(s.horizons)).prices
     clean = prepare_data(s, CostMeter(0.0, 0.0, 0.0), prices=clean_prices)
     train_end = clean.split.train_end
@@ -240,7 +236,7 @@ def test_no_member_reads_a_validation_label(ray_local, tmp_path: Path) -> None:
         return out
 
     assert changed(s, tmp_path / "tail") == []
-    moved = changed(settings(0.0, trees), tmp_path / "validation")
+    moved = changed(_member_settings(tmp_path, 0.0, trees), tmp_path / "validation")
     # the boosters stop on the validation dates; every tuning trial is scored there
     assert {"xgboost best_score", "lightgbm best_score", "random_forest best_score"} <= set(moved), moved
 

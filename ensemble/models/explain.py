@@ -390,7 +390,8 @@ class TreeForecaster(Forecaster):
                 models[h], extra = self._fit_one(h, x[ok], y[ok], xv_h, yv_h, p, callbacks, dv_h)
             if xr is not None and refit_on is not None:
                 yr = refit_on[label].to_numpy(dtype=np.float64, na_value=np.nan)
-                stopped = {**extra, "n_valid_rows": n_valid} if extra else {}  # {}: nothing stopped
+                # the stopped fit's figures ({} when nothing stopped: no validation label at h)
+                stopped = {**extra, "n_valid_rows": n_valid} if yv_h is not None else {}
                 models[h], extra = self._refit_one(h, xr, yr, n_rows, stopped, p)
                 n_rows, n_valid = int(np.isfinite(yr).sum()), 0  # the model kept saw no validation row
             seconds = time.perf_counter() - t0
