@@ -14,9 +14,10 @@ overlapping labels; folders and horizons taken as independent cells).
     python bench/ensemble_gate.py DIR [DIR ...] [--gates none significant]
 
 A default folder that does not exist yet is written first by ``bench/quality.py --source S
---prophet-refit-every 0 --save-preds artifacts/bench/preds_S`` (all six members fitted: about 13 min
-synthetic, 17 min S&P on a 2-core box; Prophet's walk-forward refits change only test forecasts,
-which this script never reads, so they are skipped); later runs take seconds.
+--prophet-refit-every 0 --save-preds artifacts/bench/preds_S`` (all six members fitted, Prophet's
+validation forecasts refitted as ``jobs.train`` makes them: about 35 min synthetic, 40 min S&P on a
+2-core box, estimated from the parts; Prophet's refits along the test dates change only test
+forecasts, which this script never reads, so they are skipped); later runs take minutes.
 """
 
 from __future__ import annotations

@@ -27,14 +27,15 @@ dates (the sequence models read the ``seq_len`` days before the first test date 
 Prophet is fitted per ticker in ``--prophet-procs`` processes (the per-ticker seconds are in-process
 fit times).
 
-Prophet's test forecasts are made the way ``jobs.score`` makes them (``--prophet-refit-every N``,
-default ``scoring.prophet_refit_every_days``): its per-ticker models are refitted walk-forward every
-N test dates on the last ``training.training_days`` dates up to the block's first date, each block
-predicted by the models fitted at its start, and those forecasts are the member's row and what the
-ensemble combines. Its validation forecasts come from the one fit through the training end, as in
-``jobs.train``, which fits the weights on them. That one fit's test forecasts, up to two years
-stale, are kept as the row ``prophet_fit_once`` (out of the ensemble); ``N = 0`` makes them the
-member's test forecasts instead, as before.
+Prophet's forecasts are made the way the platform makes them
+(:func:`ensemble.scoring.per_ticker_walk_forward`): from the one fit through the training end, each
+ticker's model is refitted on the last ``training.training_days`` dates up to a date once it is
+more than N dates stale. On the validation dates N is ``--prophet-valid-refit-every`` (default
+``training.prophet_valid_refit_every_days``, as ``jobs.train`` validates it; the ensemble fits its
+weights on them); on the test dates ``--prophet-refit-every`` (default
+``scoring.prophet_refit_every_days``, as ``jobs.score`` serves it). The one fit's test forecasts,
+up to two years stale, are kept as the row ``prophet_fit_once`` (out of the ensemble);
+``--prophet-refit-every 0`` makes them the member's test forecasts instead.
 
 Baselines, from prices only: 5-day reversal ``-log(close[t]/close[t-5])`` and 12-1 momentum
 ``log(close[t-21]/close[t-252])``. Two ensembles over the models that ran: the learned one
@@ -91,7 +92,7 @@ from ensemble.features.normalize import KINDS, cross_sectional_targets  # noqa: 
 from ensemble.models import create_model  # noqa: E402
 from ensemble.models.ensemble import VOL_COLUMN, EnsembleForecaster, trailing_volatility  # noqa: E402
 from ensemble.models.prophet_model import ProphetForecaster  # noqa: E402
-from ensemble.scoring import per_ticker_fit_frame  # noqa: E402
+from ensemble.scoring import per_ticker_walk_forward  # noqa: E402
 from ensemble.training import fit_rows, member_windows, refit_members  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
@@ -169,31 +170,23 @@ def fit_prophet(train: pd.DataFrame, procs: int, params: dict[str, Any] | None =
 
 
 def prophet_walk_forward(
+    model: ProphetForecaster,
     prices: pd.DataFrame,
-    frame: pd.DataFrame,
-    test_dates: pd.DatetimeIndex,
+    rows: pd.DataFrame,
     every: int,
     procs: int,
     settings: Settings,
 ) -> tuple[pd.DataFrame, int]:
-    """Prophet refitted every ``every`` test dates on what a refit in scoring fits on as of the
-    block's first date (:func:`ensemble.scoring.per_ticker_fit_frame`: each ticker's closes over the
-    last ``training.training_days`` trading dates up to it), predicting that block's rows of ``frame``
-    only: each forecast uses a model fitted on closes dated <= its own date. Returns the predictions
-    and the number of fits."""
-    preds, fits = [], 0
-    tickers = [str(t) for t in prices["ticker"].unique()]
-    for i in range(0, len(test_dates), every):
-        block = test_dates[i : i + every]
-        hist = per_ticker_fit_frame(settings, ProphetForecaster(HORIZONS), prices, block[0], tickers)
-        model = fit_prophet(hist, procs)
-        fits += len(model.models_)
-        rows = frame.loc[frame["date"].isin(block), ["date", "ticker"]]
-        preds.append(model.predict(rows))
-        print(
-            f"    walk-forward block from {block[0].date()}: {len(model.models_)} tickers fitted", flush=True
-        )
-    return pd.concat(preds, ignore_index=True), fits
+    """``rows``' forecasts as scoring and ``jobs.train`` make them
+    (:func:`ensemble.scoring.per_ticker_walk_forward`: a ticker's model is refitted on the last
+    ``training.training_days`` dates up to a date once it is more than ``every`` dates stale; each
+    refit here in ``procs`` processes). Returns the forecasts and the number of per-ticker fits."""
+    p, refits = per_ticker_walk_forward(
+        settings, model, prices, rows, every, fit=lambda frame: fit_prophet(frame, procs)
+    )
+    for r in refits:
+        print(f"    Prophet refitted as of {r['as_of']}: {r['tickers']} tickers", flush=True)
+    return p, sum(r["tickers"] for r in refits)
 
 
 # -- the run ------------------------------------------------------------------------------------------
@@ -291,18 +284,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             fit_s = time.perf_counter() - t
             p = model.predict(test_in)
             pv = model.predict(valid_in)
-            if name == "prophet" and args.prophet_refit_every > 0:  # the test dates as jobs.score runs it
+            if name == "prophet":  # the validation dates as jobs.train, the test dates as jobs.score
+                t_wf = time.perf_counter()
+                v_rows = window(frame, sp["valid_start"], sp["valid_end"])
+                pv, v_fits = prophet_walk_forward(
+                    model, prices, v_rows, args.prophet_valid_refit_every, args.prophet_procs, member_settings
+                )
+                v_s = time.perf_counter() - t_wf
+            if name == "prophet" and args.prophet_refit_every > 0:
                 once = p[p["date"] >= sp["test_start"]].reset_index(drop=True)
                 rows["prophet_fit_once"] = score(once, truth)
                 t_wf = time.perf_counter()
-                test_dates = dates[dates >= sp["test_start"]]
+                t_rows = frame[frame["date"] >= sp["test_start"]]
                 p, wf_fits = prophet_walk_forward(
-                    prices,
-                    frame,
-                    test_dates,
-                    args.prophet_refit_every,
-                    args.prophet_procs,
-                    load_settings(),
+                    model, prices, t_rows, args.prophet_refit_every, args.prophet_procs, member_settings
                 )
                 wf_s = time.perf_counter() - t_wf
         except Exception as exc:  # reported, never replaced
@@ -323,6 +318,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 per_ticker_s=float(np.mean(secs)) if secs else float("nan"),
                 tickers=len(model.models_),
                 failed=len(model.failed_),
+            )
+            rows[name].update(
+                valid_refit_every=args.prophet_valid_refit_every, valid_refit_fits=v_fits, valid_refit_s=v_s
             )
             if args.prophet_refit_every > 0:
                 rows[name].update(refit_every=args.prophet_refit_every, refit_fits=wf_fits, refit_s=wf_s)
@@ -407,6 +405,11 @@ def table(res: dict[str, Any]) -> str:
         note = ""
         if "per_ticker_s" in r:
             note = f"{r['per_ticker_s']:.2f} s/ticker in-process, {r['tickers']} fitted, {r['failed']} failed"
+            if r.get("valid_refit_every"):
+                note += (
+                    f"; validation: refitted every {r['valid_refit_every']} dates "
+                    f"({r['valid_refit_fits']} fits, {r['valid_refit_s']:.0f} s)"
+                )
             if "refit_every" in r:
                 note += (
                     f"; test: refitted every {r['refit_every']} dates ({r['refit_fits']} fits, "
@@ -476,6 +479,14 @@ def main() -> int:
         default=ScoringConfig().prophet_refit_every_days,
         help="Prophet's test forecasts from refits every N test dates, as jobs.score makes them "
         "(default: scoring.prophet_refit_every_days; 0: the one fit through the training end)",
+    )
+    ap.add_argument(
+        "--prophet-valid-refit-every",
+        type=int,
+        default=TrainingConfig().prophet_valid_refit_every_days,
+        help="Prophet's validation forecasts from refits as its models go N dates stale, as jobs.train "
+        "makes them (default: training.prophet_valid_refit_every_days; 0: the one fit through the "
+        "training end)",
     )
     ap.add_argument("--target", choices=list(KINDS), default=TrainingConfig().target)
     ap.add_argument(

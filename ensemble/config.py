@@ -134,6 +134,14 @@ class TrainingConfig(_Strict):
     # rose in 8 of 12 cells (2 models x 3 horizons x the synthetic market and the S&P 500 sample's
     # training years), the sequence models' fell in 8 of 12 (README). []: keep every stopped fit.
     refit_after_stopping: list[str] = Field(default_factory=lambda: ["xgboost", "lightgbm"])
+    # The per-ticker member (Prophet) forecasts the validation dates the way scoring serves it
+    # (ensemble.scoring.per_ticker_walk_forward): on each validation date, its models fitted through a
+    # date more than this many trading dates before it are first refitted on the history up to it,
+    # as scoring.prophet_refit_every_days does when scoring. So the ensemble's weights, gate and
+    # calibration judge the forecasts that are served, not one fit stale by up to the whole
+    # validation window. Each refit is one more fit per ticker. 0: the one fit through the training
+    # end forecasts every validation date.
+    prophet_valid_refit_every_days: int = Field(21, ge=0)
     # The last date whose information training may use (YYYY-MM-DD; None: the last date of the data).
     # Later rows may be present: they change nothing (labels realised after it are purged).
     as_of: str | None = None

@@ -529,6 +529,54 @@ def merge_refit(old: Any, refit: Any) -> Any:
     return cls.merge([keep, fresh])
 
 
+def per_ticker_walk_forward(
+    settings: Settings,
+    model: Any,
+    prices: pd.DataFrame,
+    rows: pd.DataFrame,
+    every_days: int,
+    fit: Callable[[pd.DataFrame], Any],
+) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+    """The per-ticker member's forecasts of ``rows`` (date, ticker and what its ``predict`` reads) as
+    scoring makes them, date by date in order: on each date the tickers fitted through a date more
+    than ``every_days`` trading dates before it (:func:`stale_prophet_tickers`) are first refitted on
+    the history up to that date (:func:`per_ticker_fit_frame`; ``fit(frame)`` returns the fitted
+    member: in-process, or the Ray fan-out in ``jobs.train``) and merged in (:func:`merge_refit`: a
+    ticker whose refit fails keeps its older model and is tried again ``every_days`` dates later).
+    Every forecast comes from a model fitted on closes dated on or before its own date.
+    ``every_days`` 0: ``model`` forecasts every row, no refit. Returns the forecasts and one record
+    per refit (``as_of``, ``tickers``, ``failed``: tickers whose refit failed)."""
+    rows = rows.reset_index(drop=True)
+    if every_days <= 0 or rows.empty:
+        return model.predict(rows), []
+    days = np.unique(pd.to_datetime(prices["date"]).to_numpy(dtype="datetime64[ns]"))
+    through = prophet_fitted_through(model)  # ticker -> the last date a fit (or failed refit) used
+    current, records, out = model, [], []
+    blocks = pd.DatetimeIndex(np.unique(pd.to_datetime(rows["date"]).to_numpy(dtype="datetime64[ns]")))
+    i = 0
+    while i < len(blocks):
+        as_of = blocks[i]
+        stale = stale_prophet_tickers(through, days, as_of, every_days)
+        if stale:
+            frame = per_ticker_fit_frame(settings, current, prices, as_of, sorted(stale))
+            refit = fit(frame)
+            current = merge_refit(current, refit)
+            through.update(dict.fromkeys(stale, as_of))
+            records.append(
+                {
+                    "as_of": as_of.date().isoformat(),
+                    "tickers": len(refit.models_),
+                    "failed": sorted(set(stale) - set(refit.models_)),
+                }
+            )
+        j = i + 1  # the dates up to the next one on which some ticker is stale: one predict call
+        while j < len(blocks) and not stale_prophet_tickers(through, days, blocks[j], every_days):
+            j += 1
+        out.append(current.predict(rows.loc[rows["date"].isin(blocks[i:j])]))
+        i = j
+    return pd.concat(out, ignore_index=True), records
+
+
 @dataclass
 class ProphetRefit:
     """The record of a refit, kept with the scores it served (never in the registry version)."""

@@ -7,8 +7,9 @@
 Stages (each metered for the cost report):
   data      load_prices(settings): synthetic (default), files or PostgreSQL
   features  build_features + a Preprocessor fitted on the training dates only (k from config)
-  prophet   one fit per ticker, Ray tasks over chunks of tickers (jobs.ray_prophet); validated as
-            fitted through the training end, then stored refitted through the validation end
+  prophet   one fit per ticker, Ray tasks over chunks of tickers (jobs.ray_prophet), through the
+            training end; validated as scoring serves it, refitted along the validation dates every
+            training.prophet_valid_refit_every_days; stored refitted through the validation end
   lstm, transformer   Ray Train TorchTrainer, checkpoint per epoch, resumable (jobs.ray_train_torch)
   xgboost, lightgbm, random_forest   Ray Tune, Optuna + ASHA, trials within the budget (jobs.ray_tune_trees)
   validate  each model's and the weighted ensemble's Rank IC on the validation dates
@@ -165,6 +166,34 @@ def _fit_model(
         return rows.fit(cls(horizons=settings.horizons, **member_params(settings, name))), {}
 
 
+def _validate_per_ticker(
+    name: str, model: Forecaster, prep: Prepared, settings: Settings, meter: CostMeter, progress: bool
+) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+    """The per-ticker member's validation forecasts as scoring serves them
+    (``scoring.per_ticker_walk_forward`` every ``training.prophet_valid_refit_every_days``), each
+    refit in the Ray fan-out (metered as ``{name}.valid_refit``; the forecasting in this process as
+    ``{name}.validate``, one CPU)."""
+    from ensemble import scoring
+
+    refit_s = 0.0
+
+    def fit(frame: pd.DataFrame) -> Forecaster:
+        nonlocal refit_s
+        t = time.perf_counter()
+        r = _prophet_fanout(name, frame, settings, meter, progress, stage=f"{name}.valid_refit")
+        refit_s += time.perf_counter() - t
+        return r.model
+
+    t0 = time.perf_counter()
+    d = prep.eval_frame["date"]
+    rows = prep.eval_frame[(d >= prep.split.valid_start) & (d <= prep.split.valid_end)]
+    every = settings.training.prophet_valid_refit_every_days
+    out = scoring.per_ticker_walk_forward(settings, model, prep.prices, rows, every, fit=fit)
+    own = max(0.0, time.perf_counter() - t0 - refit_s)
+    meter.record(f"{name}.validate", cpu_s=own, wall_s=own)
+    return out
+
+
 def _refit_through(
     name: str,
     model: Forecaster,
@@ -227,10 +256,13 @@ def run(
     def fit_and_validate(name: str) -> tuple[Forecaster, dict[str, Any], pd.DataFrame, float]:
         t0 = time.perf_counter()
         model, info = _fit_model(name, prep, settings, meter, progress)
-        with meter.stage(f"{name}.validate", cpus=1):
-            p = model.predict(eval_frame)
-            p = p[p["date"] >= split.valid_start].reset_index(drop=True)
-        if get_model_class(name).per_ticker:  # validated as fitted through train_end; stored fresher
+        if get_model_class(name).per_ticker:  # validated as scoring serves it: refitted as it goes stale
+            p, info["valid_refits"] = _validate_per_ticker(name, model, prep, settings, meter, progress)
+        else:
+            with meter.stage(f"{name}.validate", cpus=1):
+                p = model.predict(eval_frame)
+                p = p[p["date"] >= split.valid_start].reset_index(drop=True)
+        if get_model_class(name).per_ticker:  # stored fitted through the validation end
             try:
                 model, info["stored_fit"] = _refit_through(
                     name, model, split.valid_end, prep, settings, meter, progress

@@ -17,6 +17,7 @@ from ensemble.scoring import (
     ALL,
     ScoringError,
     load_version,
+    per_ticker_walk_forward,
     predict_member,
     prepare_frame,
     prophet_fitted_through,
@@ -187,3 +188,66 @@ def test_prophet_refit_swaps_in_fresh_models_and_leaves_the_registry_alone(tiny_
     # the loaded version in memory and the registry are untouched
     assert prophet_fitted_through(lv.models["prophet"]) == through
     assert registry.manifest(version) == manifest and registry.verify(version) == version
+
+
+def test_per_ticker_walk_forward_refits_as_scoring_would_and_reads_no_later_price(
+    tiny_version, lv, prices
+) -> None:
+    """The per-ticker member's forecasts of consecutive dates as scoring serves them: its models are
+    refitted on a date once they are more than ``every_days`` dates stale (on the history up to that
+    date only), a ticker whose refit fails keeps its older model and is tried again later, and with
+    ``every_days`` 0 the stored fit forecasts every row."""
+    model = lv.models["prophet"]
+    days = pd.DatetimeIndex(np.sort(prices["date"].unique()))
+    fitted = max(prophet_fitted_through(model).values())
+    start = int(days.searchsorted(fitted)) + 1
+    block = days[start : start + 30]
+    frame = tiny_version[2].eval_frame  # what jobs.train's validation forecasts read
+    rows = frame[frame["date"].isin(block)].reset_index(drop=True)
+    assert rows["date"].nunique() == 30
+    lost = sorted(model.tickers_)[0]  # its refits fail: the older model keeps forecasting it
+
+    def fit(f: pd.DataFrame):
+        return refit_prophet(lv, f[f["ticker"] != lost])
+
+    p, refits = per_ticker_walk_forward(lv.settings, model, prices, rows, 12, fit)
+    # stale on the 13th date after the fit (13 > 12 trading dates), then 13 dates after that refit
+    assert [r["as_of"] for r in refits] == [block[12].date().isoformat(), block[25].date().isoformat()]
+    assert [r["failed"] for r in refits] == [[lost], [lost]]
+    assert [r["tickers"] for r in refits] == [len(model.tickers_) - 1] * 2
+    key = ["date", "ticker"]
+    p = p.sort_values(key).reset_index(drop=True)
+    assert len(p) == len(rows) and p[key].equals(rows[key].sort_values(key).reset_index(drop=True))
+    # each block forecast by a fit on the closes up to its first date (the lost ticker: the old fit)
+    for lo, hi in ((0, 12), (12, 25), (25, 30)):
+        on = rows[rows["date"].isin(block[lo:hi])]
+        want = model.predict(on)
+        if lo:
+            frame_b = prophet_refit_frame(lv, prices, block[lo], sorted(model.tickers_))
+            assert frame_b["date"].max() == block[lo]
+            fresh = with_prophet(lv, fit(frame_b)).models["prophet"]
+            want = fresh.predict(on)
+        got = p[p["date"].isin(block[lo:hi])]
+        pd.testing.assert_frame_equal(
+            got.reset_index(drop=True), want.sort_values(key).reset_index(drop=True), rtol=1e-9
+        )
+    mid = rows[rows["date"] <= block[20]]
+    old = model.predict(mid)
+    assert not np.allclose(
+        p[p["date"] <= block[20]].set_index(key).sort_index()["pred_h20"],
+        old.set_index(key).sort_index()["pred_h20"],
+    )
+    # point in time: every price after block[20] poisoned changes none of the forecasts up to it
+    bad = prices.copy()
+    late = bad["date"] > block[20]
+    bad.loc[late, ["open", "high", "low", "close"]] *= 10.0
+    q, _ = per_ticker_walk_forward(lv.settings, model, bad, mid, 12, fit)
+    pd.testing.assert_frame_equal(
+        q.sort_values(key).reset_index(drop=True),
+        p[p["date"] <= block[20]].reset_index(drop=True),
+        rtol=1e-9,  # two runs of the same fit agree to ~1e-12, not always to the last bit
+    )
+    # 0: no refit, the stored fit's forecasts
+    z, none = per_ticker_walk_forward(lv.settings, model, prices, rows, 0, fit)
+    assert none == []
+    pd.testing.assert_frame_equal(z, model.predict(rows), check_exact=True)

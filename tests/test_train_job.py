@@ -111,12 +111,22 @@ def test_ray_job_submit_trains_and_registers_a_version(head, tmp_path: Path) -> 
     for name in ("lstm", "transformer"):  # the configured window (features.sequence_length) reached them
         assert loaded[name].resolved_params()["seq_len"] == TINY["features"]["sequence_length"], name
     assert loaded["prophet"].regressors == ["mkt_log_level"] and len(loaded["prophet"].tickers_) == 24
-    # Prophet was validated as fitted through the training end and is stored refitted through the
-    # validation end (the latest it can be without looking past the cutoff)
+    # Prophet was validated as scoring serves it (fitted through the training end, each model refitted
+    # on the 22nd date after its last fit: more than scoring.prophet_refit_every_days = 21 stale) and
+    # is stored refitted through the validation end (the latest it can be without looking past the
+    # cutoff)
     from ensemble.scoring import prophet_fitted_through
 
     training = reg.load_extra(version, "training")
     split, stored = training["split"], training["models"]["prophet"]["stored_fit"]
+    refits = training["models"]["prophet"]["valid_refits"]
+    assert len(refits) == valid_days // 22 and len(refits) >= 5, refits
+    assert all(r["tickers"] == 24 and r["failed"] == [] for r in refits), refits
+    when = [r["as_of"] for r in refits]
+    assert (
+        when == sorted(set(when))
+        and split["valid_start"][:10] < when[0] <= when[-1] <= split["valid_end"][:10]
+    )
     assert stored["through"] == split["valid_end"][:10] and stored["tickers"] == 24, stored
     through = prophet_fitted_through(loaded["prophet"])
     assert {str(d.date()) for d in through.values()} == {split["valid_end"][:10]}, through

@@ -19,7 +19,9 @@ One fold (:func:`fit_fold`), in-process, no Ray (``jobs.backtest`` runs the fold
     ``fit`` on ``Prepared.member_rows(...)`` with ``settings.models[name]`` (the members that stop
     early stop on the tail of the training window, those of ``training.refit_after_stopping`` are
     fitted again on the whole window, as in the training job; no tuning; Prophet refitted per
-    fold); sequence members (``max_epochs`` from ``training.max_epochs`` unless pinned, as in the
+    fold, its validation forecasts made as the training job makes them,
+    :func:`ensemble.scoring.per_ticker_walk_forward` every
+    ``training.prophet_valid_refit_every_days``); sequence members (``max_epochs`` from ``training.max_epochs`` unless pinned, as in the
     training job) once per seed of ``seeds``, their forecasts averaged over the seeds
     (each seed's test Rank IC kept). The :class:`~ensemble.models.ensemble.EnsembleForecaster` learns
     on the members' validation forecasts; then every member and the ensemble forecast the fold's test
@@ -189,7 +191,8 @@ def fit_fold(
     seeds: Sequence[int] = (0,),
 ) -> FoldResult:
     """Fit every member and the ensemble up to ``fold.as_of`` and forecast ``fold``'s test dates."""
-    from ensemble.training import member_params, prepare_data, sequence_lead  # lazy: the feature pipeline
+    from ensemble.scoring import per_ticker_walk_forward  # lazy: the feature pipeline
+    from ensemble.training import member_params, prepare_data, sequence_lead
 
     t0 = time.perf_counter()
     horizons = list(settings.horizons)
@@ -243,6 +246,13 @@ def fit_fold(
                         seed_scores[name][seed] = forecast_metrics(p, truth, horizons)
                     vpreds[name] = _mean_preds(pv, horizons)
                     scores[name] = _mean_preds(list(seed_preds[name].values()), horizons)
+                elif cls.per_ticker:  # validated as jobs.train validates it: refitted as it goes stale
+                    m = prep.member_rows(cls).fit(create_model(name, horizons=horizons, **params))
+                    fresh = _refit_with(name, horizons, params)
+                    every = tr.prophet_valid_refit_every_days
+                    wf, _ = per_ticker_walk_forward(s, m, prices, on_valid(valid_in), every, fit=fresh)
+                    vpreds[name] = on_valid(wf)
+                    scores[name] = on_test(m.predict(test_in))
                 else:
                     m = prep.member_rows(cls).fit(create_model(name, horizons=horizons, **params))
                     vpreds[name] = on_valid(m.predict(valid_in))
@@ -285,6 +295,15 @@ def fit_fold(
         wall_s=wall,
         cost=meter.report(),
     )
+
+
+def _refit_with(name: str, horizons: Sequence[int], params: dict[str, Any]) -> Any:
+    """A fresh member ``name`` fitted on a frame (a per-ticker member's refit, in this process)."""
+
+    def fit(frame: pd.DataFrame) -> Any:
+        return create_model(name, horizons=horizons, **params).fit(frame)
+
+    return fit
 
 
 def _mean_preds(parts: Sequence[pd.DataFrame], horizons: Sequence[int]) -> pd.DataFrame:
