@@ -181,7 +181,7 @@ def prophet_walk_forward(
     (:func:`ensemble.scoring.per_ticker_walk_forward`: a ticker's model is refitted on the last
     ``training.training_days`` dates up to a date once it is more than ``every`` dates stale; each
     refit here in ``procs`` processes). Returns the forecasts and the number of per-ticker fits."""
-    p, refits = per_ticker_walk_forward(
+    p, refits, _ = per_ticker_walk_forward(
         settings, model, prices, rows, every, fit=lambda frame: fit_prophet(frame, procs)
     )
     for r in refits:
@@ -477,7 +477,8 @@ def main() -> int:
         "--prophet-refit-every",
         type=int,
         default=ScoringConfig().prophet_refit_every_days,
-        help="Prophet's test forecasts from refits every N test dates, as jobs.score makes them "
+        help="Prophet's test forecasts refitted once its models are more than N dates stale, as jobs.score "
+        "serves them "
         "(default: scoring.prophet_refit_every_days; 0: the one fit through the training end)",
     )
     ap.add_argument(

@@ -140,7 +140,7 @@ class TrainingConfig(_Strict):
     # as scoring.prophet_refit_every_days does when scoring. So the ensemble's weights, gate and
     # calibration judge the forecasts that are served, not one fit stale by up to the whole
     # validation window. Each refit is one more fit per ticker. 0: the one fit through the training
-    # end forecasts every validation date.
+    # end forecasts every validation date (and, in the walk-forward folds, every test date too).
     prophet_valid_refit_every_days: int = Field(21, ge=0)
     # The last date whose information training may use (YYYY-MM-DD; None: the last date of the data).
     # Later rows may be present: they change nothing (labels realised after it are purged).

@@ -536,45 +536,55 @@ def per_ticker_walk_forward(
     rows: pd.DataFrame,
     every_days: int,
     fit: Callable[[pd.DataFrame], Any],
-) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+) -> tuple[pd.DataFrame, list[dict[str, Any]], Any]:
     """The per-ticker member's forecasts of ``rows`` (date, ticker and what its ``predict`` reads) as
-    scoring makes them, date by date in order: on each date the tickers fitted through a date more
-    than ``every_days`` trading dates before it (:func:`stale_prophet_tickers`) are first refitted on
-    the history up to that date (:func:`per_ticker_fit_frame`; ``fit(frame)`` returns the fitted
-    member: in-process, or the Ray fan-out in ``jobs.train``) and merged in (:func:`merge_refit`: a
-    ticker whose refit fails keeps its older model and is tried again ``every_days`` dates later).
-    Every forecast comes from a model fitted on closes dated on or before its own date.
-    ``every_days`` 0: ``model`` forecasts every row, no refit. Returns the forecasts and one record
-    per refit (``as_of``, ``tickers``, ``failed``: tickers whose refit failed)."""
+    scoring serves them, date by date in order: on each date, the tickers with a row on it whose model
+    was fitted through a date more than ``every_days`` trading dates before it
+    (:func:`stale_prophet_tickers`, as :func:`refresh_stale_prophet`) are first refitted on the
+    history up to that date (:func:`per_ticker_fit_frame`; ``fit(frame)`` returns the fitted member:
+    in-process, or the Ray fan-out in ``jobs.train``) and merged in (:func:`merge_refit`). A ticker
+    whose refit fails (or a refit that raises: every stale ticker) keeps its older model, is listed,
+    and is tried again once it is stale again, more than ``every_days`` dates later. So every
+    forecast comes from a model fitted on closes dated on or before its own date, at most
+    ``every_days`` dates before it when its refits succeed. ``every_days`` 0: ``model`` forecasts
+    every row, no refit (scoring's 0 refits on every request instead). Returns the forecasts, one
+    record per refit (``as_of``, ``tickers`` fitted, ``failed``: tickers whose refit failed, and
+    ``error`` when the refit raised) and the member as it stands after the last date."""
     rows = rows.reset_index(drop=True)
     if every_days <= 0 or rows.empty:
-        return model.predict(rows), []
+        return model.predict(rows), [], model
     days = np.unique(pd.to_datetime(prices["date"]).to_numpy(dtype="datetime64[ns]"))
-    through = prophet_fitted_through(model)  # ticker -> the last date a fit (or failed refit) used
+    dates = pd.to_datetime(rows["date"])
+    through = prophet_fitted_through(model)  # ticker -> the last date a fit used (or a refit tried)
     current, records, out = model, [], []
-    blocks = pd.DatetimeIndex(np.unique(pd.to_datetime(rows["date"]).to_numpy(dtype="datetime64[ns]")))
+    blocks = pd.DatetimeIndex(np.unique(dates.to_numpy(dtype="datetime64[ns]")))
+
+    def stale_on(day: pd.Timestamp) -> dict[str, pd.Timestamp]:
+        on_day = list(rows.loc[dates == day, "ticker"].astype(str).unique())
+        return stale_prophet_tickers(through, days, day, every_days, tickers=on_day)
+
     i = 0
     while i < len(blocks):
         as_of = blocks[i]
-        stale = stale_prophet_tickers(through, days, as_of, every_days)
+        stale = stale_on(as_of)
         if stale:
-            frame = per_ticker_fit_frame(settings, current, prices, as_of, sorted(stale))
-            refit = fit(frame)
-            current = merge_refit(current, refit)
-            through.update(dict.fromkeys(stale, as_of))
-            records.append(
-                {
-                    "as_of": as_of.date().isoformat(),
-                    "tickers": len(refit.models_),
-                    "failed": sorted(set(stale) - set(refit.models_)),
-                }
-            )
-        j = i + 1  # the dates up to the next one on which some ticker is stale: one predict call
-        while j < len(blocks) and not stale_prophet_tickers(through, days, blocks[j], every_days):
+            record: dict[str, Any] = {"as_of": as_of.date().isoformat()}
+            try:
+                refit = fit(per_ticker_fit_frame(settings, current, prices, as_of, sorted(stale)))
+            except Exception as exc:  # the older models keep forecasting; tried again when stale again
+                logger.warning("per-ticker refit as of %s failed: %s", as_of.date(), exc)
+                refit, record["error"] = None, f"{type(exc).__name__}: {exc}"
+            fitted = prophet_fitted_through(refit) if refit is not None else {}
+            if refit is not None:
+                current = merge_refit(current, refit)
+            through.update({t: fitted.get(t, as_of) for t in stale})
+            records.append({**record, "tickers": len(fitted), "failed": sorted(set(stale) - set(fitted))})
+        j = i + 1  # the dates up to the next one on which a ticker is stale: one predict call
+        while j < len(blocks) and not stale_on(blocks[j]):
             j += 1
-        out.append(current.predict(rows.loc[rows["date"].isin(blocks[i:j])]))
+        out.append(current.predict(rows.loc[dates.isin(blocks[i:j])]))
         i = j
-    return pd.concat(out, ignore_index=True), records
+    return pd.concat(out, ignore_index=True), records, current
 
 
 @dataclass

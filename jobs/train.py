@@ -188,10 +188,10 @@ def _validate_per_ticker(
     d = prep.eval_frame["date"]
     rows = prep.eval_frame[(d >= prep.split.valid_start) & (d <= prep.split.valid_end)]
     every = settings.training.prophet_valid_refit_every_days
-    out = scoring.per_ticker_walk_forward(settings, model, prep.prices, rows, every, fit=fit)
+    p, refits, _ = scoring.per_ticker_walk_forward(settings, model, prep.prices, rows, every, fit=fit)
     own = max(0.0, time.perf_counter() - t0 - refit_s)
     meter.record(f"{name}.validate", cpu_s=own, wall_s=own)
-    return out
+    return p, refits
 
 
 def _refit_through(

@@ -210,11 +210,14 @@ def test_per_ticker_walk_forward_refits_as_scoring_would_and_reads_no_later_pric
     def fit(f: pd.DataFrame):
         return refit_prophet(lv, f[f["ticker"] != lost])
 
-    p, refits = per_ticker_walk_forward(lv.settings, model, prices, rows, 12, fit)
+    p, refits, last = per_ticker_walk_forward(lv.settings, model, prices, rows, 12, fit)
     # stale on the 13th date after the fit (13 > 12 trading dates), then 13 dates after that refit
     assert [r["as_of"] for r in refits] == [block[12].date().isoformat(), block[25].date().isoformat()]
     assert [r["failed"] for r in refits] == [[lost], [lost]]
     assert [r["tickers"] for r in refits] == [len(model.tickers_) - 1] * 2
+    after = prophet_fitted_through(last)  # the member as it stands after the last date
+    assert after[lost] == prophet_fitted_through(model)[lost]
+    assert {d for t, d in after.items() if t != lost} == {block[25]}
     key = ["date", "ticker"]
     p = p.sort_values(key).reset_index(drop=True)
     assert len(p) == len(rows) and p[key].equals(rows[key].sort_values(key).reset_index(drop=True))
@@ -241,13 +244,26 @@ def test_per_ticker_walk_forward_refits_as_scoring_would_and_reads_no_later_pric
     bad = prices.copy()
     late = bad["date"] > block[20]
     bad.loc[late, ["open", "high", "low", "close"]] *= 10.0
-    q, _ = per_ticker_walk_forward(lv.settings, model, bad, mid, 12, fit)
+    q, _, _ = per_ticker_walk_forward(lv.settings, model, bad, mid, 12, fit)
     pd.testing.assert_frame_equal(
         q.sort_values(key).reset_index(drop=True),
         p[p["date"] <= block[20]].reset_index(drop=True),
         rtol=1e-9,  # two runs of the same fit agree to ~1e-12, not always to the last bit
     )
     # 0: no refit, the stored fit's forecasts
-    z, none = per_ticker_walk_forward(lv.settings, model, prices, rows, 0, fit)
-    assert none == []
+    z, none, same = per_ticker_walk_forward(lv.settings, model, prices, rows, 0, fit)
+    assert none == [] and same is model
     pd.testing.assert_frame_equal(z, model.predict(rows), check_exact=True)
+
+    # a refit that raises: the older models keep forecasting, the refit is recorded and tried again
+    def broken(f: pd.DataFrame):
+        raise RuntimeError("cluster down")
+
+    b, failed, kept = per_ticker_walk_forward(lv.settings, model, prices, rows, 12, broken)
+    assert [r["as_of"] for r in failed] == [r["as_of"] for r in refits] and kept is model
+    assert all("cluster down" in r["error"] and len(r["failed"]) == len(model.tickers_) for r in failed)
+    pd.testing.assert_frame_equal(
+        b.sort_values(key).reset_index(drop=True),
+        model.predict(rows).sort_values(key).reset_index(drop=True),
+        rtol=1e-9,  # predicted block by block, not in one call: equal to ~1e-15, not to the last bit
+    )

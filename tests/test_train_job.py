@@ -60,7 +60,9 @@ def test_ray_job_submit_trains_and_registers_a_version(head, tmp_path: Path) -> 
     # a validation window over 2 x 60 dates: every horizon has labels in the first half, from which
     # the ensemble's out-of-fold forecasts of the second half learn (with TINY's 63 dates, only 3
     # carry an h60 label)
-    cfg = write_config(tmp_path / "tiny.yaml", training={**TINY["training"], "valid_fraction": 0.35})
+    # Prophet's validation refits at 15 (not scoring's 21): the training setting is the one read
+    tr_cfg = {**TINY["training"], "valid_fraction": 0.35, "prophet_valid_refit_every_days": 15}
+    cfg = write_config(tmp_path / "tiny.yaml", training=tr_cfg)
     registry = tmp_path / "registry"
     env = {**os.environ, **head.env()}
     env.pop("RAY_ADDRESS", None)  # the job client talks to the dashboard given by --address
@@ -112,15 +114,15 @@ def test_ray_job_submit_trains_and_registers_a_version(head, tmp_path: Path) -> 
         assert loaded[name].resolved_params()["seq_len"] == TINY["features"]["sequence_length"], name
     assert loaded["prophet"].regressors == ["mkt_log_level"] and len(loaded["prophet"].tickers_) == 24
     # Prophet was validated as scoring serves it (fitted through the training end, each model refitted
-    # on the 22nd date after its last fit: more than scoring.prophet_refit_every_days = 21 stale) and
-    # is stored refitted through the validation end (the latest it can be without looking past the
-    # cutoff)
+    # on the 16th date after its last fit: more than training.prophet_valid_refit_every_days = 15
+    # stale) and is stored refitted through the validation end (the latest it can be without looking
+    # past the cutoff)
     from ensemble.scoring import prophet_fitted_through
 
     training = reg.load_extra(version, "training")
     split, stored = training["split"], training["models"]["prophet"]["stored_fit"]
     refits = training["models"]["prophet"]["valid_refits"]
-    assert len(refits) == valid_days // 22 and len(refits) >= 5, refits
+    assert len(refits) == valid_days // 16 and len(refits) >= 7, refits
     assert all(r["tickers"] == 24 and r["failed"] == [] for r in refits), refits
     when = [r["as_of"] for r in refits]
     assert (

@@ -20,8 +20,10 @@ One fold (:func:`fit_fold`), in-process, no Ray (``jobs.backtest`` runs the fold
     early stop on the tail of the training window, those of ``training.refit_after_stopping`` are
     fitted again on the whole window, as in the training job; no tuning; Prophet refitted per
     fold, its validation forecasts made as the training job makes them,
-    :func:`ensemble.scoring.per_ticker_walk_forward` every
-    ``training.prophet_valid_refit_every_days``); sequence members (``max_epochs`` from ``training.max_epochs`` unless pinned, as in the
+    :func:`ensemble.scoring.per_ticker_walk_forward` with ``training.prophet_valid_refit_every_days``,
+    and its test forecasts as scoring serves them, the same walk on from the validation's models with
+    ``scoring.prophet_refit_every_days``; with the former 0, the one fit forecasts every date);
+    sequence members (``max_epochs`` from ``training.max_epochs`` unless pinned, as in the
     training job) once per seed of ``seeds``, their forecasts averaged over the seeds
     (each seed's test Rank IC kept). The :class:`~ensemble.models.ensemble.EnsembleForecaster` learns
     on the members' validation forecasts; then every member and the ensemble forecast the fold's test
@@ -250,9 +252,16 @@ def fit_fold(
                     m = prep.member_rows(cls).fit(create_model(name, horizons=horizons, **params))
                     fresh = _refit_with(name, horizons, params)
                     every = tr.prophet_valid_refit_every_days
-                    wf, _ = per_ticker_walk_forward(s, m, prices, on_valid(valid_in), every, fit=fresh)
+                    wf, _, last = per_ticker_walk_forward(s, m, prices, on_valid(valid_in), every, fit=fresh)
                     vpreds[name] = on_valid(wf)
-                    scores[name] = on_test(m.predict(test_in))
+                    if every > 0:  # the test dates as scoring serves them, from the validation's models
+                        serve = s.scoring.prophet_refit_every_days
+                        pt, _, _ = per_ticker_walk_forward(
+                            s, last, prices, on_test(test_in), serve, fit=fresh
+                        )
+                    else:  # the one fit forecasts every date, validation and test
+                        pt = m.predict(test_in)
+                    scores[name] = on_test(pt)
                 else:
                     m = prep.member_rows(cls).fit(create_model(name, horizons=horizons, **params))
                     vpreds[name] = on_valid(m.predict(valid_in))
