@@ -283,7 +283,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 fit_rows(type(model), train_fit, member_fit, member_stop, refit).fit(model)
             fit_s = time.perf_counter() - t
             p = model.predict(test_in)
-            pv = model.predict(valid_in)
             if name == "prophet":  # the validation dates as jobs.train, the test dates as jobs.score
                 t_wf = time.perf_counter()
                 v_rows = window(frame, sp["valid_start"], sp["valid_end"])
@@ -291,6 +290,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     model, prices, v_rows, args.prophet_valid_refit_every, args.prophet_procs, member_settings
                 )
                 v_s = time.perf_counter() - t_wf
+            else:
+                pv = model.predict(valid_in)
             if name == "prophet" and args.prophet_refit_every > 0:
                 once = p[p["date"] >= sp["test_start"]].reset_index(drop=True)
                 rows["prophet_fit_once"] = score(once, truth)

@@ -256,22 +256,23 @@ def run(
     def fit_and_validate(name: str) -> tuple[Forecaster, dict[str, Any], pd.DataFrame, float]:
         t0 = time.perf_counter()
         model, info = _fit_model(name, prep, settings, meter, progress)
-        if get_model_class(name).per_ticker:  # validated as scoring serves it: refitted as it goes stale
-            p, info["valid_refits"] = _validate_per_ticker(name, model, prep, settings, meter, progress)
-        else:
+        if not get_model_class(name).per_ticker:
             with meter.stage(f"{name}.validate", cpus=1):
                 p = model.predict(eval_frame)
                 p = p[p["date"] >= split.valid_start].reset_index(drop=True)
-        if get_model_class(name).per_ticker:  # stored fitted through the validation end
-            try:
-                model, info["stored_fit"] = _refit_through(
-                    name, model, split.valid_end, prep, settings, meter, progress
-                )
-            except Exception as exc:  # the validated training-end fit is kept, and the reason recorded
-                logger.warning("%s: refit through %s failed (%s): the training-end fit is stored",
-                               name, split.valid_end.date(), exc)  # fmt: skip
-                why = f"{type(exc).__name__}: {exc}"
-                info["stored_fit"] = {"through": str(split.train_end.date()), "error": why}
+            return model, info, p, time.perf_counter() - t0
+        # per ticker: validated as scoring serves it (refitted as it goes stale), stored fitted
+        # through the validation end
+        p, info["valid_refits"] = _validate_per_ticker(name, model, prep, settings, meter, progress)
+        try:
+            model, info["stored_fit"] = _refit_through(
+                name, model, split.valid_end, prep, settings, meter, progress
+            )
+        except Exception as exc:  # the training-end fit is kept, and the reason recorded
+            logger.warning("%s: refit through %s failed (%s): the training-end fit is stored",
+                           name, split.valid_end.date(), exc)  # fmt: skip
+            why = f"{type(exc).__name__}: {exc}"
+            info["stored_fit"] = {"through": str(split.train_end.date()), "error": why}
         return model, info, p, time.perf_counter() - t0
 
     for group in stage_groups([m for m in MODEL_NAMES if m in tr.models]):
