@@ -12,14 +12,20 @@ from scipy import stats
 
 from ensemble.backtest.metrics import interval_coverage, rank_ic
 from ensemble.features.normalize import cross_sectional_targets, per_date
-from ensemble.models.ensemble import VOL_COLUMN, EnsembleForecaster, outside_block, trailing_volatility
+from ensemble.models.ensemble import (
+    LAMBDAS,
+    VOL_COLUMN,
+    EnsembleForecaster,
+    outside_block,
+    trailing_volatility,
+)
 
 HORIZONS = (5, 20)
 PRIOR = {"good": 0.2, "noise": 0.4, "weak": 0.4}
 
 
 def panel(
-    n_dates: int = 160, n_tickers: int = 60, seed: int = 0
+    n_dates: int = 160, n_tickers: int = 60, seed: int = 0, horizons: tuple[int, ...] = HORIZONS
 ) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
     """Members with known skill: 'good' sees most of the signal, 'weak' a little, 'noise' none.
     Member scales differ wildly (the ensemble must only use per-date rankings)."""
@@ -35,7 +41,7 @@ def panel(
     truth = keys.copy()
     truth[VOL_COLUMN] = vol
     members = {m: keys.copy() for m in PRIOR}
-    for h in HORIZONS:
+    for h in horizons:
         signal = rng.normal(size=len(keys))
         noise = rng.normal(size=len(keys))
         truth[f"target_h{h}"] = 0.002 * h + vol * np.sqrt(h) * (0.3 * signal + noise)
@@ -188,6 +194,20 @@ def test_lambdas_set_the_shrinkage_candidates_and_travel_with_the_state() -> Non
     for bad in ((), (-1.0,), (float("nan"),)):
         with pytest.raises(ValueError, match="lambdas"):
             EnsembleForecaster(PRIOR, HORIZONS, lambdas=bad)
+
+
+def test_weights_keep_the_prior_without_two_independent_windows_of_held_out_evidence() -> None:
+    # h=60 on 130 validation dates: the second half holds 65 dates, 1.1 independent windows, so no
+    # error can be estimated: the much better member does not move the weights
+    members, truth = panel(n_dates=130, n_tickers=200, horizons=(60,))
+    few = EnsembleForecaster(PRIOR, (60,)).fit(members, truth)
+    assert few.lambda_[60] == max(LAMBDAS)
+    assert few.weights(60) == pytest.approx(PRIOR, abs=0.01)
+    # 300 dates hold out 150, 2.5 windows: the same kind of evidence moves them toward that member
+    members, truth = panel(n_dates=300, n_tickers=200, horizons=(60,))
+    more = EnsembleForecaster(PRIOR, (60,)).fit(members, truth)
+    assert more.lambda_[60] < max(LAMBDAS)
+    assert more.weights(60)["good"] > PRIOR["good"] + 0.2, more.weights(60)
 
 
 def test_the_gate_zeroes_the_prior_of_a_member_with_significantly_negative_validation_skill() -> None:

@@ -21,7 +21,9 @@ Per horizon, :meth:`EnsembleForecaster.fit` learns on the validation dates (neve
   standard error of the best is kept (the one-standard-error rule; the error counts the horizon's
   overlapping labels, ``n_dates / h`` independent windows): on ~190 validation dates, weights moved
   off the prior on weaker evidence scored lower out of fold (bench/quality.py, synthetic and S&P;
-  measured before the out-of-fold scores were purged).
+  measured before the out-of-fold scores were purged). With fewer than :data:`MIN_WINDOWS`
+  independent windows held out (long horizons on short validation windows) no error can be
+  estimated, and the largest lambda is kept.
   Then refitted on all validation dates. Before that, the ``gate`` (default ``significant``) sets
   to 0 the prior weight of each member whose mean daily Rank IC on the dates the weights are fitted
   on is below 0 by more than one standard error (same error as above; ``negative``: below 0 at all;
@@ -82,6 +84,7 @@ logger = logging.getLogger(__name__)
 VOL_COLUMN = "ref_vol"
 LAMBDAS: tuple[float, ...] = (0.0, 0.01, 0.1, 1.0, 10.0, 100.0)
 HISTORY_DRAWS = 8  # universe deviations paired with each validation row's own residual
+MIN_WINDOWS = 2  # independent label windows (n_dates / h) a standard error needs: fewer, no evidence
 FORMAT_VERSION = 1
 Gate = Literal["none", "negative", "significant"]
 GATES: tuple[str, ...] = get_args(Gate)
@@ -506,7 +509,12 @@ def _overlap_se(daily: pd.Series, h: int) -> float:
 def _one_se_choice(daily: Mapping[float, pd.Series], h: int) -> float:
     """The largest ``lambda`` (closest to the prior) whose held-out mean Rank IC is within one standard
     error of the best one's (the one-standard-error rule). The error of a difference of mean daily
-    ICs counts the horizon's overlapping labels: ``n_dates / h`` independent windows."""
+    ICs counts the horizon's overlapping labels: ``n_dates / h`` independent windows. With fewer than
+    :data:`MIN_WINDOWS` of them held out (the second half of ~190 validation dates at h=60: ~35
+    labelled dates, 0.6 of a window) no error can be estimated and nothing supports moving off the
+    prior: the largest ``lambda`` is kept."""
+    if max((len(v.dropna()) for v in daily.values()), default=0) / h < MIN_WINDOWS:
+        return max(daily)  # no estimable error on fewer than MIN_WINDOWS windows: the prior-most
     means = {lam: float(v.mean()) if len(v) else -np.inf for lam, v in daily.items()}
     best = max(means, key=lambda lam: (means[lam], lam))
     chosen = best
