@@ -10,8 +10,9 @@ Train workers, with what a long run on a cluster needs:
   written with ``torch.save`` and read back with ``torch.load(weights_only=True)``;
 * ``FailureConfig(max_failures)``: a failed worker group is restarted and the training function
   resumes from the latest checkpoint (``ray.train.get_checkpoint()``), not from epoch 1;
-* early stopping on the validation loss (``patience`` / ``min_delta`` of the model's parameters) and
-  at most ``max_epochs`` epochs (``settings.training.max_epochs`` unless the model's settings pin it).
+* early stopping on the validation loss or Rank IC (``eval_metric`` / ``patience`` / ``min_delta`` of
+  the model's parameters) and at most ``max_epochs`` epochs (``settings.training.max_epochs`` unless
+  the model's settings pin it).
 
 Nothing of the training is re-implemented here: every worker calls the model's own
 ``SequenceForecaster.fit`` with a :class:`RayTrainHooks` callback (``ensemble.models.sequence.

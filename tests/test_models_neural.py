@@ -257,6 +257,36 @@ def test_early_stopping_on_internal_validation(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", MODELS)
+def test_early_stopping_on_validation_rank_ic_keeps_the_epoch_that_ranked_best(
+    name: str, frame: pd.DataFrame
+) -> None:
+    from ensemble.backtest.metrics import rank_ic
+
+    train, valid = split(frame, 0, TRAIN_END), split(frame, TRAIN_END, VALID_END)
+    p = params(name, max_epochs=10, patience=3, eval_metric="rank_ic")
+    model: Any = create_model(name, **p).fit(train, valid)
+    ics = [h["valid_rank_ic"] for h in model.history_]
+    assert model.best_epoch_ >= 1 and max(ics) == ics[model.best_epoch_ - 1]
+    assert model.best_valid_loss_ == model.history_[model.best_epoch_ - 1]["valid_loss"]
+    # the kept module is that epoch's: its forecasts of the validation rows rank them as recorded
+    pred = model.predict(split(frame, 0, VALID_END))
+    rows = pred.merge(valid, on=["date", "ticker"])
+    d = rows["date"].to_numpy()
+    by_hand = [
+        rank_ic(d, rows[f"pred_h{h}"].to_numpy(), rows[f"target_h{h}"].to_numpy())
+        for h in HORIZONS
+        if rows[f"target_h{h}"].notna().any()
+    ]
+    assert float(np.mean(by_hand)) == pytest.approx(max(ics), abs=1e-4)
+    # the loss watched instead: another rule, the same recorded losses
+    by_loss: Any = create_model(name, **{**p, "eval_metric": "loss"}).fit(train, valid)
+    losses = [h["valid_loss"] for h in by_loss.history_]
+    assert min(losses) == losses[by_loss.best_epoch_ - 1] and "valid_rank_ic" not in by_loss.history_[0]
+    with pytest.raises(ValueError, match="eval_metric"):
+        create_model(name, **{**p, "eval_metric": "rmse"}).fit(train, valid)
+
+
+@pytest.mark.parametrize("name", MODELS)
 def test_refit_on_trains_a_fresh_module_for_the_best_epochs(
     name: str, frame: pd.DataFrame, tmp_path: Path
 ) -> None:
