@@ -75,7 +75,8 @@ class TrainOutcome:
     recorded in ``model.refit_``). ``epochs_run``: epochs the fit that stopped trained in all (across
     restarts; the refit's are in ``model.refit_``). ``resumed_from_epoch``: for each restart after a
     failure, the epoch of the checkpoint it resumed from (empty when nothing failed). ``val_loss``:
-    the best validation loss of the fit that stopped (None without validation rows). ``checkpoint_path``: the run's last checkpoint (it holds the model
+    the validation loss of the best epoch of the fit that stopped (the lowest with ``eval_metric``
+    'loss'; None without validation rows). ``checkpoint_path``: the run's last checkpoint (it holds the model
     under ``model/``). ``cost_usd``: what the run added to the meter.
     """
 

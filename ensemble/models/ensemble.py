@@ -26,7 +26,8 @@ Per horizon, :meth:`EnsembleForecaster.fit` learns on the validation dates (neve
   estimated, and the largest lambda is kept.
   Then refitted on all validation dates. Before that, the ``gate`` (default ``significant``) sets
   to 0 the prior weight of each member whose mean daily Rank IC on the dates the weights are fitted
-  on is below 0 by more than one standard error (same error as above; ``negative``: below 0 at all;
+  on is below 0 by more than one standard error (same error as above, without :data:`MIN_WINDOWS`:
+  measured, that lowered an out-of-fold score; ``negative``: below 0 at all;
   ``none``: no gate), and renormalises; when every member would go, the prior is kept. Members
   with clearly wrong validation rankings (Prophet's trend on real prices) otherwise kept their
   prior weight, the rule finding no held-out reason to move. On the bench's saved member forecasts

@@ -75,7 +75,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ensemble.backtest.metrics import rank_ic
+from ensemble.backtest.metrics import rank_ic_by_date
 from ensemble.config import DEFAULT_HORIZONS, FeatureConfig, TrainingConfig
 from ensemble.models.base import (
     FitCallback,
@@ -105,20 +105,23 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "grad_clip": 1.0,
     "dropout": 0.1,
     "loss": "huber",  # 'huber' (delta = huber_delta on standardised targets) or 'mse'
-    # what early stopping watches on the validation rows: 'loss' (the training loss) or 'rank_ic' (the
-    # mean over horizons of the mean per-date Rank IC, higher is better; as the boosters' eval_metric).
+    # what early stopping watches on the validation rows: 'loss' (the training loss function) or
+    # 'rank_ic' (the mean over horizons of the mean per-date Rank IC, higher is better; as the
+    # boosters' eval_metric).
     # 'loss' by validation: 'rank_ic' kept the same epochs on the synthetic market and lowered the
     # S&P sample's validation Rank IC in 5 of 6 cells (README)
     "eval_metric": "loss",
     "huber_delta": 1.0,
     # the validation loss peaks early (bench/quality.py: best after the first 50,000 rows, both models,
-    # both data sets), so epochs are short and stopping waits three of them: against 50,000 rows and
-    # patience 2, the members' validation Rank IC rose in 9 of 12 cells (2 models x 3 horizons x the
+    # both data sets; cluster/train.yaml's full scale not re-validated), so epochs are short and
+    # stopping waits three of them: against 50,000 rows and
+    # patience 2, the members' validation Rank IC rose in 8 of 12 cells (2 models x 3 horizons x the
     # synthetic market and the S&P sample's training years; +0.006 on average) and the ensemble's
     # out-of-fold validation Rank IC in 4 of 6 (+0.002) (README)
     "patience": 3,
-    # an epoch counts as better only if it lowers the validation loss (~0.42) by this much: in the full
-    # run the transformer's epochs 4-7 moved it by 3e-5 (noise) and cost ~90 s each
+    # an epoch counts as better only if it improves the watched metric by this much (the validation
+    # loss, ~0.42, or the Rank IC): in the full run the transformer's epochs 4-7 moved the loss by 3e-5
+    # (noise) and cost ~90 s each
     "min_delta": 1e-4,
     "valid_fraction": 0.15,
     "max_samples_per_epoch": 20_000,  # None: every training row each epoch
@@ -617,10 +620,15 @@ class SequenceForecaster(Forecaster):
         if resume is not None:  # continue a fit from the state an earlier epoch reported
             module.load_state_dict(resume["model"])
             opt.load_state_dict(resume["optimizer"])
+            if resume.get("eval_metric", "loss") != p["eval_metric"]:
+                raise ValueError(
+                    f"{self.name}: cannot resume a fit that stopped on eval_metric "
+                    f"{resume.get('eval_metric', 'loss')!r} with eval_metric {p['eval_metric']!r}"
+                )
             start, best_epoch, bad = int(resume["epoch"]), int(resume["best_epoch"]), int(resume["bad"])
             stopped = bool(resume.get("stopped", False))
             best_loss = float(resume["best_val_loss"])
-            best_watch = float(resume.get("best_watch", best_loss))
+            best_watch = float(resume.get("best_watch", best_loss))  # absent: saved under 'loss'
             best_state = resume["best_state"]
             history = list(resume["history"])
             seconds_before = float(resume["seconds"])
@@ -661,11 +669,12 @@ class SequenceForecaster(Forecaster):
                     bad += 1
                     if bad >= int(p["patience"]):
                         logger.info(
-                            "%s: early stop at epoch %d (best %d, valid %.5f)",
+                            "%s: early stop at epoch %d (best %d, valid %s %.5f)",
                             self.name,
                             epoch,
                             best_epoch,
-                            best_loss,
+                            p["eval_metric"],
+                            -best_watch if by_ic else best_loss,
                         )
                         stop = True
             history.append(rec)
@@ -680,6 +689,7 @@ class SequenceForecaster(Forecaster):
                 "epoch": epoch,
                 "best_val_loss": best_loss,
                 "best_watch": best_watch,
+                "eval_metric": p["eval_metric"],
                 "best_epoch": best_epoch,
                 "bad": bad,
                 "stopped": stop,  # a run resumed from here trains no further epoch
@@ -733,8 +743,8 @@ class SequenceForecaster(Forecaster):
         self, data: SequenceData, idx: torch.Tensor, p: dict[str, Any], rank_ic_too: bool = False
     ) -> tuple[float, float]:
         """The loss of the sorted rows ``idx`` and, with ``rank_ic_too``, their Rank IC (per date
-        across tickers, averaged over dates, then over the horizons with a finite target; NaN
-        without ``rank_ic_too``)."""
+        across tickers, averaged over dates, then over the horizons with a date of enough tickers;
+        0.0 when none has one; NaN without ``rank_ic_too``)."""
         assert data.y is not None
         self.module_.eval()
         n_h = len(self.horizons)
@@ -754,12 +764,14 @@ class SequenceForecaster(Forecaster):
         loss = float(combine_loss(sums, counts))
         if not rank_ic_too:
             return loss, math.nan
-        rows = idx.cpu().numpy()
+        dates = data.dates[idx.cpu().numpy()]
         pred = torch.cat(preds).numpy().astype(np.float64) if preds else np.zeros((0, n_h))
         y = data.y[idx].cpu().numpy().astype(np.float64)
-        ics = [
-            rank_ic(data.dates[rows], pred[:, j], y[:, j]) for j in range(n_h) if np.isfinite(y[:, j]).any()
-        ]
+        ics = []  # per horizon with a date of enough tickers (rank_ic_by_date's MIN_TICKERS)
+        for j in range(n_h):
+            daily = rank_ic_by_date(pd.DataFrame({"date": dates, "p": pred[:, j], "y": y[:, j]}), "p", "y")
+            if daily.notna().any():
+                ics.append(float(daily.mean()))
         return loss, float(np.mean(ics)) if ics else 0.0
 
     # -- predict ------------------------------------------------------------------------------------
