@@ -34,7 +34,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ensemble.backtest.metrics import rank_ic_by_date  # noqa: E402
+from ensemble.backtest.metrics import overlap_se, rank_ic_by_date  # noqa: E402
 from ensemble.backtest.splits import window  # noqa: E402
 from ensemble.config import EnsembleConfig  # noqa: E402
 from ensemble.models.ensemble import GATES, EnsembleForecaster  # noqa: E402
@@ -123,7 +123,7 @@ def main() -> int:
         for f in args.folders:
             for h in HORIZONS:
                 diff = (daily[(f, g)][h] - daily[(f, default)][h]).dropna()
-                se = float(diff.std()) / math.sqrt(max(len(diff) / h, 1.0)) if len(diff) > 1 else float("nan")
+                se = overlap_se(diff, h)
                 cells.append((float(diff.mean()), se))
         mean = float(np.mean([c[0] for c in cells]))
         se = math.sqrt(sum(c[1] ** 2 for c in cells)) / len(cells)

@@ -16,7 +16,6 @@ horizon with the paired difference from the defaults and its standard error (dai
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from quality import HORIZONS, fit_prophet, load, split_dates  # noqa: E402
 
-from ensemble.backtest.metrics import rank_ic_by_date  # noqa: E402
+from ensemble.backtest.metrics import overlap_se, rank_ic_by_date  # noqa: E402
 from ensemble.backtest.splits import window  # noqa: E402
 from ensemble.config import TrainingConfig  # noqa: E402
 from ensemble.features.targets import realised_forward_returns  # noqa: E402
@@ -58,12 +57,11 @@ def validation_daily_ic(
     parts = []
     for i in range(0, len(vdates), every):
         block = vdates[i : i + every]
-        origin = dates[dates < block[0]][-1]
-        fit_on = dates[dates <= origin][-days:]
+        fit_on = dates[dates < block[0]][-days:]
         model = fit_prophet(prices[prices["date"].isin(fit_on)], procs, params)
         parts.append(model.predict(vtruth.loc[vtruth["date"].isin(block), ["date", "ticker"]]))
     p = pd.concat(parts, ignore_index=True).merge(vtruth, on=["date", "ticker"])
-    return {h: rank_ic_by_date(p, f"pred_h{h}", f"target_h{h}").dropna() for h in HORIZONS}
+    return {h: rank_ic_by_date(p, f"pred_h{h}", f"target_h{h}") for h in HORIZONS}
 
 
 def main() -> int:
@@ -95,7 +93,7 @@ def main() -> int:
         cells = []
         for h in HORIZONS:
             d = (daily[name][h] - daily["default"][h]).dropna()
-            se = float(d.std()) / math.sqrt(max(len(d) / h, 1.0)) if len(d) > 1 else float("nan")
+            se = overlap_se(d, h)
             cells.append(f"h{h} {daily[name][h].mean():+.4f} (diff {d.mean():+.4f} se {se:.4f})")
         print(f"  {name:<15} " + "  ".join(cells) + f"  {time.perf_counter() - t0:.0f} s", flush=True)
     return 0

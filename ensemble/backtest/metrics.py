@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import overload
 
@@ -142,6 +143,12 @@ def rank_ic(dates: np.ndarray, pred: np.ndarray, target: np.ndarray, *, min_obs:
     ic = _ic_matrix(codes, len(uniques), [np.asarray(pred)], np.asarray(target, np.float64), True, min_obs)
     ok = np.isfinite(ic)
     return float(ic[ok].mean()) if ok.any() else 0.0
+
+
+def overlap_se(daily: pd.Series, h: int) -> float:
+    """The standard error of the mean of daily figures whose ``h``-day labels overlap: ``n_dates / h``
+    independent windows (at least one); NaN with fewer than two figures."""
+    return float(daily.std()) / math.sqrt(max(len(daily) / h, 1.0))
 
 
 @overload

@@ -74,7 +74,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import nnls
 
-from ensemble.backtest.metrics import rank_ic, rank_ic_by_date
+from ensemble.backtest.metrics import overlap_se, rank_ic, rank_ic_by_date
 from ensemble.backtest.splits import purge_labels
 from ensemble.features.normalize import per_date
 from ensemble.features.targets import target_horizon
@@ -501,12 +501,6 @@ def _daily_rank_ic(dates: np.ndarray, score: np.ndarray, y: np.ndarray) -> pd.Se
     return rank_ic_by_date(pd.DataFrame({"date": dates, "s": score, "y": y}), "s", "y")
 
 
-def _overlap_se(daily: pd.Series, h: int) -> float:
-    """The standard error of the mean of daily figures whose ``h``-day labels overlap: ``n_dates / h``
-    independent windows (at least one)."""
-    return float(daily.std()) / math.sqrt(max(len(daily) / h, 1.0))
-
-
 def _one_se_choice(daily: Mapping[float, pd.Series], h: int) -> float:
     """The largest ``lambda`` (closest to the prior) whose held-out mean Rank IC is within one standard
     error of the best one's (the one-standard-error rule). The error of a difference of mean daily
@@ -525,7 +519,7 @@ def _one_se_choice(daily: Mapping[float, pd.Series], h: int) -> float:
         diff = (daily[lam] - daily[best]).dropna()
         if len(diff) < 2:
             continue
-        if means[lam] >= means[best] - _overlap_se(diff, h):
+        if means[lam] >= means[best] - overlap_se(diff, h):
             chosen = lam
     return chosen
 
@@ -544,7 +538,7 @@ def _gated_prior(
         daily = _daily_rank_ic(dates, z[:, j], y).dropna()
         if len(daily) < 2:
             continue
-        se = _overlap_se(daily, h) if gate == "significant" else 0.0
+        se = overlap_se(daily, h) if gate == "significant" else 0.0
         keep[j] = float(daily.mean()) + se > 0
     w = prior * keep
     return w / w.sum() if w.sum() > 0 else prior
