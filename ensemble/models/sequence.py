@@ -114,10 +114,10 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "huber_delta": 1.0,
     # the validation loss peaks early (bench/quality.py: best after the first 50,000 rows, both models,
     # both data sets; cluster/train.yaml's full scale not re-validated), so epochs are short and
-    # stopping waits three of them: against 50,000 rows and
-    # patience 2, the members' validation Rank IC rose in 8 of 12 cells (2 models x 3 horizons x the
-    # synthetic market and the S&P sample's training years; +0.006 on average) and the ensemble's
-    # out-of-fold validation Rank IC in 4 of 6 (+0.002) (README)
+    # stopping waits three of them: against 50,000 rows and patience 2, the members' validation Rank
+    # IC rose in 8 of 12 cells (2 models x 3 horizons x the synthetic market and the S&P sample's
+    # training years; +0.006 on average) and the ensemble's out-of-fold validation Rank IC in 4 of 6
+    # (+0.002) (README)
     "patience": 3,
     # an epoch counts as better only if it improves the watched metric by this much (the validation
     # loss, ~0.42, or the Rank IC): in the full run the transformer's epochs 4-7 moved the loss by 3e-5
@@ -618,13 +618,13 @@ class SequenceForecaster(Forecaster):
         seconds_before = 0.0
         resume = hooks.resume_state()
         if resume is not None:  # continue a fit from the state an earlier epoch reported
-            module.load_state_dict(resume["model"])
-            opt.load_state_dict(resume["optimizer"])
-            if resume.get("eval_metric", "loss") != p["eval_metric"]:
+            if resume.get("eval_metric", "loss") != p["eval_metric"]:  # checked before any state loads
                 raise ValueError(
                     f"{self.name}: cannot resume a fit that stopped on eval_metric "
                     f"{resume.get('eval_metric', 'loss')!r} with eval_metric {p['eval_metric']!r}"
                 )
+            module.load_state_dict(resume["model"])
+            opt.load_state_dict(resume["optimizer"])
             start, best_epoch, bad = int(resume["epoch"]), int(resume["best_epoch"]), int(resume["bad"])
             stopped = bool(resume.get("stopped", False))
             best_loss = float(resume["best_val_loss"])
@@ -770,7 +770,7 @@ class SequenceForecaster(Forecaster):
         ics = []  # per horizon with a date of enough tickers (rank_ic_by_date's MIN_TICKERS)
         for j in range(n_h):
             daily = rank_ic_by_date(pd.DataFrame({"date": dates, "p": pred[:, j], "y": y[:, j]}), "p", "y")
-            if daily.notna().any():
+            if len(daily):  # rank_ic_by_date leaves out the dates without an IC
                 ics.append(float(daily.mean()))
         return loss, float(np.mean(ics)) if ics else 0.0
 
