@@ -2,18 +2,22 @@
 
 At rolling origins (every ``--every`` dates, from a year in, through bench/quality.py's validation
 end), the ensemble (:class:`EnsembleForecaster`, the configured interval levels) is fitted as
-``jobs.train`` fits it: on the ``--valid`` dates before the origin (labels purged at the origin) with
-``history`` = every labelled row before it; then its intervals for the next ``--span`` dates are
+``jobs.train`` and bench/quality.py fit it: on the ``--valid`` dates before the origin (default: as
+many as bench/quality.py's validation window; labels purged at the origin) with ``history`` = the
+training rows before them (labels purged at the validation start) and the validation rows; then its
+intervals for the next ``--span`` dates (default: as many as bench/quality.py's test window) are
 scored against their realised returns (:func:`interval_coverage`; labels that realise after the
-validation end are never read). Its one member is the 5-day reversal rule: the intervals hardly
-depend on the forecast (a ticker's residual is almost all its own move: the forecasts explain under
-1% of it), so this measures the interval method, not a member.
+validation end are never read, so the last origins score fewer dates at long horizons). Its one
+member is the 5-day reversal rule: the intervals hardly depend on the forecast (a ticker's residual
+is almost all its own move: the forecasts explain under 1% of it), so this measures the interval
+method, not a member. The origins' windows overlap, unlike walk-forward folds, to get more of them.
 
 Printed per horizon and level: the mean coverage over the origins and how far one window's coverage
-strays from it (standard deviation, min, max over the origins): a test period is one such window.
+strays from it (sample standard deviation, min, max over the origins): the test period is one such
+window.
 
-    python bench/interval_coverage.py --source synthetic      # about a minute
-    python bench/interval_coverage.py --source sp500
+    python bench/interval_coverage.py --source synthetic      # about 30 s
+    python bench/interval_coverage.py --source sp500 --span 126
 """
 
 from __future__ import annotations
@@ -54,8 +58,8 @@ def coverage_by_origin(
     rows = []
     for i in range(max(252, valid), len(dates) - span + 1, every):
         before, block = dates[i - 1], dates[i : i + span]
-        history = window(truth, None, before)
         vtruth = window(truth, dates[i - valid], before)
+        history = pd.concat([window(truth, None, dates[i - valid - 1]), vtruth], ignore_index=True)
         ens = EnsembleForecaster({MEMBER: 1.0}, HORIZONS, mode="fixed", levels=levels)
         ens.fit({MEMBER: member[member["date"].isin(vtruth["date"].unique())]}, vtruth, history=history)
         test = truth[truth["date"].isin(block)].reset_index(drop=True)
@@ -68,28 +72,29 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--source", choices=["synthetic", "sp500"], default="synthetic")
     ap.add_argument("--every", type=int, default=63, help="dates between origins")
-    ap.add_argument("--valid", type=int, default=190, help="validation dates before each origin")
-    ap.add_argument("--span", type=int, default=126, help="dates each origin's intervals are scored on")
+    ap.add_argument("--valid", type=int, help="validation dates before each origin (default: quality.py's)")
+    ap.add_argument(
+        "--span", type=int, help="dates each origin's intervals are scored on (default: quality.py's test)"
+    )
     args = ap.parse_args()
     t0 = time.perf_counter()
     prices, _ = load(args.source, 500, 1260, 7)
     dates = pd.DatetimeIndex(np.sort(prices["date"].unique()))
-    end = split_dates(dates, args.source)["valid_end"]
+    sp = split_dates(dates, args.source)
+    end = sp["valid_end"]
+    valid = args.valid or int(((dates >= sp["valid_start"]) & (dates <= end)).sum())
+    span = args.span or int((dates >= sp["test_start"]).sum())
     levels = list(EnsembleConfig().interval_levels)
-    cov = coverage_by_origin(prices, end, args.every, args.valid, args.span, levels)
+    cov = coverage_by_origin(prices, end, args.every, valid, span, levels)
     print(
         f"\n== bench/interval_coverage.py --source {args.source}: {len(cov)} origins "
-        f"{cov['origin'].min():%Y-%m-%d}..{cov['origin'].max():%Y-%m-%d}, {args.span} dates each, "
-        f"labels realised by {end:%Y-%m-%d} (the validation end)"
+        f"{cov['origin'].min():%Y-%m-%d}..{cov['origin'].max():%Y-%m-%d}, fitted on {valid} dates, "
+        f"scored on the next {span}, labels realised by {end:%Y-%m-%d} (the validation end)"
     )
     print(f"{'':16s}{'mean':>8s}{'sd':>8s}{'min':>8s}{'max':>8s}")
-    for h in HORIZONS:
-        for a in levels:
-            col = f"coverage{round(a * 100):d}_h{h}"
-            x = cov[col].dropna().to_numpy()
-            print(
-                f"{round(a * 100):d}% at {h:2d} days  {x.mean():7.1%} {x.std():7.1%} {x.min():7.1%} {x.max():7.1%}"
-            )
+    for col in cov.columns.drop("origin"):  # interval_coverage's coverage{L}_h{h}
+        x = cov[col].dropna().to_numpy()
+        print(f"{col:16s}{x.mean():8.1%}{x.std(ddof=1):8.1%}{x.min():8.1%}{x.max():8.1%}")
     print(f"total {time.perf_counter() - t0:.0f} s")
     return 0
 

@@ -118,7 +118,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     # stopping waits three of them: against 50,000 rows and patience 2, the members' validation Rank
     # IC rose in 8 of 12 cells (2 models x 3 horizons x the synthetic market and the S&P sample's
     # training years; +0.006 on average) and the ensemble's out-of-fold validation Rank IC in 4 of 6
-    # (+0.002) (README); 10,000 rows and patience 4 lowered it in 8 of 12 (-0.005)
+    # (+0.002) (README); 10,000 rows and patience 4 lowered the members' in 8 of 12 (-0.005)
     "patience": 3,
     # an epoch counts as better only if it improves the watched metric by this much (the validation
     # loss, ~0.42, or the Rank IC): in the full run the transformer's epochs 4-7 moved the loss by 3e-5
