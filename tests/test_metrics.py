@@ -9,6 +9,7 @@ from scipy.stats import pearsonr, spearmanr
 
 from ensemble.backtest.metrics import (
     SUMMARY_KEYS,
+    daily_rank_ic,
     ic_by_date,
     ic_frame,
     ic_summary,
@@ -66,6 +67,14 @@ def test_rank_ic_is_the_mean_over_dates_and_zero_when_no_date_has_enough_tickers
     # the default minimum (10 tickers) leaves no date: the documented neutral 0.0, never NaN
     assert rank_ic(df["date"].to_numpy(), df["pred"].to_numpy(), df["target"].to_numpy()) == 0.0
     assert rank_ic_by_date(df, "pred", "target").empty
+
+
+def test_daily_rank_ic_of_arrays_is_the_hand_example_by_date() -> None:
+    df = _hand()
+    got = daily_rank_ic(df["date"].to_numpy(), df["pred"].to_numpy(), df["target"].to_numpy(), min_obs=2)
+    assert list(got.index) == [D[0], D[1], D[4]]  # the dates without an IC left out
+    np.testing.assert_allclose(got, _scipy_by_date(df, spearmanr, 2), rtol=0, atol=1e-12)
+    assert daily_rank_ic(df["date"].to_numpy(), df["pred"].to_numpy(), df["target"].to_numpy()).empty
 
 
 def test_row_order_does_not_matter_and_a_random_panel_matches_scipy() -> None:

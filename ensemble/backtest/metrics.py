@@ -135,6 +135,15 @@ def rank_ic_by_date(
     return ic.dropna().rename("rank_ic")
 
 
+def daily_rank_ic(
+    dates: np.ndarray, pred: np.ndarray, target: np.ndarray, *, min_obs: int = MIN_TICKERS
+) -> pd.Series:
+    """:func:`rank_ic_by_date` of aligned arrays (``dates`` groups the rows): the per-date Spearman
+    Rank IC, indexed by date; dates without an IC are left out."""
+    frame = pd.DataFrame({"date": dates, "pred": pred, "target": target})
+    return rank_ic_by_date(frame, "pred", "target", min_obs=min_obs)
+
+
 def rank_ic(dates: np.ndarray, pred: np.ndarray, target: np.ndarray, *, min_obs: int = MIN_TICKERS) -> float:
     """The mean over dates of the per-date Spearman correlation of ``pred`` and ``target`` (aligned
     arrays; ``dates`` groups the rows). **0.0** when no date has ``min_obs`` tickers with both values

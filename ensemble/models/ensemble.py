@@ -74,7 +74,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import nnls
 
-from ensemble.backtest.metrics import overlap_se, rank_ic, rank_ic_by_date
+from ensemble.backtest.metrics import daily_rank_ic, overlap_se, rank_ic
 from ensemble.backtest.splits import purge_labels
 from ensemble.features.normalize import per_date
 from ensemble.features.targets import target_horizon
@@ -271,7 +271,7 @@ class EnsembleForecaster:
                 for lam in self.lambdas:
                     w = _fit_weights(z[first_half], y_rg_first, prior_first, lam)
                     s, _ = _combine(z[~first_half], w)
-                    daily[lam] = _daily_rank_ic(dates[~first_half], s, y_raw[~first_half])
+                    daily[lam] = daily_rank_ic(dates[~first_half], s, y_raw[~first_half])
                 lam = _one_se_choice(daily, h)
                 prior_h = _gated_prior(prior, dates, z, y_raw, h, self.gate)
                 w = _fit_weights(z, y_rg, prior_h, lam)
@@ -497,10 +497,6 @@ def _level_key(a: float) -> str:
     return f"{round(a * 100):d}"
 
 
-def _daily_rank_ic(dates: np.ndarray, score: np.ndarray, y: np.ndarray) -> pd.Series:
-    return rank_ic_by_date(pd.DataFrame({"date": dates, "s": score, "y": y}), "s", "y")
-
-
 def _one_se_choice(daily: Mapping[float, pd.Series], h: int) -> float:
     """The largest ``lambda`` (closest to the prior) whose held-out mean Rank IC is within one standard
     error of the best one's (the one-standard-error rule). The error of a difference of mean daily
@@ -535,7 +531,7 @@ def _gated_prior(
         return prior
     keep = np.ones(len(prior), dtype=bool)
     for j in range(len(prior)):
-        daily = _daily_rank_ic(dates, z[:, j], y).dropna()
+        daily = daily_rank_ic(dates, z[:, j], y)
         if len(daily) < 2:
             continue
         se = overlap_se(daily, h) if gate == "significant" else 0.0

@@ -75,7 +75,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ensemble.backtest.metrics import rank_ic_by_date
+from ensemble.backtest.metrics import daily_rank_ic
 from ensemble.config import DEFAULT_HORIZONS, FeatureConfig, TrainingConfig
 from ensemble.models.base import (
     FitCallback,
@@ -768,10 +768,10 @@ class SequenceForecaster(Forecaster):
         dates = data.dates[idx.cpu().numpy()]
         pred = torch.cat(preds).numpy().astype(np.float64) if preds else np.zeros((0, n_h))
         y = data.y[idx].cpu().numpy().astype(np.float64)
-        ics = []  # per horizon with a date of enough tickers (rank_ic_by_date's MIN_TICKERS)
+        ics = []  # per horizon with a date of enough tickers (daily_rank_ic's MIN_TICKERS)
         for j in range(n_h):
-            daily = rank_ic_by_date(pd.DataFrame({"date": dates, "p": pred[:, j], "y": y[:, j]}), "p", "y")
-            if len(daily):  # rank_ic_by_date leaves out the dates without an IC
+            daily = daily_rank_ic(dates, pred[:, j], y[:, j])
+            if len(daily):  # daily_rank_ic leaves out the dates without an IC
                 ics.append(float(daily.mean()))
         return loss, float(np.mean(ics)) if ics else 0.0
 
