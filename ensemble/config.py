@@ -132,7 +132,7 @@ class TrainingConfig(_Strict):
     # stopped at: they stop on the tail, but the model kept has seen the newest training dates too.
     # No validation label is read either way. The boosters only: refitted, their validation Rank IC
     # rose in 8 of 12 cells (2 models x 3 horizons x the synthetic market and the S&P 500 sample's
-    # training years), the sequence models' fell in 8 of 12 (README). []: keep every stopped fit.
+    # training years), the sequence models' fell in 8 of 12 (docs/evidence.md). []: keep every stopped fit.
     refit_after_stopping: list[str] = Field(default_factory=lambda: ["xgboost", "lightgbm"])
     # The per-ticker member (Prophet) forecasts the validation dates the way scoring serves it
     # (ensemble.scoring.per_ticker_walk_forward): on each validation date, its models fitted through a

@@ -32,7 +32,7 @@ Per horizon, :meth:`EnsembleForecaster.fit` learns on the validation dates (neve
   with clearly wrong validation rankings (Prophet's trend on real prices) otherwise kept their
   prior weight, the rule finding no held-out reason to move. On the bench's saved member forecasts
   the purged out-of-fold validation scores (:meth:`cross_fit_predict`) neither support nor refute
-  the gate (README); it guards against a member that ranks clearly backwards on the whole
+  the gate (docs/evidence.md); it guards against a member that ranks clearly backwards on the whole
   validation window. The members whose prior was zeroed are ``excluded_`` per horizon.
   ``mode='fixed'``: the prior. A member that is missing (failed,
   or no forecast for a row) drops out and the others renormalise, row by row.

@@ -179,7 +179,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     # own; a listed one learns the longest of the model's horizons up to the mapped one, its own when
     # none is). Horizons that learn the same return share one fitted model (fitted once, saved per
     # horizon); the ensemble's calibration maps each horizon's forecast to that horizon's return.
-    # {20: 5}: chosen on validation dates only (README, bench/select_defaults.py): the 5-day models
+    # {20: 5}: chosen on validation dates only (docs/evidence.md, bench/select_defaults.py): the 5-day models
     # ranked the 20-day return better than models fitted on its overlapping, noisier labels; at 60
     # days the evidence conflicted, so the 60-day models keep their own.
     "label_horizons": {20: 5},
@@ -286,7 +286,7 @@ class TreeForecaster(Forecaster):
             # Called once per boosting round, in order. With a window w > 1 early stopping watches the
             # mean Rank IC of the last w rounds, and no round before the w-th can be the best: on a
             # weak signal the per-round figure is noisy enough that its first rounds often peak by
-            # chance and a one-tree model is kept (off by default: README, eval_smoothing).
+            # chance and a one-tree model is kept (off by default: docs/evidence.md).
             history.append(rank_ic(dates, pred, target))
             if len(history) < window:
                 return -1.0 - (window - len(history))  # below any Rank IC, and rising toward it

@@ -100,7 +100,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "max_epochs": TrainingConfig().max_epochs,
     "seed": TrainingConfig().seed,
     "batch_size": 512,
-    "lr": 1e-3,  # 3e-4 checked by validation: no evidence either way (README)
+    "lr": 1e-3,  # 3e-4 checked by validation: no evidence either way (docs/evidence.md)
     "weight_decay": 1e-4,
     "grad_clip": 1.0,
     "dropout": 0.1,
@@ -110,7 +110,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     # boosters' eval_metric).
     # 'loss' by validation: with 50,000-row epochs 'rank_ic' kept the same epochs on the synthetic
     # market and lowered the S&P sample's validation Rank IC in 5 of 6 cells; with the 20,000-row
-    # epochs below it changed only the S&P LSTM (+0.004 / +0.014 / -0.024): no evidence (README)
+    # epochs below it changed only the S&P LSTM (+0.004 / +0.014 / -0.024): no evidence (docs/evidence.md)
     "eval_metric": "loss",
     "huber_delta": 1.0,
     # the validation loss peaks early (bench/quality.py: best after the first 50,000 rows, both models,
@@ -118,7 +118,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     # stopping waits three of them: against 50,000 rows and patience 2, the members' validation Rank
     # IC rose in 8 of 12 cells (2 models x 3 horizons x the synthetic market and the S&P sample's
     # training years; +0.006 on average) and the ensemble's out-of-fold validation Rank IC in 4 of 6
-    # (+0.002) (README); 10,000 rows and patience 4 lowered the members' in 8 of 12 (-0.005)
+    # (+0.002) (docs/evidence.md); 10,000 rows and patience 4 lowered the members' in 8 of 12 (-0.005)
     "patience": 3,
     # an epoch counts as better only if it improves the watched metric by this much (the validation
     # loss, ~0.42, or the Rank IC): in the full run the transformer's epochs 4-7 moved the loss by 3e-5
