@@ -19,6 +19,7 @@ keep their form (usage line, message, exit 2).
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
 
@@ -29,6 +30,20 @@ from ensemble.config import ConfigError, describe_validation_error
 EXIT_USAGE = 2
 EXIT_DATA = 3
 EXIT_INTERRUPTED = 130
+
+
+def date_arg(value: str) -> str:
+    """An argparse ``type`` for a date option (``--as-of``): the value as given, once pandas reads it
+    as a date; otherwise argparse's usage error (exit 2) naming the option and the value."""
+    import pandas as pd
+
+    try:
+        ok = pd.notna(pd.Timestamp(value))
+    except ValueError:
+        ok = False
+    if not ok:
+        raise argparse.ArgumentTypeError(f"must be a date YYYY-MM-DD, got {value!r}")
+    return value
 
 
 def _is_data_error(exc: BaseException) -> bool:

@@ -25,7 +25,7 @@ from typing import Any
 
 import pandas as pd
 
-from ensemble.cli import EXIT_USAGE
+from ensemble.cli import EXIT_USAGE, date_arg
 from ensemble.config import Settings, load_settings, parse_overrides, with_overrides
 from ensemble.data.sources import load_prices
 from ensemble.features import Preprocessor
@@ -176,15 +176,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--registry", help="registry root (path or URI); default: registry_root of the config")
     ap.add_argument("--version", help="registry version or alias whose drift to check (default: production)")
     ap.add_argument("--log", help="prediction log directory (Parquet); default: the configured log")
-    ap.add_argument("--as-of", help="evaluate as of this date (default: the latest date of the prices)")
+    ap.add_argument(
+        "--as-of", type=date_arg, help="evaluate as of this date (default: the latest date of the prices)"
+    )
     ap.add_argument("--out", help="JSON report path (default: monitoring.out_dir/<as_of>.json)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.as_of is not None:
-        try:
-            pd.Timestamp(args.as_of)
-        except ValueError:
-            ap.error(f"--as-of must be a date YYYY-MM-DD, got {args.as_of!r}")
     try:
         r = run(
             config=args.config,

@@ -38,7 +38,7 @@ from typing import Any
 
 import pandas as pd
 
-from ensemble.cli import EXIT_DATA, EXIT_USAGE
+from ensemble.cli import EXIT_DATA, EXIT_USAGE, date_arg
 from ensemble.config import Settings, load_settings, parse_overrides, with_overrides
 from ensemble.data.sources import load_prices
 from ensemble.predlog import PredictionLog
@@ -270,7 +270,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m jobs.score", description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", help="YAML settings (default: the version's stored settings)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
-    ap.add_argument("--as-of", help="the date to score (default: the latest date of the data source)")
+    ap.add_argument(
+        "--as-of", type=date_arg, help="the date to score (default: the latest date of the data source)"
+    )
     ap.add_argument("--version", help="registry version or alias (default: production)")
     ap.add_argument("--registry", help="registry root (path or URI); default: registry_root of the config")
     ap.add_argument("--top", type=int, default=10, help="buys and sells to print (default 10)")
@@ -281,11 +283,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.as_of is not None:
-        try:
-            pd.Timestamp(args.as_of)
-        except ValueError:
-            ap.error(f"--as-of must be a date YYYY-MM-DD, got {args.as_of!r}")
     overrides = parse_overrides(args.set)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local Ray on loopback
     try:

@@ -161,3 +161,15 @@ def test_run_main_maps_user_errors_to_exit_codes(capsys) -> None:
 
     with pytest.raises(RuntimeError, match="a bug"):  # not a user error: re-raised, traceback shown
         run_main(bug)
+
+
+# ------------------------------------------------------------------ jobs.score, jobs.monitor
+@pytest.mark.parametrize("module", ["jobs.score", "jobs.monitor"])
+@pytest.mark.parametrize("value", ["2023-02-30", "tomorrow-ish", ""])
+def test_a_bad_as_of_date_is_a_usage_error_naming_the_option(module: str, value: str) -> None:
+    """argparse's own form (usage line, ``error: argument --as-of: ...``, exit 2), before any work;
+    an empty value is refused too (pandas reads it as NaT)."""
+    proc = _cli(module, "--as-of", value)
+    assert proc.returncode == EXIT_USAGE, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert f"error: argument --as-of: must be a date YYYY-MM-DD, got {value!r}" in proc.stderr, proc.stderr
