@@ -246,8 +246,8 @@ def fit_fold(
                         p = on_test(m.predict(test_in))
                         seed_preds[name][seed] = p
                         seed_scores[name][seed] = forecast_metrics(p, truth, horizons)
-                    vpreds[name] = _mean_preds(pv, horizons)
-                    scores[name] = _mean_preds(list(seed_preds[name].values()), horizons)
+                    vpreds[name] = mean_preds(pv, horizons)
+                    scores[name] = mean_preds(list(seed_preds[name].values()), horizons)
                 elif cls.per_ticker:  # validated as jobs.train validates it: refitted as it goes stale
                     m = prep.member_rows(cls).fit(create_model(name, horizons=horizons, **params))
                     fresh = _refit_with(name, horizons, params)
@@ -315,7 +315,7 @@ def _refit_with(name: str, horizons: Sequence[int], params: dict[str, Any]) -> A
     return fit
 
 
-def _mean_preds(parts: Sequence[pd.DataFrame], horizons: Sequence[int]) -> pd.DataFrame:
+def mean_preds(parts: Sequence[pd.DataFrame], horizons: Sequence[int]) -> pd.DataFrame:
     """The row-wise mean of forecasts on the same (date, ticker) rows (one per seed)."""
     keys = list(KEY_COLUMNS)
     stacked = pd.concat(parts, ignore_index=True)
