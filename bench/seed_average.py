@@ -11,16 +11,20 @@ averaged over the seeds (the row-wise mean of the raw forecasts,
 in place, for ``bench/ensemble_gate.py DIR`` (the learned ensemble, out of fold).
 
     python bench/seed_average.py DIR_seed0 DIR_seed1 DIR_seed2 --out DIR_averaged
+
+With no folders (``make bench`` runs every script bare) it says what it needs and exits 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -28,21 +32,37 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ensemble_gate import HORIZONS, validation_only  # noqa: E402
 
 from ensemble.backtest.metrics import forecast_metrics  # noqa: E402
+from ensemble.backtest.splits import window  # noqa: E402
 from ensemble.backtest.walkforward import mean_preds  # noqa: E402
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("folders", nargs="+", type=Path, help="--save-preds folders, one per seed")
+    ap.add_argument("folders", nargs="*", type=Path, help="--save-preds folders, one per seed")
     ap.add_argument("--members", nargs="+", default=["lstm", "transformer"])
     ap.add_argument("--out", type=Path, help="write the first folder's validation part, members averaged")
     args = ap.parse_args()
+    if not args.folders:
+        print(
+            "bench/seed_average.py: nothing to average; give two or more bench/quality.py --save-preds folders"
+        )
+        return 0
     if len(args.folders) < 2:
         ap.error("give at least two folders (seeds) to average")
+    if args.out is not None and args.out.resolve() in {f.resolve() for f in args.folders}:
+        ap.error(f"--out {args.out} is one of the input folders: it would overwrite their forecasts")
     loaded = [validation_only(f) for f in args.folders]
     vtruth = loaded[0][1]
     if any(not v.equals(vtruth) for _, v, _ in loaded[1:]):
         ap.error("the folders' validation truth differs: not the same source and split")
+    keys = ["date", "ticker"]
+    for m in args.members:
+        for f, (members, _, _) in zip(args.folders, loaded, strict=True):
+            if m not in members:
+                ap.error(f"{f} has no validation forecasts of {m!r} (valid_{m}.parquet)")
+        rows = [members[m][keys].sort_values(keys).reset_index(drop=True) for members, _, _ in loaded]
+        if any(not r.equals(rows[0]) for r in rows[1:]):
+            ap.error(f"the folders' {m} forecasts are not on the same (date, ticker) rows")
     averaged = {}
     print(f"validation Rank IC at {' / '.join(f'{h}' for h in HORIZONS)} days, {len(args.folders)} seeds")
     for m in args.members:
@@ -60,8 +80,11 @@ def main() -> int:
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         first = args.folders[0]
-        for name in ["split.json", "truth.parquet", *(p.name for p in first.glob("valid_*.parquet"))]:
+        for name in ["split.json", *(p.name for p in first.glob("valid_*.parquet"))]:
             shutil.copy(first / name, args.out / name)
+        end = pd.Timestamp(json.loads((first / "split.json").read_text())["valid_end"])
+        truth = window(pd.read_parquet(first / "truth.parquet"), None, end)  # no later label kept
+        truth.to_parquet(args.out / "truth.parquet")
         for m, p in averaged.items():
             p.to_parquet(args.out / f"valid_{m}.parquet")
         print(f"written: {args.out} (validation forecasts only; bench/ensemble_gate.py {args.out})")

@@ -20,6 +20,7 @@ keep their form (usage line, message, exit 2).
 from __future__ import annotations
 
 import argparse
+import datetime
 import sys
 from collections.abc import Callable
 
@@ -33,17 +34,12 @@ EXIT_INTERRUPTED = 130
 
 
 def date_arg(value: str) -> str:
-    """An argparse ``type`` for a date option (``--as-of``): the value as given, once pandas reads it
-    as a date; otherwise argparse's usage error (exit 2) naming the option and the value."""
-    import pandas as pd
-
+    """An argparse ``type`` for a date option (``--as-of``): an ISO date, returned as ``YYYY-MM-DD``;
+    anything else is argparse's usage error (exit 2) naming the option and the value."""
     try:
-        ok = pd.notna(pd.Timestamp(value))
+        return datetime.date.fromisoformat(value.strip()).isoformat()
     except ValueError:
-        ok = False
-    if not ok:
-        raise argparse.ArgumentTypeError(f"must be a date YYYY-MM-DD, got {value!r}")
-    return value
+        raise argparse.ArgumentTypeError(f"must be a date YYYY-MM-DD, got {value!r}") from None
 
 
 def _is_data_error(exc: BaseException) -> bool:
