@@ -18,13 +18,11 @@ With no folders (``make bench`` runs every script bare) it says what it needs an
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -32,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ensemble_gate import HORIZONS, validation_only  # noqa: E402
 
 from ensemble.backtest.metrics import forecast_metrics  # noqa: E402
-from ensemble.backtest.splits import window  # noqa: E402
 from ensemble.backtest.walkforward import mean_preds  # noqa: E402
+from ensemble.models.base import KEY_COLUMNS  # noqa: E402
 
 
 def main() -> int:
@@ -55,7 +53,7 @@ def main() -> int:
     vtruth = loaded[0][1]
     if any(not v.equals(vtruth) for _, v, _ in loaded[1:]):
         ap.error("the folders' validation truth differs: not the same source and split")
-    keys = ["date", "ticker"]
+    keys = list(KEY_COLUMNS)
     for m in args.members:
         for f, (members, _, _) in zip(args.folders, loaded, strict=True):
             if m not in members:
@@ -82,9 +80,9 @@ def main() -> int:
         first = args.folders[0]
         for name in ["split.json", *(p.name for p in first.glob("valid_*.parquet"))]:
             shutil.copy(first / name, args.out / name)
-        end = pd.Timestamp(json.loads((first / "split.json").read_text())["valid_end"])
-        truth = window(pd.read_parquet(first / "truth.parquet"), None, end)  # no later label kept
-        truth.to_parquet(args.out / "truth.parquet")
+        loaded[0][2].to_parquet(
+            args.out / "truth.parquet"
+        )  # its history: labels purged at the validation end
         for m, p in averaged.items():
             p.to_parquet(args.out / f"valid_{m}.parquet")
         print(f"written: {args.out} (validation forecasts only; bench/ensemble_gate.py {args.out})")
