@@ -134,6 +134,19 @@ def split_dates(dates: pd.DatetimeIndex, source: str) -> dict[str, pd.Timestamp]
     }
 
 
+def shift_back(sp: dict[str, pd.Timestamp], dates: pd.DatetimeIndex, n: int) -> dict[str, pd.Timestamp]:
+    """The split with its training end and validation window ``n`` dates earlier (an earlier origin:
+    its validation forecasts are held out from a fit that ended before them); the test period then
+    runs from the day after the moved validation to the last date."""
+    if not 0 <= n < dates.get_loc(sp["train_end"]):
+        raise ValueError(f"--shift-back must be in [0, {dates.get_loc(sp['train_end'])}), got {n}")
+    out = dict(sp)
+    for k in ("train_end", "valid_start", "valid_end"):
+        out[k] = dates[dates.get_loc(sp[k]) - n]
+    out["test_start"] = dates[dates.get_loc(out["valid_end"]) + 1]
+    return out
+
+
 # -- scoring ----------------------------------------------------------------------------------------
 def score(pred: pd.DataFrame, truth: pd.DataFrame) -> dict[str, float]:
     df = pred.merge(truth, on=["date", "ticker"], how="inner")
@@ -204,7 +217,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     else:
         feats = build_features(prices, HORIZONS, n_jobs=None)
         dates = pd.DatetimeIndex(np.sort(feats["date"].unique()))
-        sp = split_dates(dates, args.source)
+        sp = shift_back(split_dates(dates, args.source), dates, args.shift_back)
         pre = Preprocessor(k=args.k, cs_norm=args.cs_norm).fit(feats, sp["train_end"])
         close = prices[["date", "ticker", "close"]]
         frame = (
@@ -507,6 +520,14 @@ def main() -> int:
         "the rounds or epochs they stopped at (default: training.refit_after_stopping; none: none)",
     )
     ap.add_argument("--cs-norm", choices=list(KINDS), default=FeatureConfig().cs_norm)
+    ap.add_argument(
+        "--shift-back",
+        type=int,
+        default=0,
+        metavar="N",
+        help="move the training end and the validation window N dates earlier (an earlier origin; "
+        "the test period then starts right after the moved validation window)",
+    )
     ap.add_argument(
         "--params", help='per-model parameters as JSON, e.g. {"xgboost": {"eval_metric": "rmse"}}'
     )
