@@ -47,6 +47,12 @@ ensemble with its weights fitted by plain non-negative least squares on the test
 the most any weighting of these members' forecasts could have reached on them; and a line gives
 the learned ensemble's Rank IC less the best member's, per horizon.
 
+``--shift-back N`` moves the training end and the validation window N trading dates earlier (the
+training start stays, so the members fit fewer dates) and starts the test period the day after the
+moved validation window: with N the validation window's length, its ``--save-preds`` folder holds
+the members' held-out forecasts of the window before the default one (for bench/earlier_origin.py),
+and its test figures cover the default validation window too, comparable to no other run's.
+
 Printed per row and horizon: the mean of the per-date Spearman correlations between forecast and
 realised forward log return on the test dates (Rank IC), its ICIR (mean / std over dates), and the
 fit seconds; then the best model's 5-day Rank IC as a share of the oracle's.
@@ -134,12 +140,18 @@ def split_dates(dates: pd.DatetimeIndex, source: str) -> dict[str, pd.Timestamp]
     }
 
 
+MIN_SHIFTED_TRAIN_DATES = 252  # a year of training dates at least, whatever the shift
+
+
 def shift_back(sp: dict[str, pd.Timestamp], dates: pd.DatetimeIndex, n: int) -> dict[str, pd.Timestamp]:
     """The split with its training end and validation window ``n`` dates earlier (an earlier origin:
     its validation forecasts are held out from a fit that ended before them); the test period then
     runs from the day after the moved validation to the last date."""
-    if not 0 <= n < dates.get_loc(sp["train_end"]):
-        raise ValueError(f"--shift-back must be in [0, {dates.get_loc(sp['train_end'])}), got {n}")
+    limit = dates.get_loc(sp["train_end"]) - MIN_SHIFTED_TRAIN_DATES
+    if not 0 <= n <= limit:
+        raise ValueError(
+            f"--shift-back must be in [0, {limit}] (at least {MIN_SHIFTED_TRAIN_DATES} training dates), got {n}"
+        )
     out = dict(sp)
     for k in ("train_end", "valid_start", "valid_end"):
         out[k] = dates[dates.get_loc(sp[k]) - n]
@@ -525,8 +537,9 @@ def main() -> int:
         type=int,
         default=0,
         metavar="N",
-        help="move the training end and the validation window N dates earlier (an earlier origin; "
-        "the test period then starts right after the moved validation window)",
+        help="move the training end and the validation window N dates earlier (an earlier origin, whose "
+        "validation forecasts bench/earlier_origin.py reads; the test period then starts right after the "
+        "moved validation window, so its test figures cover other dates than the default split's)",
     )
     ap.add_argument(
         "--params", help='per-model parameters as JSON, e.g. {"xgboost": {"eval_metric": "rmse"}}'
@@ -541,6 +554,8 @@ def main() -> int:
     )
     ap.add_argument("--json", help="write the results here (default artifacts/bench/quality_<source>.json)")
     args = ap.parse_args()
+    if args.from_preds and args.shift_back:
+        ap.error("--shift-back moves the split of a fit; --from-preds takes the split of the folder it reads")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("prophet.plot").setLevel(logging.CRITICAL)  # plotly is never used
     res = run(args)
