@@ -15,11 +15,13 @@ Reads two ``bench/quality.py --save-preds`` folders of one source: ``EARLIER`` w
 ``LATER``'s begins) and ``LATER`` (the default split). Every date after ``LATER``'s validation end is
 cut off on load (bench/ensemble_gate.py's ``validation_only``): the test dates are never read. Each
 window's labels are purged at its own end, so none of the earlier window's overlaps the later one.
-The two folders must start on the same date (one source); a gap between the windows is reported. Two caveats: the
-earlier origin's members fit fewer training dates, and each folder's members are one-seed fits, so
-part of any difference between the windows is fit noise, not a change of regime. And this scores
-weights fitted on the earlier window alone, not on both windows pooled (what training from two
-origins would fit): whether the earlier window's evidence points the right way at all.
+The two folders must start on the same date (one source); a gap between the windows is reported.
+
+Two caveats: the earlier origin's members fit fewer training dates, and each folder's members are
+one-seed fits, so part of any difference between the windows is fit noise, not a change of regime.
+And this scores weights fitted on the earlier window alone, not on both windows pooled (what
+training from two origins would fit): whether the earlier window's evidence points the right way
+at all.
 
 Printed per horizon, on ``LATER``'s validation dates: each member's Rank IC there and on the
 earlier window (does a member's skill persist from one window to the next?), and the Rank IC of
