@@ -24,6 +24,9 @@ Features: the whole pipeline (``build_features``), then a ``Preprocessor`` (top 
 Rank IC, robust scaling) fitted on the training dates only. Each model is fitted once with its
 module's ``DEFAULTS`` (no tuning, and nothing is chosen on the test period), then predicts the test
 dates (the sequence models read the ``seq_len`` days before the first test date as history).
+``--tune-trials N``: the tree models are tuned instead, as ``jobs.train`` tunes them (N Ray Tune
+trials on a private local Ray, fitted on the training dates before the stopping tail and scored on
+it, the best configuration fitted as above).
 Prophet is fitted per ticker in ``--prophet-procs`` processes (the per-ticker seconds are in-process
 fit times).
 
@@ -214,6 +217,45 @@ def prophet_walk_forward(
     return p, sum(r["tickers"] for r in refits)
 
 
+def tune(
+    name: str, member_fit: pd.DataFrame, member_stop: pd.DataFrame, rows: Any, args: argparse.Namespace
+) -> Any:
+    """Tree model ``name`` tuned as ``jobs.train`` tunes it (:func:`jobs.ray_tune_trees.tune_tree_model`,
+    ``--tune-trials`` trials on the stopping tail ``member_stop``, fitted on ``member_fit``), the best
+    configuration fitted on ``rows`` (``fit_rows``), on a private local Ray with every core. Returns
+    the ``TuneOutcome``."""
+    import tempfile
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+
+    from ensemble.cost import CostMeter
+    from jobs.ray_tune_trees import tune_tree_model
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
+    params = json.loads(args.params) if args.params else {}
+    settings = load_settings(
+        overrides={
+            "training": {"target": args.target, "early_stopping_fraction": args.early_stopping_fraction},
+            "models": {name: params.get(name, {})},
+        }
+    )
+    tr = settings.training
+    meter = CostMeter(tr.cpu_hour_usd, tr.gpu_hour_usd, tr.cost_limit_usd)
+    with tempfile.TemporaryDirectory(prefix="quality-tune-") as tmp:
+        return tune_tree_model(
+            name,
+            member_fit,
+            member_stop,
+            settings,
+            meter,
+            num_samples=args.tune_trials,
+            storage_path=tmp,
+            refit=rows,
+        )
+
+
 # -- the run ------------------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
@@ -298,14 +340,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             preds[name], vpreds[name] = p, pv
             rows[name], vrows[name] = score(p, truth), score(pv, vtruth)
             continue
+        tuned: Any = None  # the TuneOutcome of a tuned tree model (--tune-trials)
         try:
             if name == "prophet":
                 model: Any = fit_prophet(train, args.prophet_procs)
             else:
                 params = json.loads(args.params).get(name, {}) if args.params else {}
                 model = create_model(name, horizons=HORIZONS, **params)
-                refit = name in (refit_names or [])
-                fit_rows(type(model), train_fit, member_fit, member_stop, refit).fit(model)
+                rows_fit = fit_rows(
+                    type(model), train_fit, member_fit, member_stop, name in (refit_names or [])
+                )
+                if args.tune_trials and type(model).tunable():  # as jobs.train fits it
+                    tuned = tune(name, member_fit, member_stop, rows_fit, args)
+                    model = tuned.model
+                else:
+                    rows_fit.fit(model)
             fit_s = time.perf_counter() - t
             p = model.predict(test_in)
             if name == "prophet":  # the validation dates as jobs.train, the test dates as jobs.score
@@ -354,6 +403,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             rows[name].update(epochs=model.n_epochs_, best_epoch=model.best_epoch_)
         elif hasattr(model, "fit_info_"):
             rows[name]["rounds"] = {h: model.fit_info_[h].get("n_rounds") for h in HORIZONS}
+        if tuned is not None:
+            rows[name]["tuned"] = {
+                "trials_run": tuned.trials_run,
+                "best_params": tuned.best_params,
+                "best_score": tuned.best_score,  # the tuning objective on the stopping tail
+                "stop_reason": tuned.stop_reason,
+            }
         print(
             f"  {name:<14} fit {fit_s:7.1f} s   valid Rank IC h5 {vrows[name]['ic_h5']:+.4f} "
             f"h20 {vrows[name]['ic_h20']:+.4f} h60 {vrows[name]['ic_h60']:+.4f}   "
@@ -545,6 +601,14 @@ def main() -> int:
         "--params", help='per-model parameters as JSON, e.g. {"xgboost": {"eval_metric": "rmse"}}'
     )
     ap.add_argument(
+        "--tune-trials",
+        type=int,
+        default=0,
+        metavar="N",
+        help="tune the tree models as jobs.train does (Ray Tune, N trials on the stopping tail, the best "
+        "refitted as training.refit_after_stopping says) instead of fitting their DEFAULTS (0, the default)",
+    )
+    ap.add_argument(
         "--save-preds",
         help="write each model's validation and test forecasts and the truth as Parquet to this folder",
     )
@@ -554,6 +618,8 @@ def main() -> int:
     )
     ap.add_argument("--json", help="write the results here (default artifacts/bench/quality_<source>.json)")
     args = ap.parse_args()
+    if args.tune_trials < 0:
+        ap.error("--tune-trials must be >= 0")
     if args.from_preds and args.shift_back:
         ap.error("--shift-back moves the split of a fit; --from-preds takes the split of the folder it reads")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
