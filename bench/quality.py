@@ -24,9 +24,10 @@ Features: the whole pipeline (``build_features``), then a ``Preprocessor`` (top 
 Rank IC, robust scaling) fitted on the training dates only. Each model is fitted once with its
 module's ``DEFAULTS`` (no tuning, and nothing is chosen on the test period), then predicts the test
 dates (the sequence models read the ``seq_len`` days before the first test date as history).
-``--tune-trials N``: the tree models are tuned instead, as ``jobs.train`` tunes them (N Ray Tune
+``--tune-trials N``: the tree models named by ``--tuned-models`` (default
+``training.tuned_models``, the forest) are tuned instead, as ``jobs.train`` tunes them (N Ray Tune
 trials on a private local Ray, fitted on the training dates before the stopping tail and scored on
-it, the best configuration fitted as above).
+it, the best configuration fitted as above); the others fit their ``DEFAULTS``, as there.
 Prophet is fitted per ticker in ``--prophet-procs`` processes (the per-ticker seconds are in-process
 fit times).
 
@@ -102,7 +103,7 @@ from ensemble.models import create_model  # noqa: E402
 from ensemble.models.ensemble import VOL_COLUMN, EnsembleForecaster, trailing_volatility  # noqa: E402
 from ensemble.models.prophet_model import ProphetForecaster  # noqa: E402
 from ensemble.scoring import per_ticker_walk_forward  # noqa: E402
-from ensemble.training import fit_rows, member_windows, refit_members  # noqa: E402
+from ensemble.training import fit_rows, member_windows, refit_members, tuned_members  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 HORIZONS = tuple(DEFAULT_HORIZONS)
@@ -263,6 +264,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     tcols = [f"target_h{h}" for h in HORIZONS]
     saved = Path(args.from_preds) if args.from_preds else None
     refit_names: list[str] | None = None  # the members refitted after stopping (None: --from-preds)
+    tuned_names: frozenset[str] = frozenset()  # the members tuned (--tune-trials, --tuned-models)
     if saved is not None:  # the members' forecasts of an earlier run: only the ensembles are fitted
         truth_all = pd.read_parquet(saved / "truth.parquet")
         sp = {k: pd.Timestamp(v) for k, v in json.loads((saved / "split.json").read_text()).items()}
@@ -292,6 +294,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "target": args.target,
                     "early_stopping_fraction": args.early_stopping_fraction,
                     "refit_after_stopping": args.refit_after_stopping,
+                    "tuned_models": args.tuned_models,
                 }
             }
         )
@@ -299,6 +302,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             train, train_fit, valid_fit, member_settings
         )  # as prepare_data cuts them
         refit_names = sorted(refit_members(member_settings))  # refuses a model that cannot refit, now
+        if args.tune_trials:  # refuses a model that cannot be tuned, now
+            tuned_names = tuned_members(member_settings)
         lead_v = dates[max(0, dates.get_loc(sp["valid_start"]) - 70)]  # history for the sequence windows
         valid_in = frame[(frame["date"] >= lead_v) & (frame["date"] <= sp["valid_end"])].reset_index(
             drop=True
@@ -350,7 +355,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 rows_fit = fit_rows(
                     type(model), train_fit, member_fit, member_stop, name in (refit_names or [])
                 )
-                if args.tune_trials and type(model).tunable():  # as jobs.train fits it
+                if name in tuned_names:  # as jobs.train fits it
                     tuned = tune(name, member_fit, member_stop, rows_fit, args)
                     model = tuned.model
                 else:
@@ -605,8 +610,15 @@ def main() -> int:
         type=int,
         default=0,
         metavar="N",
-        help="tune the tree models as jobs.train does (Ray Tune, N trials on the stopping tail, the best "
+        help="tune the --tuned-models as jobs.train does (Ray Tune, N trials on the stopping tail, the best "
         "refitted as training.refit_after_stopping says) instead of fitting their DEFAULTS (0, the default)",
+    )
+    ap.add_argument(
+        "--tuned-models",
+        nargs="*",
+        metavar="MODEL",
+        default=TrainingConfig().tuned_models,
+        help="the tree models --tune-trials tunes (default: training.tuned_models; none: none)",
     )
     ap.add_argument(
         "--save-preds",

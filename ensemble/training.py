@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from ensemble.backtest.splits import stopping_split, train_valid_split, window
-from ensemble.config import Settings
+from ensemble.config import MODEL_NAMES, Settings
 from ensemble.cost import CostMeter
 from ensemble.data.sources import load_prices
 from ensemble.features import Preprocessor, build_features
@@ -199,6 +199,20 @@ def refit_members(settings: Settings) -> frozenset[str]:
             "models that can: the boosters and the sequence models"
         )
     return frozenset(tr.refit_after_stopping) if tr.early_stopping_fraction > 0 else frozenset()
+
+
+def tuned_members(settings: Settings) -> frozenset[str]:
+    """The members tuned rather than fitted with their ``DEFAULTS``: ``training.tuned_models``.
+    Raises ValueError, naming the setting, for a model that declares no search space
+    (``Forecaster.tunable``: the tree models can be tuned)."""
+    names = settings.training.tuned_models
+    cannot = [n for n in names if not get_model_class(n).tunable()]
+    if cannot:
+        raise ValueError(
+            f"training.tuned_models: {cannot} cannot be tuned (they declare no search space); "
+            f"models that can: {[n for n in MODEL_NAMES if get_model_class(n).tunable()]}"
+        )
+    return frozenset(names)
 
 
 def prepare_data(

@@ -33,7 +33,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -48,20 +48,20 @@ from ensemble.models.base import Forecaster
 from ensemble.models.ensemble import VOL_COLUMN, EnsembleForecaster
 from ensemble.monitor import training_reference
 from ensemble.registry import ModelRegistry
-from ensemble.training import Prepared, member_params, prepare_data
+from ensemble.training import Prepared, member_params, prepare_data, tuned_members
 
 logger = logging.getLogger("jobs.train")
 
 
-def stage_groups(names: Sequence[str]) -> list[list[str]]:
+def stage_groups(names: Sequence[str], tuned: Collection[str] = ()) -> list[list[str]]:
     """The training stages, by capability: fixed-cost fits first (per-ticker, then the sequence models,
-    which train side by side), then the tuned models one after the other (each runs its trials
+    which train side by side), then the ``tuned`` models one after the other (each runs its trials
     concurrently), so that hyperparameter search spends what is left of the budget."""
     classes = {n: get_model_class(n) for n in names}
     per_ticker = [n for n in names if classes[n].per_ticker]
     sequences = [n for n in names if classes[n].uses_sequences and n not in per_ticker]
     rest = [n for n in names if n not in per_ticker and n not in sequences]
-    rest.sort(key=lambda n: classes[n].tunable())  # untuned fits before the tuned ones
+    rest.sort(key=lambda n: n in tuned)  # untuned fits before the tuned ones
     return [[n] for n in per_ticker] + ([sequences] if sequences else []) + [[n] for n in rest]
 
 
@@ -121,7 +121,8 @@ def _fit_model(
     name: str, prep: Prepared, settings: Settings, meter: CostMeter, progress: bool
 ) -> tuple[Forecaster, dict[str, Any]]:
     """Fit model ``name`` on Ray, chosen by its capabilities: per ticker -> the Prophet fan-out of Ray
-    tasks; sequences -> Ray Train; tunable -> Ray Tune; otherwise a plain fit, metered. A member
+    tasks; sequences -> Ray Train; named in ``training.tuned_models`` -> Ray Tune; otherwise a
+    plain fit of its ``DEFAULTS`` (and ``models.<name>``), metered. A member
     that stops early stops on the tail of the training window (and, when named in
     ``training.refit_after_stopping``, is then fitted again on the whole window for the rounds or
     epochs it stopped at), the tree models are tuned there, and the rest fit
@@ -150,7 +151,7 @@ def _fit_model(
             "restarts": n.resumed_from_epoch,
             "refit": n.model.refit_,
         }
-    if cls.tunable():
+    if name in tuned_members(settings):
         from jobs.ray_tune_trees import tune_tree_model
 
         t = tune_tree_model(name, prep.member_fit, prep.member_stop, settings, meter, refit=rows)
@@ -240,6 +241,7 @@ def run(
     t_start = time.perf_counter()
     horizons = list(settings.horizons)
     tr = settings.training
+    tuned = tuned_members(settings)  # refuses a model that cannot be tuned, before any work
     meter = CostMeter(tr.cpu_hour_usd, tr.gpu_hour_usd, tr.cost_limit_usd)
     prep = prepared or prepare_data(settings, meter, prices=prices, oracle=oracle)
     oracle, fingerprint, pre, split = prep.oracle, prep.fingerprint, prep.preprocessor, prep.split
@@ -275,7 +277,7 @@ def run(
             info["stored_fit"] = {"through": str(split.train_end.date()), "error": why}
         return model, info, p, time.perf_counter() - t0
 
-    for group in stage_groups([m for m in MODEL_NAMES if m in tr.models]):
+    for group in stage_groups([m for m in MODEL_NAMES if m in tr.models], tuned):
         t_group = time.perf_counter()
         # models of one group train side by side, as many at once as the cluster's CPUs hold (on 2
         # cores with 2 CPUs per worker: one after the other, each using both cores' threads)

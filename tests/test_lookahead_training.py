@@ -51,7 +51,10 @@ def _poison(prices: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
 
 def _settings(tmp_path: Path, as_of: str) -> Any:
     cfg = copy.deepcopy(TINY)
-    cfg["training"].update({"as_of": as_of, "tuning_trials": 2})
+    # every tree model tuned (the default tunes the forest only): the tuning is guarded for each
+    cfg["training"].update(
+        {"as_of": as_of, "tuning_trials": 2, "tuned_models": ["xgboost", "lightgbm", "random_forest"]}
+    )
     cfg["ray"].update({"max_concurrent_trials": 1, "storage_path": str(tmp_path / "ray_results")})
     return load_settings(overrides=cfg)
 
@@ -180,10 +183,16 @@ def test_poisoning_every_price_after_as_of_changes_no_fitted_artifact(ray_local,
 
 
 def _member_settings(tmp_path: Path, fraction: float, models: list[str], **training: Any) -> Any:
-    """TINY with one tuning trial at a time, ``models`` only, stopping on the training tail's
+    """TINY with one tuning trial at a time (every tree model tuned), ``models`` only, stopping on the training tail's
     ``fraction`` of dates (0: on the validation dates), and ``training`` settings on top."""
     cfg = copy.deepcopy(TINY)
-    cfg["training"].update(tuning_trials=1, models=models, early_stopping_fraction=fraction, **training)
+    cfg["training"].update(
+        tuning_trials=1,
+        tuned_models=["xgboost", "lightgbm", "random_forest"],
+        models=models,
+        early_stopping_fraction=fraction,
+        **training,
+    )
     cfg["ray"].update({"max_concurrent_trials": 1, "storage_path": str(tmp_path / "ray_results")})
     return load_settings(overrides=cfg)
 

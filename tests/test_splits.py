@@ -114,3 +114,21 @@ def test_which_members_refit() -> None:
         members(refit_after_stopping=["random_forest"])
     with pytest.raises(ValueError, match="training.refit_after_stopping has unknown models"):
         members(refit_after_stopping=["arima"])
+
+
+def test_which_members_are_tuned() -> None:
+    """``training.tuned_models``: the forest by default, any tree model when named, none when empty;
+    a model that declares no search space, or an unknown one, is refused, naming the setting."""
+    from ensemble.config import load_settings
+    from ensemble.training import tuned_members
+
+    def tuned(**training: object) -> frozenset[str]:
+        return tuned_members(load_settings(overrides={"training": training}))
+
+    assert tuned() == {"random_forest"}
+    assert tuned(tuned_models=["xgboost", "lightgbm"]) == {"xgboost", "lightgbm"}
+    assert tuned(tuned_models=[]) == frozenset()
+    with pytest.raises(ValueError, match=r"training.tuned_models: \['prophet'\] cannot be tuned"):
+        tuned(tuned_models=["prophet", "xgboost"])
+    with pytest.raises(ValueError, match="training.tuned_models has unknown models"):
+        tuned(tuned_models=["arima"])

@@ -38,6 +38,7 @@ def test_the_budget_guard_stops_tuning_within_the_limit_and_the_manifest_says_wh
             "training": {
                 "training_days": 200,
                 "models": ["xgboost"],
+                "tuned_models": ["xgboost"],
                 "tuning_trials": TRIALS,
                 "cpu_hour_usd": 3600.0,
                 "cost_limit_usd": 1000.0,

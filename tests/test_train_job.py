@@ -108,6 +108,12 @@ def test_ray_job_submit_trains_and_registers_a_version(head, tmp_path: Path) -> 
     assert {r["n"] for r in fref.values()} == {fref["5"]["n"]} and fref["5"]["nan_share"] == 0.0, fref
     pre = reg.load_extra(version, "preprocessor")
     assert len(pre["selected"]) == 20
+    # training.tuned_models (the forest) tuned on Ray Tune; the boosters fitted with their DEFAULTS
+    details, stages = reg.load_extra(version, "training")["models"], man["cost"]["stages"]
+    assert details["random_forest"]["trials_run"] == 2 and "random_forest.tune" in stages, stages
+    for name in ("xgboost", "lightgbm"):
+        assert "best_params" not in details[name] and f"{name}.tune" not in stages, (name, details[name])
+        assert name in stages, stages  # the plain fit, metered
     loaded = reg.load_version("production", models=["xgboost", "prophet", "lstm", "transformer"])
     assert loaded["xgboost"].horizons == (5, 20, 60)
     for name in ("lstm", "transformer"):  # the configured window (features.sequence_length) reached them
