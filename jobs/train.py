@@ -125,7 +125,7 @@ def _fit_model(
     plain fit of its ``DEFAULTS`` (and ``models.<name>``), metered. A member
     that stops early stops on the tail of the training window (and, when named in
     ``training.refit_after_stopping``, is then fitted again on the whole window for the rounds or
-    epochs it stopped at), the tree models are tuned there, and the rest fit
+    epochs it stopped at), the tuned models are tuned there, and the rest fit
     the whole window (``Prepared.member_rows``): no member reads a validation label."""
     cls = get_model_class(name)
     rows = prep.member_rows(cls)
