@@ -118,10 +118,10 @@ def _prophet_fanout(
 
 
 def _fit_model(
-    name: str, prep: Prepared, settings: Settings, meter: CostMeter, progress: bool
+    name: str, prep: Prepared, settings: Settings, meter: CostMeter, progress: bool, tune: bool
 ) -> tuple[Forecaster, dict[str, Any]]:
     """Fit model ``name`` on Ray, chosen by its capabilities: per ticker -> the Prophet fan-out of Ray
-    tasks; sequences -> Ray Train; named in ``training.tuned_models`` -> Ray Tune; otherwise a
+    tasks; sequences -> Ray Train; ``tune`` (named in ``training.tuned_models``) -> Ray Tune; otherwise a
     plain fit of its ``DEFAULTS`` (and ``models.<name>``), metered. A member
     that stops early stops on the tail of the training window (and, when named in
     ``training.refit_after_stopping``, is then fitted again on the whole window for the rounds or
@@ -151,7 +151,7 @@ def _fit_model(
             "restarts": n.resumed_from_epoch,
             "refit": n.model.refit_,
         }
-    if name in tuned_members(settings):
+    if tune:
         from jobs.ray_tune_trees import tune_tree_model
 
         t = tune_tree_model(name, prep.member_fit, prep.member_stop, settings, meter, refit=rows)
@@ -257,7 +257,7 @@ def run(
 
     def fit_and_validate(name: str) -> tuple[Forecaster, dict[str, Any], pd.DataFrame, float]:
         t0 = time.perf_counter()
-        model, info = _fit_model(name, prep, settings, meter, progress)
+        model, info = _fit_model(name, prep, settings, meter, progress, tune=name in tuned)
         if not get_model_class(name).per_ticker:
             with meter.stage(f"{name}.validate", cpus=1):
                 p = model.predict(eval_frame)

@@ -34,6 +34,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 PRICE_COLS = ["open", "high", "low", "close"]
 INPUT_COLS = [*PRICE_COLS, "volume", "pe", "pb", "market_cap", "dividend_yield", "sentiment"]
+TREES = ["xgboost", "lightgbm", "random_forest"]  # every one tuned here (the default tunes the forest only)
 
 
 def _poison(prices: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
@@ -51,10 +52,8 @@ def _poison(prices: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
 
 def _settings(tmp_path: Path, as_of: str) -> Any:
     cfg = copy.deepcopy(TINY)
-    # every tree model tuned (the default tunes the forest only): the tuning is guarded for each
-    cfg["training"].update(
-        {"as_of": as_of, "tuning_trials": 2, "tuned_models": ["xgboost", "lightgbm", "random_forest"]}
-    )
+    # every tree model tuned: the tuning of each is guarded
+    cfg["training"].update({"as_of": as_of, "tuning_trials": 2, "tuned_models": TREES})
     cfg["ray"].update({"max_concurrent_trials": 1, "storage_path": str(tmp_path / "ray_results")})
     return load_settings(overrides=cfg)
 
@@ -183,12 +182,12 @@ def test_poisoning_every_price_after_as_of_changes_no_fitted_artifact(ray_local,
 
 
 def _member_settings(tmp_path: Path, fraction: float, models: list[str], **training: Any) -> Any:
-    """TINY with one tuning trial at a time (every tree model tuned), ``models`` only, stopping on the training tail's
-    ``fraction`` of dates (0: on the validation dates), and ``training`` settings on top."""
+    """TINY with one tuning trial at a time (every tree model tuned), ``models`` only, stopping on
+    the training tail's ``fraction`` of dates (0: on the validation dates), and ``training`` settings on top."""
     cfg = copy.deepcopy(TINY)
     cfg["training"].update(
         tuning_trials=1,
-        tuned_models=["xgboost", "lightgbm", "random_forest"],
+        tuned_models=TREES,
         models=models,
         early_stopping_fraction=fraction,
         **training,
@@ -206,8 +205,7 @@ def test_no_member_reads_a_validation_label(ray_local, tmp_path: Path) -> None:
     outcomes. With ``training.early_stopping_fraction`` 0 the
     boosters stop, and every tuning trial is scored, on the validation dates, and the same poisoning
     moves them: the check can fail."""
-    trees = ["xgboost", "lightgbm", "random_forest"]
-    s = _member_settings(tmp_path, 0.15, trees)
+    s = _member_settings(tmp_path, 0.15, TREES)
     clean_prices = generate_market(s.synthetic, horizons=tuple(s.horizons)).prices
     clean = prepare_data(s, CostMeter(0.0, 0.0, 0.0), prices=clean_prices)
     train_end = clean.split.train_end
@@ -245,7 +243,7 @@ def test_no_member_reads_a_validation_label(ray_local, tmp_path: Path) -> None:
         return out
 
     assert changed(s, tmp_path / "tail") == []
-    moved = changed(_member_settings(tmp_path, 0.0, trees), tmp_path / "validation")
+    moved = changed(_member_settings(tmp_path, 0.0, TREES), tmp_path / "validation")
     # the boosters stop on the validation dates; every tuning trial is scored there
     assert {"xgboost best_score", "lightgbm best_score", "random_forest best_score"} <= set(moved), moved
 
