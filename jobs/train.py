@@ -11,7 +11,9 @@ Stages (each metered for the cost report):
             training end; validated as scoring serves it, refitted along the validation dates every
             training.prophet_valid_refit_every_days; stored refitted through the validation end
   lstm, transformer   Ray Train TorchTrainer, checkpoint per epoch, resumable (jobs.ray_train_torch)
-  xgboost, lightgbm, random_forest   Ray Tune, Optuna + ASHA, trials within the budget (jobs.ray_tune_trees)
+  xgboost, lightgbm, random_forest   those in training.tuned_models: Ray Tune, Optuna + ASHA, trials
+            within the budget (jobs.ray_tune_trees); the others a plain fit of their DEFAULTS, billed
+            for their n_jobs threads
   validate  each model's and the weighted ensemble's Rank IC on the validation dates
 
 Split: the most recent ``training.valid_fraction`` of the dates validate; the ``training.training_days``
@@ -163,8 +165,16 @@ def _fit_model(
             "stop_reason": t.stop_reason,
             "trial_nodes": len(set(t.trial_nodes.values())),
         }
-    with meter.stage(name, cpus=1):
-        return rows.fit(cls(horizons=settings.horizons, **member_params(settings, name))), {}
+    model = cls(horizons=settings.horizons, **member_params(settings, name))
+    with meter.stage(name, cpus=_threads(model)):  # its fit runs on n_jobs threads
+        return rows.fit(model), {}
+
+
+def _threads(model: Forecaster) -> float:
+    """The CPUs a tree model's fit and forecasts run on, as metered: its ``n_jobs`` threads (one for a
+    model without that parameter)."""
+    params = model.resolved_params() if hasattr(model, "resolved_params") else model.params
+    return float(max(1, int(params.get("n_jobs", 1))))
 
 
 def _validate_per_ticker(
@@ -259,7 +269,7 @@ def run(
         t0 = time.perf_counter()
         model, info = _fit_model(name, prep, settings, meter, progress, tune=name in tuned)
         if not get_model_class(name).per_ticker:
-            with meter.stage(f"{name}.validate", cpus=1):
+            with meter.stage(f"{name}.validate", cpus=_threads(model)):
                 p = model.predict(eval_frame)
                 p = p[p["date"] >= split.valid_start].reset_index(drop=True)
             return model, info, p, time.perf_counter() - t0

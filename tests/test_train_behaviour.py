@@ -3,8 +3,9 @@ degraded (never replaced), every model failing fails the run, and a new version 
 only when its ensemble validation Rank IC at the shortest horizon beats production's (and never with
 ``promote=False``).
 
-Models fail for real, inside their fit on a Ray Tune trial: LightGBM refuses ``num_leaves=1``, XGBoost
-an unknown objective (both pass config validation: the keys are known). The horizons are (4, 10), so
+Models fail for real, inside their fit (the boosters are not in ``training.tuned_models``: a plain,
+metered fit): LightGBM refuses ``num_leaves=1``, XGBoost an unknown objective (both pass config
+validation: the keys are known). An untuned fit is billed for the threads it runs on. The horizons are (4, 10), so
 the promotion metric (``valid_rank_ic_h4``) is not the registry's default (``valid_rank_ic_h5``)."""
 
 from __future__ import annotations
@@ -100,6 +101,19 @@ def test_a_failing_model_is_excluded_and_reported_as_degraded(
     # the ensemble is built from the healthy model alone, and validated on real forecasts
     assert reg.load_extra(summary["version"], "ensemble")["members"] == ["xgboost"]
     assert math.isfinite(man["metrics"]["ensemble"][METRIC])
+
+
+def test_an_untuned_fit_is_billed_for_its_threads(ray_local, strong: Data, tmp_path: Path) -> None:
+    # XGBoost is not tuned (training.tuned_models): its fit and its validation forecasts run on
+    # n_jobs threads, so each stage is billed n_jobs CPU-seconds per second of wall time
+    for threads in (1, 2):
+        summary = _run(strong, tmp_path / f"registry{threads}", promote=False,
+                       models={"xgboost": {**XGB, "n_jobs": threads}})  # fmt: skip
+        stages = summary["cost"]["stages"]
+        assert "xgboost.tune" not in stages, stages
+        for stage in ("xgboost", "xgboost.validate"):
+            u = stages[stage]
+            assert u["wall_s"] > 0 and u["cpu_s"] == pytest.approx(threads * u["wall_s"]), (stage, u)
 
 
 def test_the_run_fails_when_every_model_fails(ray_local, strong: Data, tmp_path: Path) -> None:
