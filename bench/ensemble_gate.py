@@ -1,4 +1,4 @@
-"""Which ``ensemble.member_gate`` to default to, on validation dates only.
+"""Which ``ensemble.member_gate`` and which shrinkage rule to default to, on validation dates only.
 
 Reads folders written by ``bench/quality.py --save-preds DIR`` (the members' forecasts and the
 truth) and cuts every date after the validation period off on load: the test dates are never read.
@@ -6,12 +6,16 @@ For each gate, the learned ensemble (``EnsembleForecaster``, the configured prio
 scored out of fold on the validation dates with 2, 3 and 4 consecutive folds
 (:meth:`EnsembleForecaster.cross_fit_predict`, the labels that overlap each held-out block purged),
 and each date's Rank IC averaged over the fold counts that forecast it.
-Printed: the mean Rank IC per folder, horizon and gate, and each gate's difference from the
+With ``--weights``, the default gate's ensemble is also scored with other ways of setting its
+weights: ``best`` (the shrinkage with the best held-out score, ``se_rule=0``, instead of the
+one-standard-error rule), ``nnls`` (plain non-negative least squares, no pull to the prior) and
+``fixed`` (the prior, ``mode='fixed'``).
+Printed: the mean Rank IC per folder, horizon and variant, and each variant's difference from the
 default with its standard error (daily differences; ``n_dates / h`` independent windows for the
 overlapping labels; folders and horizons taken as independent cells).
 
     python bench/ensemble_gate.py                      # the two default folders (below)
-    python bench/ensemble_gate.py DIR [DIR ...] [--gates none significant]
+    python bench/ensemble_gate.py DIR [DIR ...] [--gates none significant] [--weights best nnls fixed]
 
 A default folder that does not exist yet is written first by ``bench/quality.py --source S
 --prophet-refit-every 0 --save-preds artifacts/bench/preds_S`` (all six members fitted, Prophet's
@@ -28,6 +32,7 @@ import math
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -60,14 +65,28 @@ def validation_only(folder: Path) -> tuple[dict[str, pd.DataFrame], pd.DataFrame
     return members, vtruth, history
 
 
+# the ways of setting the weights (--weights): EnsembleForecaster arguments
+WEIGHTS: dict[str, dict[str, Any]] = {
+    "one_se": {},  # the default: the one-standard-error rule over LAMBDAS
+    "best": {"se_rule": 0.0},
+    "nnls": {"lambdas": (0.0,)},
+    "fixed": {"mode": "fixed"},
+}
+
+
 def daily_oof(
-    members: dict[str, pd.DataFrame], vtruth: pd.DataFrame, history: pd.DataFrame, gate: str
+    members: dict[str, pd.DataFrame],
+    vtruth: pd.DataFrame,
+    history: pd.DataFrame,
+    gate: str,
+    weights: str = "one_se",
 ) -> dict[int, pd.Series]:
     """Per horizon, the out-of-fold daily Rank IC averaged over the :data:`FOLDS` that forecast the
     date (a block left without labelled dates once its overlapping labels are purged has none at
     long horizons) (:func:`validation_only`'s data of one folder)."""
     ec = EnsembleConfig()
-    ens = EnsembleForecaster(ec.weights, HORIZONS, mode="learned", levels=ec.interval_levels, gate=gate)  # type: ignore[arg-type]
+    kw: dict[str, Any] = {"mode": "learned", **WEIGHTS[weights]}
+    ens = EnsembleForecaster(ec.weights, HORIZONS, levels=ec.interval_levels, gate=gate, **kw)  # type: ignore[arg-type]
     per_k: dict[int, list[pd.Series]] = {h: [] for h in HORIZONS}
     for k in FOLDS:
         df = ens.cross_fit_predict(members, vtruth, folds=k, history=history).merge(
@@ -87,6 +106,8 @@ def main() -> int:
         help="bench/quality.py --save-preds folders (default: artifacts/bench/preds_<source>, written if missing)",
     )
     ap.add_argument("--gates", nargs="+", default=list(GATES), choices=GATES)
+    ap.add_argument("--weights", nargs="*", default=[], choices=[w for w in WEIGHTS if w != "one_se"],
+                    help="other ways of setting the default gate's weights, scored beside it")  # fmt: skip
     args = ap.parse_args()
     if not args.folders:
         args.folders = [REPO / "artifacts" / "bench" / f"preds_{source}" for source in SOURCES]
@@ -105,29 +126,37 @@ def main() -> int:
                 print("writing the members' forecasts: " + " ".join(cmd), flush=True)
                 subprocess.run(cmd, check=True)
     default = EnsembleConfig().member_gate
-    gates = list(dict.fromkeys([default, *args.gates]))
+    # (gate, weights): every gate with the default weights, then the default gate with each --weights
+    variants = [(g, "one_se") for g in dict.fromkeys([default, *args.gates])]
+    variants += [(default, w) for w in args.weights]
     daily = {}
     for f in args.folders:
         data = validation_only(f)  # read once per folder
-        daily.update({(f, g): daily_oof(*data, g) for g in gates})
+        daily.update({(f, v): daily_oof(*data, *v) for v in variants})
+
+    def label(v: tuple[str, str]) -> str:
+        return v[0] if v[1] == "one_se" else f"{v[0]}/{v[1]}"
+
     print(f"out-of-fold validation Rank IC (folds {FOLDS} averaged), h5 / h20 / h60, mean")
     for f in args.folders:
-        for g in gates:
-            m = [float(daily[(f, g)][h].mean()) for h in HORIZONS]
-            print(f"  {f.name:<24} {g:<12} " + " ".join(f"{x:+.4f}" for x in m) + f"  mean {np.mean(m):+.4f}")
+        for v in variants:
+            m = [float(daily[(f, v)][h].mean()) for h in HORIZONS]
+            print(
+                f"  {f.name:<24} {label(v):<20} "
+                + " ".join(f"{x:+.4f}" for x in m)
+                + f"  mean {np.mean(m):+.4f}"
+            )
     print(f"difference from the default ({default}), mean over folders and horizons, with its standard error")
-    for g in gates:
-        if g == default:
-            continue
+    for v in variants[1:]:
         cells = []
         for f in args.folders:
             for h in HORIZONS:
-                diff = (daily[(f, g)][h] - daily[(f, default)][h]).dropna()
-                se = overlap_se(diff, h)
-                cells.append((float(diff.mean()), se))
+                diff = (daily[(f, v)][h] - daily[(f, variants[0])][h]).dropna()
+                se = overlap_se(diff, h) if len(diff) > 1 else 0.0
+                cells.append((float(diff.mean()) if len(diff) else 0.0, se))
         mean = float(np.mean([c[0] for c in cells]))
         se = math.sqrt(sum(c[1] ** 2 for c in cells)) / len(cells)
-        print(f"  {g:<12} {mean:+.4f}  (s.e. {se:.4f})")
+        print(f"  {label(v):<20} {mean:+.4f}  (s.e. {se:.4f})")
     return 0
 
 

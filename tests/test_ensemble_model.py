@@ -196,6 +196,24 @@ def test_lambdas_set_the_shrinkage_candidates_and_travel_with_the_state() -> Non
             EnsembleForecaster(PRIOR, HORIZONS, lambdas=bad)
 
 
+def test_se_rule_sets_how_far_below_the_best_held_out_score_the_shrinkage_may_score() -> None:
+    members, truth = panel()
+    valid = (truth["date"] < np.sort(truth["date"].unique())[100]).to_numpy()
+    vm, vt = {m: p[valid] for m, p in members.items()}, truth[valid].reset_index(drop=True)
+    best = EnsembleForecaster(PRIOR, HORIZONS, se_rule=0.0).fit(vm, vt)  # the best held-out score
+    one_se = EnsembleForecaster(PRIOR, HORIZONS).fit(vm, vt)  # the default, 1
+    loose = EnsembleForecaster(PRIOR, HORIZONS, se_rule=1e9).fit(vm, vt)  # anything within reach
+    for h in HORIZONS:
+        # the good member's signal is strong: the best score is away from the prior-most lambda
+        assert best.lambda_[h] < max(LAMBDAS) and best.weights(h)["good"] > PRIOR["good"] + 0.2
+        assert best.lambda_[h] <= one_se.lambda_[h] <= loose.lambda_[h] == max(LAMBDAS)
+    again = EnsembleForecaster.from_dict(json.loads(json.dumps(best.to_dict())))
+    assert again.se_rule == 0.0 and again.lambda_ == best.lambda_
+    for bad in (-1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="se_rule"):
+            EnsembleForecaster(PRIOR, HORIZONS, se_rule=bad)
+
+
 def test_weights_keep_the_prior_without_two_independent_windows_of_held_out_evidence() -> None:
     # h=60 on 130 validation dates: the second half holds 65 dates, 1.1 independent windows, so no
     # error can be estimated: the much better member does not move the weights

@@ -18,7 +18,8 @@ Per horizon, :meth:`EnsembleForecaster.fit` learns on the validation dates (neve
   validation dates themselves, honestly: weights fitted on the first half for each candidate (its
   labels that overlap the second half's purged, :func:`outside_block`: at h days, the first half's
   last h dates), scored by Rank IC on the second half; the largest lambda (closest to the prior) within one
-  standard error of the best is kept (the one-standard-error rule; the error counts the horizon's
+  standard error of the best is kept (the one-standard-error rule, ``se_rule=1``; 0 keeps the best
+  score, measured lower out of fold in docs/evidence.md; the error counts the horizon's
   overlapping labels, ``n_dates / h`` independent windows): on ~190 validation dates, weights moved
   off the prior on weaker evidence scored lower out of fold (bench/quality.py, synthetic and S&P;
   measured before the out-of-fold scores were purged). With fewer than :data:`MIN_WINDOWS`
@@ -192,6 +193,7 @@ class EnsembleForecaster:
         levels: Sequence[float] = (0.8, 0.95),
         lambdas: Sequence[float] = LAMBDAS,
         gate: Gate = "significant",
+        se_rule: float = 1.0,
     ) -> None:
         if mode not in ("learned", "fixed"):
             raise ValueError(f"ensemble mode must be 'learned' or 'fixed', got {mode!r}")
@@ -201,12 +203,15 @@ class EnsembleForecaster:
             raise ValueError(f"interval levels must lie in (0, 1), got {list(levels)}")
         if not lambdas or any(not (lam >= 0 and math.isfinite(lam)) for lam in lambdas):
             raise ValueError(f"ensemble lambdas must be finite and >= 0, got {list(lambdas)}")
+        if not (se_rule >= 0 and math.isfinite(se_rule)):
+            raise ValueError(f"ensemble se_rule must be finite and >= 0, got {se_rule!r}")
         self.prior = {k: float(v) for k, v in prior.items()}
         self.horizons = tuple(int(h) for h in horizons)
         self.mode = mode
         self.levels = tuple(float(a) for a in levels)
         self.lambdas = tuple(float(lam) for lam in lambdas)
         self.gate = gate
+        self.se_rule = float(se_rule)
 
     # ------------------------------------------------------------------------------------------- fit
     def fit(
@@ -272,7 +277,7 @@ class EnsembleForecaster:
                     w = _fit_weights(z[first_half], y_rg_first, prior_first, lam)
                     s, _ = _combine(z[~first_half], w)
                     daily[lam] = daily_rank_ic(dates[~first_half], s, y_raw[~first_half])
-                lam = _one_se_choice(daily, h)
+                lam = _one_se_choice(daily, h, self.se_rule)
                 prior_h = _gated_prior(prior, dates, z, y_raw, h, self.gate)
                 w = _fit_weights(z, y_rg, prior_h, lam)
                 self.excluded_[h] = [
@@ -413,6 +418,7 @@ class EnsembleForecaster:
                 levels=self.levels,
                 lambdas=self.lambdas,
                 gate=self.gate,
+                se_rule=self.se_rule,
             )
             fold.fit(
                 {m: p[~np.isin(p["date"].to_numpy(), block)] for m, p in member_preds.items()},
@@ -439,6 +445,7 @@ class EnsembleForecaster:
             "levels": list(self.levels),
             "lambdas": list(self.lambdas),
             "gate": self.gate,
+            "se_rule": self.se_rule,
             "members": list(self.members_),
             "weights": {k: self.weights_[int(k)] for k in hs},
             "lambda": {k: self.lambda_[int(k)] for k in hs},
@@ -463,6 +470,7 @@ class EnsembleForecaster:
             levels=state["levels"],
             lambdas=state.get("lambdas", LAMBDAS),
             gate=state.get("gate", "none"),
+            se_rule=state.get("se_rule", 1.0),
         )
         self.members_ = [str(m) for m in state["members"]]
 
@@ -497,9 +505,9 @@ def _level_key(a: float) -> str:
     return f"{round(a * 100):d}"
 
 
-def _one_se_choice(daily: Mapping[float, pd.Series], h: int) -> float:
-    """The largest ``lambda`` (closest to the prior) whose held-out mean Rank IC is within one standard
-    error of the best one's (the one-standard-error rule). The error of a difference of mean daily
+def _one_se_choice(daily: Mapping[float, pd.Series], h: int, se_rule: float = 1.0) -> float:
+    """The largest ``lambda`` (closest to the prior) whose held-out mean Rank IC is within ``se_rule``
+    standard errors of the best one's (the one-standard-error rule at 1; 0: the best score). The error of a difference of mean daily
     ICs counts the horizon's overlapping labels: ``n_dates / h`` independent windows. With fewer than
     :data:`MIN_WINDOWS` of them held out (the second half of ~190 validation dates at h=60: ~35
     labelled dates, 0.6 of a window) no error can be estimated and nothing supports moving off the
@@ -515,7 +523,7 @@ def _one_se_choice(daily: Mapping[float, pd.Series], h: int) -> float:
         diff = (daily[lam] - daily[best]).dropna()
         if len(diff) < 2:
             continue
-        if means[lam] >= means[best] - overlap_se(diff, h):
+        if means[lam] >= means[best] - se_rule * overlap_se(diff, h):
             chosen = lam
     return chosen
 
