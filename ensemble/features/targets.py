@@ -82,7 +82,7 @@ def realisation_dates(frame: pd.DataFrame, h: int) -> np.ndarray:
     """The date each row's h-row target becomes known (NaT where it is not in ``frame``)."""
     j = shifted_rows(frame["ticker"], h)
     d = frame["date"].to_numpy(dtype="datetime64[ns]")
-    return np.where(j >= 0, d[np.maximum(j, 0)], np.datetime64("NaT"))
+    return np.where(j >= 0, d[np.maximum(j, 0)], np.datetime64("NaT", "ns"))
 
 
 def feature_columns(frame: pd.DataFrame) -> list[str]:
