@@ -44,10 +44,12 @@ def compute(p: Panel) -> Iterator[tuple[str, str, FloatArray]]:
     month_start = idx.to_period("M").to_timestamp().values.astype("datetime64[D]")
     month_end = (idx.to_period("M").to_timestamp(how="end")).values.astype("datetime64[D]")
     quarter_end = (idx.to_period("Q").to_timestamp(how="end")).values.astype("datetime64[D]")
-    # business days strictly after `day` up to and including the period's last day
-    to_month_end = np.busday_count(day + 1, month_end + 1).astype(np.float64)
+    # business days strictly after `day` up to and including the period's last day (one day as a
+    # timedelta with its unit: numpy 2.5 deprecates adding bare integers to dates)
+    one = np.timedelta64(1, "D")
+    to_month_end = np.busday_count(day + one, month_end + one).astype(np.float64)
     since_start = np.busday_count(month_start, day).astype(np.float64)
-    to_q_end = np.busday_count(day + 1, quarter_end + 1).astype(np.float64)
+    to_q_end = np.busday_count(day + one, quarter_end + one).astype(np.float64)
     tom = (to_month_end < TURN_OF_MONTH_LAST) | (since_start < TURN_OF_MONTH_FIRST)
     yield "day_of_week", "dvec", idx.day_of_week.to_numpy(dtype=np.float64)
     yield "month", "dvec", idx.month.to_numpy(dtype=np.float64)
