@@ -128,7 +128,7 @@ def main() -> int:
     default = EnsembleConfig().member_gate
     # (gate, weights): every gate with the default weights, then the default gate with each --weights
     variants = [(g, "one_se") for g in dict.fromkeys([default, *args.gates])]
-    variants += [(default, w) for w in args.weights]
+    variants += [(default, w) for w in dict.fromkeys(args.weights)]
     daily = {}
     for f in args.folders:
         data = validation_only(f)  # read once per folder
@@ -152,11 +152,17 @@ def main() -> int:
         for f in args.folders:
             for h in HORIZONS:
                 diff = (daily[(f, v)][h] - daily[(f, variants[0])][h]).dropna()
-                se = overlap_se(diff, h) if len(diff) > 1 else 0.0
-                cells.append((float(diff.mean()) if len(diff) else 0.0, se))
+                if len(diff) > 1:  # a cell with fewer scored dates has no error: left out, counted
+                    cells.append((float(diff.mean()), overlap_se(diff, h)))
+        left = len(args.folders) * len(HORIZONS) - len(cells)
+        if not cells:
+            print(f"  {label(v):<20} no cell with two scored dates")
+            continue
         mean = float(np.mean([c[0] for c in cells]))
         se = math.sqrt(sum(c[1] ** 2 for c in cells)) / len(cells)
-        print(f"  {label(v):<20} {mean:+.4f}  (s.e. {se:.4f})")
+        print(
+            f"  {label(v):<20} {mean:+.4f}  (s.e. {se:.4f})" + (f"  ({left} cells left out)" if left else "")
+        )
     return 0
 
 

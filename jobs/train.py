@@ -14,7 +14,8 @@ Stages (each metered for the cost report):
   xgboost, lightgbm, random_forest   those in training.tuned_models: Ray Tune, Optuna + ASHA, trials
             within the budget (jobs.ray_tune_trees); the others a plain fit of their DEFAULTS, billed
             for their n_jobs threads
-  validate  each model's and the weighted ensemble's Rank IC on the validation dates
+  validate  each model's and the weighted ensemble's Rank IC on the validation dates (a tree model's
+            forecasts, tuned or not, billed for its n_jobs threads)
 
 Split: the most recent ``training.valid_fraction`` of the dates validate; the ``training.training_days``
 dates before them train, with every label realised after the training window's end purged.
@@ -171,10 +172,12 @@ def _fit_model(
 
 
 def _threads(model: Forecaster) -> float:
-    """The CPUs a tree model's fit and forecasts run on, as metered: its ``n_jobs`` threads (one for a
-    model without that parameter)."""
+    """The CPUs a model's fit and forecasts run on, as metered: its ``n_jobs`` threads (every core of
+    this machine for ``n_jobs`` <= 0, as scikit-learn, XGBoost and LightGBM read it; one for a model
+    without that parameter, the sequence models' and Prophet's)."""
     params = model.resolved_params() if hasattr(model, "resolved_params") else model.params
-    return float(max(1, int(params.get("n_jobs", 1))))
+    n = int(params.get("n_jobs", 1))
+    return float(n if n > 0 else os.cpu_count() or 1)
 
 
 def _validate_per_ticker(

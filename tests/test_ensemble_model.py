@@ -209,6 +209,14 @@ def test_se_rule_sets_how_far_below_the_best_held_out_score_the_shrinkage_may_sc
         assert best.lambda_[h] <= one_se.lambda_[h] <= loose.lambda_[h] == max(LAMBDAS)
     again = EnsembleForecaster.from_dict(json.loads(json.dumps(best.to_dict())))
     assert again.se_rule == 0.0 and again.lambda_ == best.lambda_
+    older = {k: v for k, v in one_se.to_dict().items() if k != "se_rule"}  # saved before se_rule
+    assert EnsembleForecaster.from_dict(older).se_rule == 1.0
+    # the out-of-fold ensembles choose their shrinkage by the same rule
+    oof = {
+        r.se_rule: r.cross_fit_predict(vm, vt, folds=2)[[f"pred_h{h}" for h in HORIZONS]]
+        for r in (best, one_se)
+    }
+    assert not np.allclose(oof[0.0].to_numpy(), oof[1.0].to_numpy(), equal_nan=True)
     for bad in (-1.0, float("inf"), float("nan")):
         with pytest.raises(ValueError, match="se_rule"):
             EnsembleForecaster(PRIOR, HORIZONS, se_rule=bad)

@@ -11,6 +11,7 @@ the promotion metric (``valid_rank_ic_h4``) is not the registry's default (``val
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,15 +106,16 @@ def test_a_failing_model_is_excluded_and_reported_as_degraded(
 
 def test_an_untuned_fit_is_billed_for_its_threads(ray_local, strong: Data, tmp_path: Path) -> None:
     # XGBoost is not tuned (training.tuned_models): its fit and its validation forecasts run on
-    # n_jobs threads, so each stage is billed n_jobs CPU-seconds per second of wall time
-    for threads in (1, 2):
-        summary = _run(strong, tmp_path / f"registry{threads}", promote=False,
-                       models={"xgboost": {**XGB, "n_jobs": threads}})  # fmt: skip
+    # n_jobs threads (every core for n_jobs <= 0), so each stage is billed that many CPU-seconds per
+    # second of wall time
+    for n_jobs, cpus in ((1, 1), (2, 2), (-1, os.cpu_count())):
+        summary = _run(strong, tmp_path / f"registry{n_jobs}", promote=False,
+                       models={"xgboost": {**XGB, "n_jobs": n_jobs}})  # fmt: skip
         stages = summary["cost"]["stages"]
         assert "xgboost.tune" not in stages, stages
         for stage in ("xgboost", "xgboost.validate"):
             u = stages[stage]
-            assert u["wall_s"] > 0 and u["cpu_s"] == pytest.approx(threads * u["wall_s"]), (stage, u)
+            assert u["wall_s"] > 0 and u["cpu_s"] == pytest.approx(cpus * u["wall_s"]), (n_jobs, stage, u)
 
 
 def test_the_run_fails_when_every_model_fails(ray_local, strong: Data, tmp_path: Path) -> None:

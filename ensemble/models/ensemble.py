@@ -19,7 +19,7 @@ Per horizon, :meth:`EnsembleForecaster.fit` learns on the validation dates (neve
   labels that overlap the second half's purged, :func:`outside_block`: at h days, the first half's
   last h dates), scored by Rank IC on the second half; the largest lambda (closest to the prior) within one
   standard error of the best is kept (the one-standard-error rule, ``se_rule=1``; 0 keeps the best
-  score, measured lower out of fold in docs/evidence.md; the error counts the horizon's
+  score, measured no better out of fold in docs/evidence.md; the error counts the horizon's
   overlapping labels, ``n_dates / h`` independent windows): on ~190 validation dates, weights moved
   off the prior on weaker evidence scored lower out of fold (bench/quality.py, synthetic and S&P;
   measured before the out-of-fold scores were purged). With fewer than :data:`MIN_WINDOWS`
@@ -507,11 +507,11 @@ def _level_key(a: float) -> str:
 
 def _one_se_choice(daily: Mapping[float, pd.Series], h: int, se_rule: float = 1.0) -> float:
     """The largest ``lambda`` (closest to the prior) whose held-out mean Rank IC is within ``se_rule``
-    standard errors of the best one's (the one-standard-error rule at 1; 0: the best score). The error of a difference of mean daily
-    ICs counts the horizon's overlapping labels: ``n_dates / h`` independent windows. With fewer than
-    :data:`MIN_WINDOWS` of them held out (the second half of ~190 validation dates at h=60: ~35
-    labelled dates, 0.6 of a window) no error can be estimated and nothing supports moving off the
-    prior: the largest ``lambda`` is kept."""
+    standard errors of the best one's (the one-standard-error rule at 1; 0: the best score). The
+    error of a difference of mean daily ICs counts the horizon's overlapping labels: ``n_dates / h``
+    independent windows. With fewer than :data:`MIN_WINDOWS` of them held out (the second half of
+    ~190 validation dates at h=60: ~35 labelled dates, 0.6 of a window) no error can be estimated and
+    nothing supports moving off the prior: the largest ``lambda`` is kept, whatever ``se_rule``."""
     if max((len(v.dropna()) for v in daily.values()), default=0) / h < MIN_WINDOWS:
         return max(daily)  # no estimable error on fewer than MIN_WINDOWS windows: the prior-most
     means = {lam: float(v.mean()) if len(v) else -np.inf for lam, v in daily.items()}
