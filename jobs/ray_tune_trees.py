@@ -547,9 +547,9 @@ def tune_tree_model(
         meter.note_stop(stage, stop_reason)
 
     best_params = {**fixed, **best_config}
-    n_jobs = int(cls(horizons=horizons, **best_params).resolved_params()["n_jobs"])
-    with meter.stage(refit_stage, cpus=float(n_jobs)):
-        model = (refit or FitRows(train, valid)).fit(cls(horizons=horizons, **best_params))
+    best = cls(horizons=horizons, **best_params)
+    with meter.stage(refit_stage, cpus=best.threads):
+        model = (refit or FitRows(train, valid)).fit(best)
     outcome = TuneOutcome(
         name=name,
         best_params=best_params,

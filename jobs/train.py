@@ -167,17 +167,8 @@ def _fit_model(
             "trial_nodes": len(set(t.trial_nodes.values())),
         }
     model = cls(horizons=settings.horizons, **member_params(settings, name))
-    with meter.stage(name, cpus=_threads(model)):  # its fit runs on n_jobs threads
+    with meter.stage(name, cpus=model.threads):  # a tree model's fit runs on its n_jobs threads
         return rows.fit(model), {}
-
-
-def _threads(model: Forecaster) -> float:
-    """The CPUs a model's fit and forecasts run on, as metered: its ``n_jobs`` threads (every core of
-    this machine for ``n_jobs`` <= 0, as scikit-learn, XGBoost and LightGBM read it; one for a model
-    without that parameter, the sequence models' and Prophet's)."""
-    params = model.resolved_params() if hasattr(model, "resolved_params") else model.params
-    n = int(params.get("n_jobs", 1))
-    return float(n if n > 0 else os.cpu_count() or 1)
 
 
 def _validate_per_ticker(
@@ -272,7 +263,7 @@ def run(
         t0 = time.perf_counter()
         model, info = _fit_model(name, prep, settings, meter, progress, tune=name in tuned)
         if not get_model_class(name).per_ticker:
-            with meter.stage(f"{name}.validate", cpus=_threads(model)):
+            with meter.stage(f"{name}.validate", cpus=model.threads):
                 p = model.predict(eval_frame)
                 p = p[p["date"] >= split.valid_start].reset_index(drop=True)
             return model, info, p, time.perf_counter() - t0

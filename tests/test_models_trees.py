@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import sys
 from pathlib import Path
@@ -468,3 +469,14 @@ def test_label_horizons_set_the_return_each_horizon_learns(name: str, data: tupl
     for bad in ({20: 0}, {20: 2.5}, {"x": 5}, {20: True}, [20, 5], 5):
         with pytest.raises(ValueError, match="label_horizons must map horizons to horizons"):
             cls(**SMALL[name], label_horizons=bad)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_threads_are_the_n_jobs_the_fit_runs_on(name: str) -> None:
+    """What the cost meter bills a tree model's fit and forecasts for: its ``n_jobs`` threads, every
+    core for ``n_jobs`` <= 0 (as the libraries read it); a model without threads of its own, one."""
+    cls = get_model_class(name)
+    assert cls().threads == cls.defaults["n_jobs"]
+    assert cls(n_jobs=3).threads == 3
+    assert cls(n_jobs=-1).threads == cls(n_jobs=0).threads == (os.cpu_count() or 1)
+    assert get_model_class("lstm")().threads == get_model_class("prophet")().threads == 1

@@ -199,6 +199,12 @@ class Forecaster(ABC):
         self.horizons = tuple(int(h) for h in horizons)
         self.params = dict(params)
 
+    @property
+    def threads(self) -> int:
+        """The CPU threads this model's fit and forecasts run on, as the cost meter bills them: one,
+        unless the model says otherwise (the tree models: their ``n_jobs``)."""
+        return 1
+
     # -- the protocol ---------------------------------------------------------------------------
     @abstractmethod
     def fit(

@@ -34,6 +34,7 @@ a pickle of any protocol planted under an artifact's name is refused, never read
 from __future__ import annotations
 
 import logging
+import os
 import time
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
@@ -214,6 +215,13 @@ class TreeForecaster(Forecaster):
 
     def resolved_params(self) -> dict[str, Any]:
         return {**COMMON_DEFAULTS, **self.defaults, **self.params}
+
+    @property
+    def threads(self) -> int:
+        """Its ``n_jobs`` threads; every core of this machine for ``n_jobs`` <= 0, as scikit-learn,
+        XGBoost and LightGBM read it."""
+        n = int(self.resolved_params()["n_jobs"])
+        return n if n > 0 else os.cpu_count() or 1
 
     def label(self, h: int) -> str:
         """The target column the model of horizon ``h`` learns (``label_horizons``, see
