@@ -33,11 +33,12 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from quality import HORIZONS, load, split_dates  # noqa: E402
+from quality import HORIZONS, add_source_args, load_args, resolve_source, source_label, split_dates  # noqa: E402
 
 from ensemble.backtest.evaluation import baseline_forecasts  # noqa: E402
 from ensemble.backtest.metrics import interval_coverage  # noqa: E402
 from ensemble.backtest.splits import window  # noqa: E402
+from ensemble.cli import run_main  # noqa: E402
 from ensemble.config import EnsembleConfig  # noqa: E402
 from ensemble.features.targets import realised_forward_returns  # noqa: E402
 from ensemble.models.ensemble import EnsembleForecaster, trailing_volatility  # noqa: E402
@@ -55,8 +56,14 @@ def coverage_by_origin(
     truth = window(truth, None, end)  # nothing realised after ``end`` is read
     member = baseline_forecasts(prices, HORIZONS)[MEMBER]
     dates = np.sort(truth["date"].unique())
+    first = max(252, valid)  # a year of history before the first origin
+    if first > len(dates) - span:
+        raise ValueError(
+            f"{len(dates)} dates up to the validation end {pd.Timestamp(end).date()} hold no origin: one needs "
+            f"{first} dates before it and {span} after (--valid, --span)"
+        )
     rows = []
-    for i in range(max(252, valid), len(dates) - span + 1, every):
+    for i in range(first, len(dates) - span + 1, every):
         before, block = dates[i - 1], dates[i : i + span]
         vtruth = window(truth, dates[i - valid], before)
         history = pd.concat([window(truth, None, dates[i - valid - 1]), vtruth], ignore_index=True)
@@ -70,24 +77,28 @@ def coverage_by_origin(
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--source", choices=["synthetic", "sp500"], default="synthetic")
+    add_source_args(ap)
     ap.add_argument("--every", type=int, default=63, help="dates between origins")
     ap.add_argument("--valid", type=int, help="validation dates before each origin (default: quality.py's)")
     ap.add_argument(
         "--span", type=int, help="dates each origin's intervals are scored on (default: quality.py's test)"
     )
     args = ap.parse_args()
+    resolve_source(ap, args)
     t0 = time.perf_counter()
-    prices, _ = load(args.source, 500, 1260, 7)
+    prices, _ = load_args(args)
     dates = pd.DatetimeIndex(np.sort(prices["date"].unique()))
     sp = split_dates(dates, args.source)
     end = sp["valid_end"]
     valid = args.valid or int(((dates >= sp["valid_start"]) & (dates <= end)).sum())
     span = args.span or int((dates >= sp["test_start"]).sum())
     levels = list(EnsembleConfig().interval_levels)
-    cov = coverage_by_origin(prices, end, args.every, valid, span, levels)
+    try:
+        cov = coverage_by_origin(prices, end, args.every, valid, span, levels)
+    except ValueError as exc:  # too few dates for one origin: a usage error, named
+        ap.error(str(exc))
     print(
-        f"\n== bench/interval_coverage.py --source {args.source}: {len(cov)} origins "
+        f"\n== bench/interval_coverage.py {source_label(args)}: {len(cov)} origins "
         f"{cov['origin'].min():%Y-%m-%d}..{cov['origin'].max():%Y-%m-%d}, fitted on {valid} dates, "
         f"scored on the next {span}, labels realised by {end:%Y-%m-%d} (the validation end)"
     )
@@ -100,4 +111,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main(main))  # a file that breaks the contract: one error line, exit 3

@@ -27,10 +27,19 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from quality import HORIZONS, fit_prophet, load, split_dates  # noqa: E402
+from quality import (  # noqa: E402
+    HORIZONS,
+    add_source_args,
+    fit_prophet,
+    load_args,
+    resolve_source,
+    source_label,
+    split_dates,
+)
 
 from ensemble.backtest.metrics import overlap_se, rank_ic_by_date  # noqa: E402
 from ensemble.backtest.splits import window  # noqa: E402
+from ensemble.cli import run_main  # noqa: E402
 from ensemble.config import TrainingConfig  # noqa: E402
 from ensemble.features.targets import realised_forward_returns  # noqa: E402
 
@@ -66,21 +75,23 @@ def validation_daily_ic(
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--source", choices=["synthetic", "sp500"], default="synthetic")
+    add_source_args(ap)
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     ap.add_argument("--tickers", type=int, default=150, help="seeded sample of tickers (cost)")
     ap.add_argument("--every", type=int, default=63, help="refit every N validation dates")
     ap.add_argument("--procs", type=int, default=2)
     args = ap.parse_args()
-    prices, _ = load(args.source, 500, 1260, 7)
+    resolve_source(ap, args)
+    prices, _ = load_args(args)
     dates = pd.DatetimeIndex(np.sort(prices["date"].unique()))
     sp = split_dates(dates, args.source)
-    sample = np.random.default_rng(0).choice(np.sort(prices["ticker"].unique()), args.tickers, replace=False)
+    every = np.sort(prices["ticker"].unique())
+    sample = np.random.default_rng(0).choice(every, min(args.tickers, len(every)), replace=False)
     prices = prices[prices["ticker"].isin(sample)]
     truth = realised_forward_returns(prices, HORIZONS)
     vtruth = window(truth, sp["valid_start"], sp["valid_end"])  # labels purged at the validation end
     print(
-        f"bench/prophet_params.py --source {args.source}: {args.tickers} tickers, validation "
+        f"bench/prophet_params.py {source_label(args)}: {len(sample)} tickers, validation "
         f"{sp['valid_start'].date()}..{sp['valid_end'].date()}, refit every {args.every} dates",
         flush=True,
     )
@@ -100,4 +111,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main(main))  # a file that breaks the contract: one error line, exit 3

@@ -1,6 +1,6 @@
 """Out-of-sample forecast quality of the six models, beside the oracle and simple baselines.
 
-Two data sets, one run each (``--source``):
+Two data sets, or a file of your own, one run each (``--source`` or ``--data``):
 
 * ``synthetic`` (default): the synthetic market (500 tickers x 1,260 days, seed 7). Fixed dates: the
   first 60% train, the next 15% validate (the ensembles learn there), the last 25% test; every label realised
@@ -11,6 +11,10 @@ Two data sets, one run each (``--source``):
   ``schema.clean(mode="repair")``, GICS sectors joined; no fundamentals or sentiment). Train on the
   first 70% of the dates (its last 15% validate, purged), test on the rest; every training label
   realised after the 70% cut is purged. There is no oracle for real data.
+* ``--data PATH`` (instead of ``--source``): a price file of your own, Parquet or CSV in the data
+  contract's columns (``--sectors PATH`` a ticker,sector CSV; ``--clean``, default ``repair`` as the
+  S&P sample is cleaned, ``none`` refuses a file that breaks the contract), split as the S&P sample
+  is; no oracle. Results go to ``artifacts/bench/quality_file_<the file's name>.json``.
 
 On both, the members that stop early (the boosters and the sequence models) stop on the last
 ``--early-stopping-fraction`` of the training dates (default ``training.early_stopping_fraction``,
@@ -61,7 +65,7 @@ Printed per row and horizon: the mean of the per-date Spearman correlations betw
 realised forward log return on the test dates (Rank IC), its ICIR (mean / std over dates), and the
 fit seconds; then the best model's 5-day Rank IC as a share of the oracle's.
 
-Usage: ``.venv/bin/python bench/quality.py [--source synthetic|sp500] [--models xgboost lightgbm ...]``
+Usage: ``.venv/bin/python bench/quality.py [--source synthetic|sp500 | --data PATH] [--models xgboost lightgbm ...]``
 """
 
 from __future__ import annotations
@@ -86,6 +90,7 @@ sys.path.insert(0, str(REPO))
 from ensemble.backtest.evaluation import baseline_forecasts  # noqa: E402
 from ensemble.backtest.metrics import ic_summary, interval_coverage, rank_ic_by_date  # noqa: E402
 from ensemble.backtest.splits import window  # noqa: E402
+from ensemble.cli import run_main  # noqa: E402
 from ensemble.config import (  # noqa: E402
     DEFAULT_HORIZONS,
     MODEL_NAMES,
@@ -111,7 +116,66 @@ logger = logging.getLogger("bench.quality")
 
 
 # -- data and splits --------------------------------------------------------------------------------
-def load(source: str, n_tickers: int, n_days: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+SOURCES = ("synthetic", "sp500")  # --source; --data PATH reads a file of the reader's own instead ("file")
+
+
+def add_source_args(ap: argparse.ArgumentParser) -> None:
+    """The data set a bench reads: ``--source`` (the synthetic market, the default, or the S&P 500
+    sample), or ``--data PATH`` (a price file of your own, Parquet or CSV in the data contract's
+    columns; ``--sectors`` and ``--clean`` as ``jobs.pipeline`` takes them), split as the S&P sample
+    is. :func:`resolve_source` checks them after parsing."""
+    ap.add_argument(
+        "--source", choices=list(SOURCES), default=None,
+        help="the synthetic market (default) or the real S&P 500 sample in ../shared/data",
+    )  # fmt: skip
+    ap.add_argument(
+        "--data", type=Path, metavar="PATH", default=None,
+        help="instead of --source: a Parquet or CSV price file of your own (the data contract's columns), "
+        "split as the S&P sample is (no oracle)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--sectors", type=Path, metavar="PATH", default=None, help="with --data: a ticker,sector CSV"
+    )
+    ap.add_argument(
+        "--clean", choices=["none", "drop", "repair"], default=None,
+        help="with --data: how the file is cleaned (default repair, as the S&P sample is; none: refuse "
+        "a file that breaks the contract)",
+    )  # fmt: skip
+
+
+def resolve_source(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Sets ``args.source`` (``file`` with ``--data``) and ``args.clean``; refuses mixed flags."""
+    if args.data is not None:
+        if args.source is not None:
+            ap.error("give --source or --data, not both")
+        if not args.data.is_file():
+            ap.error(f"--data {args.data}: no such file")
+        if args.sectors is not None and not args.sectors.is_file():
+            ap.error(f"--sectors {args.sectors}: no such file")
+        args.source, args.clean = "file", args.clean or "repair"
+    else:
+        if args.sectors is not None or args.clean is not None:
+            ap.error("--sectors and --clean go with --data PATH")
+        args.source = args.source or "synthetic"
+
+
+def source_label(args: argparse.Namespace) -> str:
+    """How a run names its data: ``--source S`` or ``--data PATH``."""
+    return f"--data {args.data}" if args.source == "file" else f"--source {args.source}"
+
+
+def load(
+    source: str,
+    n_tickers: int = 500,
+    n_days: int = 1260,
+    seed: int = 7,
+    *,
+    data: str | Path | None = None,
+    sectors: str | Path | None = None,
+    clean: str = "repair",
+) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """(prices, oracle) of a source: ``synthetic`` (the generator's, with its oracle), ``sp500`` (the
+    sample in ../shared/data, repaired, sectors joined) or ``file`` (``data``; no oracle)."""
     if source == "synthetic":
         from ensemble.data.synthetic import generate_market
 
@@ -119,21 +183,36 @@ def load(source: str, n_tickers: int, n_days: int, seed: int) -> tuple[pd.DataFr
         return m.prices, m.oracle
     from ensemble.data.files import load_file
 
-    prices, report = load_file(
-        SHARED / "sp500_daily.parquet", sectors_path=SHARED / "sp500_sectors.csv", clean="repair"
-    )
+    if source == "sp500":
+        data, sectors, clean = SHARED / "sp500_daily.parquet", SHARED / "sp500_sectors.csv", "repair"
+    elif source != "file" or data is None:
+        raise ValueError(
+            f"source must be one of {[*SOURCES, 'file']} (file: with a data path), got {source!r}"
+        )
+    prices, report = load_file(data, sectors_path=sectors, clean=clean)  # type: ignore[arg-type]
     if report is not None:
-        logger.info("S&P 500 sample cleaned: %s", report.summary())
+        print(f"{Path(data).name} cleaned ({clean}): {report.summary()}", flush=True)
     return prices, None
 
 
+def load_args(
+    args: argparse.Namespace, n_tickers: int = 500, n_days: int = 1260, seed: int = 7
+) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """:func:`load` of the source :func:`add_source_args` parsed."""
+    return load(args.source, n_tickers, n_days, seed, data=args.data, sectors=args.sectors, clean=args.clean)
+
+
 def split_dates(dates: pd.DatetimeIndex, source: str) -> dict[str, pd.Timestamp]:
+    """The fixed split of a source's dates: synthetic 60 / 15 / 25 %; real prices (the S&P sample, a
+    file) train on the first 70% (its last 15% validate) and test on the rest."""
     n = len(dates)
     if source == "synthetic":  # 60 / 15 / 25
         tr, va = int(n * 0.60), int(n * 0.75)
-    else:  # train = first 70% (its last 15% for early stopping), test = the rest
+    else:  # the first 70% train and validate (validation: its last 15%), the rest test
         va = int(n * 0.70)
         tr = int(va * 0.85)
+    if not 0 < tr < va < n:
+        raise ValueError(f"{n} dates with features are too few to split into train / validation / test")
     return {
         "train_start": dates[0],
         "train_end": dates[tr - 1],
@@ -260,7 +339,7 @@ def tune(
 # -- the run ------------------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
-    prices, oracle = load(args.source, args.tickers, args.days, args.seed)
+    prices, oracle = load_args(args, args.tickers, args.days, args.seed)
     tcols = [f"target_h{h}" for h in HORIZONS]
     saved = Path(args.from_preds) if args.from_preds else None
     refit_names: list[str] | None = None  # the members refitted after stopping (None: --from-preds)
@@ -316,7 +395,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     history = pd.concat([window(truth_all, sp["train_start"], sp["train_end"]), vtruth], ignore_index=True)
     prep_s = time.perf_counter() - t0
     print(
-        f"\n== bench/quality.py --source {args.source}: {prices['ticker'].nunique()} tickers x {len(dates)} days, "
+        f"\n== bench/quality.py {source_label(args)}: {prices['ticker'].nunique()} tickers x {len(dates)} days, "
         + (f"forecasts from {saved}" if saved is not None else
            f"{n_selected} features selected (train-only), target {args.target}, cs_norm {args.cs_norm}")
         + f"; prep {prep_s:.0f} s",
@@ -455,6 +534,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         vref[name] = score(b[(b["date"] >= sp["valid_start"]) & (b["date"] <= sp["valid_end"])], vtruth)
     return {
         "source": args.source,
+        "data": None if args.data is None else str(args.data),
         "target": args.target,
         "cs_norm": args.cs_norm,
         # the members' rows (None: their forecasts came from --from-preds, made under whatever rule)
@@ -553,7 +633,7 @@ def table(res: dict[str, Any]) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--source", choices=["synthetic", "sp500"], default="synthetic")
+    add_source_args(ap)
     ap.add_argument("--models", nargs="+", default=list(MODEL_NAMES), choices=list(MODEL_NAMES))
     ap.add_argument("--tickers", type=int, default=500)
     ap.add_argument("--days", type=int, default=1260)
@@ -628,8 +708,13 @@ def main() -> int:
         "--from-preds",
         help="take the members' forecasts from a --save-preds folder instead of fitting them (ensembles only)",
     )
-    ap.add_argument("--json", help="write the results here (default artifacts/bench/quality_<source>.json)")
+    ap.add_argument(
+        "--json",
+        help="write the results here (default artifacts/bench/quality_<source>.json; with --data, "
+        "quality_file_<the file's name>.json)",
+    )
     args = ap.parse_args()
+    resolve_source(ap, args)
     if args.tune_trials < 0:
         ap.error("--tune-trials must be >= 0")
     if args.from_preds and args.shift_back:
@@ -638,7 +723,8 @@ def main() -> int:
     logging.getLogger("prophet.plot").setLevel(logging.CRITICAL)  # plotly is never used
     res = run(args)
     print(table(res), flush=True)
-    out = Path(args.json or REPO / "artifacts" / "bench" / f"quality_{args.source}.json")
+    name = f"file_{args.data.stem}" if args.source == "file" else args.source
+    out = Path(args.json or REPO / "artifacts" / "bench" / f"quality_{name}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2, default=str))
     print(f"results: {out}")
@@ -646,4 +732,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))  # a file that breaks the contract: one error line, exit 3

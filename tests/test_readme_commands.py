@@ -44,6 +44,7 @@ CHECKS: dict[str, str] = {
     ".venv/bin/python bench/features.py": "flags",
     ".venv/bin/python bench/quality.py": "flags",
     ".venv/bin/python bench/quality.py --source sp500": "flags",
+    ".venv/bin/python bench/quality.py --data prices.parquet --sectors sectors.csv": "flags",
     ".venv/bin/python bench/interval_coverage.py --source synthetic": "run",
     ".venv/bin/python -m jobs.train --config cluster/train.yaml": "flags",
     'ray job submit --address http://127.0.0.1:8265 --working-dir . -- python -m jobs.train --config cluster/train.yaml --registry "$PWD/artifacts/registry"': "flags",
