@@ -123,3 +123,36 @@ def test_interval_coverage_reads_the_file_and_names_too_few_dates(
     assert f"== bench/interval_coverage.py --data {data}: 2 origins" in r.stdout, r.stdout
     cov = [ln for ln in r.stdout.splitlines() if ln.startswith("coverage80_h5")]
     assert len(cov) == 1 and cov[0].split()[1].endswith("%"), r.stdout
+
+
+def test_weight_rules_read_validation_and_score_test(tmp_path: Path) -> None:
+    """bench/weight_rules.py on a --save-preds-shaped folder of two members: ``good`` forecasts the
+    realised return itself, ``noise`` is random. The validation-best rule picks ``good`` and scores
+    the best member's Rank IC (1) on the test dates; equal weights score less; ``best_member`` is 1."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from weight_rules import HORIZONS, score_folder
+
+    rng = np.random.default_rng(0)
+    dates = pd.bdate_range("2020-01-01", periods=200)
+    keys = pd.MultiIndex.from_product([dates, [f"T{i:02d}" for i in range(30)]], names=["date", "ticker"])
+    truth = keys.to_frame(index=False).sort_values(["ticker", "date"], ignore_index=True)  # as saved
+    for h in HORIZONS:
+        truth[f"target_h{h}"] = rng.normal(size=len(truth))
+    truth["ref_vol"] = 0.02
+    split = {"train_start": dates[0], "train_end": dates[59], "valid_start": dates[60],
+             "valid_end": dates[139], "test_start": dates[140], "test_end": dates[-1]}  # fmt: skip
+    (tmp_path / "split.json").write_text(json.dumps({k: str(v.date()) for k, v in split.items()}))
+    truth.to_parquet(tmp_path / "truth.parquet")
+    good = truth.rename(columns={f"target_h{h}": f"pred_h{h}" for h in HORIZONS}).drop(columns="ref_vol")
+    noise = good.assign(**{f"pred_h{h}": rng.normal(size=len(good)) for h in HORIZONS})
+    for name, f in (("good", good), ("noise", noise)):
+        f[(f["date"] >= split["valid_start"]) & (f["date"] <= split["valid_end"])].to_parquet(
+            tmp_path / f"valid_{name}.parquet"
+        )
+        f[f["date"] >= split["test_start"]].to_parquet(tmp_path / f"test_{name}.parquet")
+    res = score_folder(tmp_path)
+    for h in HORIZONS:
+        assert res["best_member"][h] == pytest.approx(1.0)
+        assert res["validation_best"][h] == pytest.approx(1.0)
+        assert res["equal"][h] < 0.9
+        assert res["prior"][h] is None  # neither name has a configured weight
