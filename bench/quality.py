@@ -14,7 +14,9 @@ Two data sets, or a file of your own, one run each (``--source`` or ``--data``):
 * ``--data PATH`` (instead of ``--source``): a price file of your own, Parquet or CSV in the data
   contract's columns (``--sectors PATH`` a ticker,sector CSV; ``--clean``, default ``repair`` as the
   S&P sample is cleaned, ``none`` refuses a file that breaks the contract), split as the S&P sample
-  is; no oracle. Results go to ``artifacts/bench/quality_file_<the file's name>.json``.
+  is; no oracle. Results go to ``artifacts/bench/quality_file_<the file's name>.json``
+  (``quality_file_prices.parquet.json``). ``--save-preds`` folders record their data (``source.json``),
+  and ``--from-preds`` refuses a folder written from other data.
 
 On both, the members that stop early (the boosters and the sequence models) stop on the last
 ``--early-stopping-fraction`` of the training dates (default ``training.early_stopping_fraction``,
@@ -94,6 +96,7 @@ from ensemble.cli import run_main  # noqa: E402
 from ensemble.config import (  # noqa: E402
     DEFAULT_HORIZONS,
     MODEL_NAMES,
+    ConfigError,
     EnsembleConfig,
     FeatureConfig,
     ScoringConfig,
@@ -102,6 +105,7 @@ from ensemble.config import (  # noqa: E402
     TrainingConfig,
     load_settings,
 )
+from ensemble.data.files import CSV_SUFFIXES, PARQUET_SUFFIXES  # noqa: E402
 from ensemble.features import Preprocessor, build_features  # noqa: E402
 from ensemble.features.normalize import KINDS, cross_sectional_targets  # noqa: E402
 from ensemble.models import create_model  # noqa: E402
@@ -150,6 +154,10 @@ def resolve_source(ap: argparse.ArgumentParser, args: argparse.Namespace) -> Non
             ap.error("give --source or --data, not both")
         if not args.data.is_file():
             ap.error(f"--data {args.data}: no such file")
+        if not args.data.name.lower().endswith(PARQUET_SUFFIXES + CSV_SUFFIXES):
+            ap.error(
+                f"--data {args.data}: expected a file ending in one of {PARQUET_SUFFIXES + CSV_SUFFIXES}"
+            )
         if args.sectors is not None and not args.sectors.is_file():
             ap.error(f"--sectors {args.sectors}: no such file")
         args.source, args.clean = "file", args.clean or "repair"
@@ -195,6 +203,16 @@ def load(
     return prices, None
 
 
+def data_identity(args: argparse.Namespace) -> dict[str, Any]:
+    """What a run's data are (``source.json`` of a ``--save-preds`` folder): the source, the file's
+    resolved path, or the synthetic market's size and seed."""
+    if args.source == "file":
+        return {"source": "file", "data": str(Path(args.data).resolve())}
+    if args.source == "synthetic":
+        return {"source": "synthetic", "tickers": args.tickers, "days": args.days, "seed": args.seed}
+    return {"source": args.source}
+
+
 def load_args(
     args: argparse.Namespace, n_tickers: int = 500, n_days: int = 1260, seed: int = 7
 ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
@@ -211,8 +229,8 @@ def split_dates(dates: pd.DatetimeIndex, source: str) -> dict[str, pd.Timestamp]
     else:  # the first 70% train and validate (validation: its last 15%), the rest test
         va = int(n * 0.70)
         tr = int(va * 0.85)
-    if not 0 < tr < va < n:
-        raise ValueError(f"{n} dates with features are too few to split into train / validation / test")
+    if not 0 < tr < va < n:  # a usage error (exit 2): the bench's fixed split does not fit the data
+        raise ConfigError(f"{n} dates with features are too few to split into train / validation / test")
     return {
         "train_start": dates[0],
         "train_end": dates[tr - 1],
@@ -230,10 +248,13 @@ def shift_back(sp: dict[str, pd.Timestamp], dates: pd.DatetimeIndex, n: int) -> 
     """The split with its training end and validation window ``n`` dates earlier (an earlier origin:
     its validation forecasts are held out from a fit that ended before them); the test period then
     runs from the day after the moved validation to the last date."""
+    if n == 0:
+        return dict(sp)
     limit = dates.get_loc(sp["train_end"]) - MIN_SHIFTED_TRAIN_DATES
-    if not 0 <= n <= limit:
-        raise ValueError(
-            f"--shift-back must be in [0, {limit}] (at least {MIN_SHIFTED_TRAIN_DATES} training dates), got {n}"
+    if not 0 <= n <= limit:  # a usage error (exit 2)
+        raise ConfigError(
+            f"--shift-back must be in [0, {max(limit, 0)}] (at least {MIN_SHIFTED_TRAIN_DATES} training "
+            f"dates of the {len(dates)}), got {n}"
         )
     out = dict(sp)
     for k in ("train_end", "valid_start", "valid_end"):
@@ -339,6 +360,13 @@ def tune(
 # -- the run ------------------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
+    if args.from_preds and (Path(args.from_preds) / "source.json").is_file():  # folders since 2026-12-04
+        theirs = json.loads((Path(args.from_preds) / "source.json").read_text())
+        if theirs != data_identity(args):  # a usage error (exit 2): forecasts of other data
+            raise ConfigError(
+                f"--from-preds {args.from_preds} holds forecasts of {theirs}, not of this run's data "
+                f"{data_identity(args)}: give the flags it was written with"
+            )
     prices, oracle = load_args(args, args.tickers, args.days, args.seed)
     tcols = [f"target_h{h}" for h in HORIZONS]
     saved = Path(args.from_preds) if args.from_preds else None
@@ -410,6 +438,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         save_dir.mkdir(parents=True, exist_ok=True)
         truth_all.to_parquet(save_dir / "truth.parquet")
         (save_dir / "split.json").write_text(json.dumps({k: str(v.date()) for k, v in sp.items()}))
+        (save_dir / "source.json").write_text(json.dumps(data_identity(args)))  # checked by --from-preds
     rows: dict[str, dict[str, Any]] = {}
     vrows: dict[str, dict[str, Any]] = {}
     preds: dict[str, pd.DataFrame] = {}
@@ -711,7 +740,7 @@ def main() -> int:
     ap.add_argument(
         "--json",
         help="write the results here (default artifacts/bench/quality_<source>.json; with --data, "
-        "quality_file_<the file's name>.json)",
+        "quality_file_<the file's name>.json, e.g. quality_file_prices.parquet.json)",
     )
     args = ap.parse_args()
     resolve_source(ap, args)
@@ -723,7 +752,7 @@ def main() -> int:
     logging.getLogger("prophet.plot").setLevel(logging.CRITICAL)  # plotly is never used
     res = run(args)
     print(table(res), flush=True)
-    name = f"file_{args.data.stem}" if args.source == "file" else args.source
+    name = f"file_{args.data.name}" if args.source == "file" else args.source
     out = Path(args.json or REPO / "artifacts" / "bench" / f"quality_{name}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2, default=str))

@@ -31,14 +31,16 @@ from pathlib import Path
 
 import pandas as pd
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from quality import HORIZONS  # noqa: E402
 
 from ensemble.backtest.metrics import rank_ic_by_date  # noqa: E402
 from ensemble.backtest.splits import window  # noqa: E402
 from ensemble.config import EnsembleConfig  # noqa: E402
 from ensemble.models.ensemble import EnsembleForecaster  # noqa: E402
 
-HORIZONS = (5, 20, 60)
 Rule = Callable[[dict[str, float], dict[str, float]], dict[str, float]]  # (prior, validation IC) -> weights
 
 RULES: dict[str, Rule] = {

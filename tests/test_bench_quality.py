@@ -51,22 +51,41 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, pd.Data
 def test_a_price_file_of_your_own_is_benched_split_as_the_sp500_sample_is(
     files: tuple[Path, Path, pd.DataFrame], tmp_path: Path
 ) -> None:
+    """The file is split by the real-data rule, its sectors joined (the figures move without them),
+    and its saved forecasts are refused for other data and reused for the same."""
     data, sectors, prices = files
-    out = tmp_path / "q.json"
-    r = _bench(
-        "quality.py", "--data", data, "--sectors", sectors, "--models", "xgboost", "--k", "30", "--json", out
-    )
+    flags = ["--models", "xgboost", "--k", "30"]
+    r = _bench("quality.py", "--data", data, "--sectors", sectors, *flags, "--save-preds", tmp_path / "preds",
+               "--json", tmp_path / "a.json")  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"== bench/quality.py --data {data}: 40 tickers x 600 days" in r.stdout, r.stdout[:2000]
-    res = json.loads(out.read_text())
+    res = json.loads((tmp_path / "a.json").read_text())
     assert res["source"] == "file" and res["data"] == str(data)
     dates = pd.DatetimeIndex(np.sort(prices["date"].unique()))
     real, synthetic = split_dates(dates, "sp500"), split_dates(dates, "synthetic")
     assert res["split"] == {k: str(v.date()) for k, v in real.items()}  # the real-data rule: 70% / test
     assert res["split"] != {k: str(v.date()) for k, v in synthetic.items()}
     assert res["split"]["test_start"] == str(dates[int(len(dates) * 0.70)].date())
-    assert all(math.isfinite(res["models"]["xgboost"][f"ic_h{h}"]) for h in (5, 20, 60)), res["models"]
+    ics = [res["models"]["xgboost"][f"ic_h{h}"] for h in (5, 20, 60)]
+    assert all(math.isfinite(x) for x in ics), res["models"]
     assert "oracle" not in res["reference"] and "reversal_5d" in res["reference"]  # no oracle for a file
+
+    r = _bench("quality.py", "--data", data, *flags, "--json", tmp_path / "b.json")  # no sector file
+    assert r.returncode == 0, r.stderr[-3000:]
+    without = json.loads((tmp_path / "b.json").read_text())["models"]["xgboost"]
+    assert [without[f"ic_h{h}"] for h in (5, 20, 60)] != ics  # the sector features were read
+
+    r = _bench("quality.py", "--from-preds", tmp_path / "preds", "--json", tmp_path / "c.json")  # synthetic
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "holds forecasts of" in r.stderr.splitlines()[-1] and not (tmp_path / "c.json").exists()
+    r = _bench("quality.py", "--data", data, "--sectors", sectors, "--from-preds", tmp_path / "preds",
+               "--json", tmp_path / "d.json")  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    again = json.loads((tmp_path / "d.json").read_text())
+    ic = [f"ic_h{h}" for h in (5, 20, 60)]  # the same forecasts, the same ensemble
+    assert [again["models"]["ensemble"][k] for k in ic] == pytest.approx(
+        [res["models"]["ensemble"][k] for k in ic]
+    )
 
 
 CASES = [
@@ -109,6 +128,13 @@ def test_a_file_that_breaks_the_contract_is_one_error_line(
     assert "Traceback" not in r.stderr
     (line,) = [x for x in r.stderr.splitlines() if x.startswith("error:")]
     assert str(bad.loc[row, "ticker"]) in line and "bad.parquet" in line, line
+    r = _bench(
+        "quality.py", "--data", path, "--models", "xgboost", "--k", "30", "--json", tmp_path / "q.json"
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "bad.parquet cleaned (repair): cleaning mode=repair: 24000 rows in, 23999 rows out" in r.stdout, (
+        r.stdout[:2000]
+    )
 
 
 def test_interval_coverage_reads_the_file_and_names_too_few_dates(
@@ -126,9 +152,10 @@ def test_interval_coverage_reads_the_file_and_names_too_few_dates(
 
 
 def test_weight_rules_read_validation_and_score_test(tmp_path: Path) -> None:
-    """bench/weight_rules.py on a --save-preds-shaped folder of two members: ``good`` forecasts the
-    realised return itself, ``noise`` is random. The validation-best rule picks ``good`` and scores
-    the best member's Rank IC (1) on the test dates; equal weights score less; ``best_member`` is 1."""
+    """bench/weight_rules.py on a --save-preds-shaped folder of two members, one forecasting the
+    realised return itself on the validation dates only, the other on the test dates only. The
+    validation-best rule picks the first, chosen on validation labels alone, and scores about 0 on
+    the test dates, where the best member (the second) scores 1."""
     sys.path.insert(0, str(REPO / "bench"))
     from weight_rules import HORIZONS, score_folder
 
@@ -143,16 +170,19 @@ def test_weight_rules_read_validation_and_score_test(tmp_path: Path) -> None:
              "valid_end": dates[139], "test_start": dates[140], "test_end": dates[-1]}  # fmt: skip
     (tmp_path / "split.json").write_text(json.dumps({k: str(v.date()) for k, v in split.items()}))
     truth.to_parquet(tmp_path / "truth.parquet")
-    good = truth.rename(columns={f"target_h{h}": f"pred_h{h}" for h in HORIZONS}).drop(columns="ref_vol")
-    noise = good.assign(**{f"pred_h{h}": rng.normal(size=len(good)) for h in HORIZONS})
-    for name, f in (("good", good), ("noise", noise)):
-        f[(f["date"] >= split["valid_start"]) & (f["date"] <= split["valid_end"])].to_parquet(
-            tmp_path / f"valid_{name}.parquet"
-        )
-        f[f["date"] >= split["test_start"]].to_parquet(tmp_path / f"test_{name}.parquet")
+    perfect = truth.rename(columns={f"target_h{h}": f"pred_h{h}" for h in HORIZONS}).drop(columns="ref_vol")
+    noise = perfect.assign(**{f"pred_h{h}": rng.normal(size=len(perfect)) for h in HORIZONS})
+    is_valid = (
+        (perfect["date"] >= split["valid_start"]) & (perfect["date"] <= split["valid_end"])
+    ).to_numpy()
+    is_test = (perfect["date"] >= split["test_start"]).to_numpy()
+    # "early": right on the validation dates only; "late": right on the test dates only
+    for name, v_src, t_src in (("early", perfect, noise), ("late", noise, perfect)):
+        v_src[is_valid].to_parquet(tmp_path / f"valid_{name}.parquet")
+        t_src[is_test].to_parquet(tmp_path / f"test_{name}.parquet")
     res = score_folder(tmp_path)
     for h in HORIZONS:
-        assert res["best_member"][h] == pytest.approx(1.0)
-        assert res["validation_best"][h] == pytest.approx(1.0)
-        assert res["equal"][h] < 0.9
+        assert res["best_member"][h] == pytest.approx(1.0)  # "late", on the test dates
+        assert abs(res["validation_best"][h]) < 0.2  # "early", chosen on the validation dates
+        assert 0.2 < res["equal"][h] < 0.9
         assert res["prior"][h] is None  # neither name has a configured weight
