@@ -39,7 +39,7 @@ from ensemble.backtest.evaluation import baseline_forecasts  # noqa: E402
 from ensemble.backtest.metrics import interval_coverage  # noqa: E402
 from ensemble.backtest.splits import window  # noqa: E402
 from ensemble.cli import run_main  # noqa: E402
-from ensemble.config import EnsembleConfig  # noqa: E402
+from ensemble.config import ConfigError, EnsembleConfig  # noqa: E402
 from ensemble.features.targets import realised_forward_returns  # noqa: E402
 from ensemble.models.ensemble import EnsembleForecaster, trailing_volatility  # noqa: E402
 
@@ -57,8 +57,8 @@ def coverage_by_origin(
     member = baseline_forecasts(prices, HORIZONS)[MEMBER]
     dates = np.sort(truth["date"].unique())
     first = max(252, valid)  # a year of history before the first origin
-    if first > len(dates) - span:
-        raise ValueError(
+    if first > len(dates) - span:  # a usage error (exit 2, run_main), as quality.py's split reports one
+        raise ConfigError(
             f"{len(dates)} dates up to the validation end {pd.Timestamp(end).date()} hold no origin: one needs "
             f"{first} dates before it and {span} after (--valid, --span)"
         )
@@ -93,10 +93,7 @@ def main() -> int:
     valid = args.valid or int(((dates >= sp["valid_start"]) & (dates <= end)).sum())
     span = args.span or int((dates >= sp["test_start"]).sum())
     levels = list(EnsembleConfig().interval_levels)
-    try:
-        cov = coverage_by_origin(prices, end, args.every, valid, span, levels)
-    except ValueError as exc:  # too few dates for one origin: a usage error, named
-        ap.error(str(exc))
+    cov = coverage_by_origin(prices, end, args.every, valid, span, levels)
     print(
         f"\n== bench/interval_coverage.py {source_label(args)}: {len(cov)} origins "
         f"{cov['origin'].min():%Y-%m-%d}..{cov['origin'].max():%Y-%m-%d}, fitted on {valid} dates, "

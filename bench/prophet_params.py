@@ -85,8 +85,8 @@ def main() -> int:
     prices, _ = load_args(args)
     dates = pd.DatetimeIndex(np.sort(prices["date"].unique()))
     sp = split_dates(dates, args.source)
-    every = np.sort(prices["ticker"].unique())
-    sample = np.random.default_rng(0).choice(every, min(args.tickers, len(every)), replace=False)
+    names = np.sort(prices["ticker"].unique())
+    sample = np.random.default_rng(0).choice(names, min(args.tickers, len(names)), replace=False)
     prices = prices[prices["ticker"].isin(sample)]
     truth = realised_forward_returns(prices, HORIZONS)
     vtruth = window(truth, sp["valid_start"], sp["valid_end"])  # labels purged at the validation end

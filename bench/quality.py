@@ -360,16 +360,16 @@ def tune(
 # -- the run ------------------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
-    if args.from_preds and (Path(args.from_preds) / "source.json").is_file():  # folders since 2026-12-04
-        theirs = json.loads((Path(args.from_preds) / "source.json").read_text())
-        if theirs != data_identity(args):  # a usage error (exit 2): forecasts of other data
+    saved = Path(args.from_preds) if args.from_preds else None
+    if saved is not None and (saved / "source.json").is_file():  # folders written since 2026-12-04
+        theirs, ours = json.loads((saved / "source.json").read_text()), data_identity(args)
+        if theirs != ours:  # a usage error (exit 2): forecasts of other data
             raise ConfigError(
-                f"--from-preds {args.from_preds} holds forecasts of {theirs}, not of this run's data "
-                f"{data_identity(args)}: give the flags it was written with"
+                f"--from-preds {saved} holds forecasts of {theirs}, not of this run's data {ours}: "
+                "give the flags it was written with"
             )
     prices, oracle = load_args(args, args.tickers, args.days, args.seed)
     tcols = [f"target_h{h}" for h in HORIZONS]
-    saved = Path(args.from_preds) if args.from_preds else None
     refit_names: list[str] | None = None  # the members refitted after stopping (None: --from-preds)
     tuned_names: frozenset[str] = frozenset()  # the members tuned (--tune-trials, --tuned-models)
     if saved is not None:  # the members' forecasts of an earlier run: only the ensembles are fitted
